@@ -1,0 +1,45 @@
+"""Settings from the environment (``RETROFACE_*``), with documented defaults."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path.home() / ".retroface"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RETROFACE_", extra="ignore")
+
+    #: Data directory: SQLite database, encrypted image store, index files, keys.
+    home: Path = Field(default_factory=_default_home)
+    #: SQLAlchemy URL; defaults to SQLite under ``home``. PostgreSQL in production.
+    database_url: str | None = None
+    #: Face backend: ``arcface`` (default) or ``dlib``.
+    backend: str = "arcface"
+    #: Folder with SCRFD/ArcFace-compatible ONNX files replacing the bundled weights.
+    models_dir: Path | None = None
+    #: Detector input size: 640 default; 1280 finds small faces in HD frames (slower).
+    det_size: int = 640
+    det_threshold: float = 0.5
+    #: onnxruntime intra-op threads (0 = all cores).
+    threads: int = 0
+    #: Test-time flip augmentation (embedding of the crop plus its mirror).
+    flip: bool = False
+    max_image_pixels: int = 50_000_000
+    #: Cosine similarity at which ``compare`` calls two faces the same person.
+    match_threshold: float = 0.36
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'retroface.db'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

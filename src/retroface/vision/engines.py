@@ -1,0 +1,128 @@
+"""Concrete engines and the factory that picks one by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from retroface.vision.alignment import align_face
+from retroface.vision.arcface import ArcFaceRecogniser
+from retroface.vision.quality import QualityPolicy, measure_quality
+from retroface.vision.scrfd import ScrfdDetector
+from retroface.vision.types import Face, FaceEngine, ImageArray, ModelIdentity
+from retroface.vision.weights import OnnxModelSet, default_model_set, folder_model_set
+
+BACKENDS = ("arcface", "dlib")
+
+
+class ArcFaceEngine:
+    """SCRFD detection, 5-point alignment and ArcFace embedding, all on onnxruntime."""
+
+    def __init__(
+        self,
+        models: OnnxModelSet | None = None,
+        det_size: int = 640,
+        det_threshold: float = 0.5,
+        threads: int | None = None,
+        flip: bool = False,
+        quality_policy: QualityPolicy | None = None,
+    ) -> None:
+        self.models = models or default_model_set()
+        self.detector = ScrfdDetector(
+            self.models.detector.path,
+            input_size=det_size,
+            score_threshold=det_threshold,
+            threads=threads,
+        )
+        self.recogniser = ArcFaceRecogniser(self.models.recogniser.path, threads=threads)
+        self.flip = flip
+        self.quality_policy = quality_policy or QualityPolicy()
+        self.identity = ModelIdentity(
+            backend="arcface",
+            name=self.models.name + ("+flip" if flip else ""),
+            version=self.models.version,
+            embedding_size=self.recogniser.embedding_size,
+            licence=self.models.licence,
+            weights=(self.models.detector, self.models.recogniser),
+        )
+
+    def analyse(self, image: ImageArray) -> list[Face]:
+        dets = self.detector.detect(image)
+        if len(dets) == 0:
+            return []
+        crops = [align_face(image, lm, self.recogniser.crop_size) for lm in dets.landmarks]
+        embeddings = self.recogniser.embed(crops, flip=self.flip)
+        faces = []
+        for i, crop in enumerate(crops):
+            score = float(dets.scores[i])
+            faces.append(
+                Face(
+                    box=tuple(float(v) for v in dets.boxes[i]),  # type: ignore[arg-type]
+                    landmarks=dets.landmarks[i],
+                    det_score=score,
+                    crop=crop,
+                    quality=measure_quality(crop, dets.landmarks[i], score, self.quality_policy),
+                    embedding=embeddings[i],
+                    model=self.identity,
+                )
+            )
+        return faces
+
+
+def create_engine(
+    backend: str = "arcface",
+    *,
+    models_dir: Path | None = None,
+    det_size: int = 640,
+    det_threshold: float = 0.5,
+    threads: int | None = None,
+    flip: bool = False,
+    quality_policy: QualityPolicy | None = None,
+) -> FaceEngine:
+    """Build the named backend; raises ``ModelUnavailableError`` with a clear message."""
+    if backend == "arcface":
+        models = folder_model_set(models_dir) if models_dir else None
+        return ArcFaceEngine(
+            models,
+            det_size=det_size,
+            det_threshold=det_threshold,
+            threads=threads,
+            flip=flip,
+            quality_policy=quality_policy,
+        )
+    if backend == "dlib":
+        from retroface.vision.dlib_backend import DlibEngine
+
+        return DlibEngine(quality_policy=quality_policy, threads=threads)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def engine_from_settings() -> FaceEngine:
+    from retroface.config import get_settings
+
+    s = get_settings()
+    return create_engine(
+        s.backend,
+        models_dir=s.models_dir,
+        det_size=s.det_size,
+        det_threshold=s.det_threshold,
+        threads=s.threads or None,
+        flip=s.flip,
+    )
+
+
+def primary_face(faces: list[Face], image_shape: tuple[int, ...]) -> Face | None:
+    """The face a single-subject photo is about: largest, favouring the one nearest the centre."""
+    if not faces:
+        return None
+    h, w = image_shape[:2]
+    cx, cy = w / 2.0, h / 2.0
+    diag = float(np.hypot(w, h))
+
+    def score(f: Face) -> float:
+        fx, fy = (f.box[0] + f.box[2]) / 2.0, (f.box[1] + f.box[3]) / 2.0
+        off_centre = float(np.hypot(fx - cx, fy - cy)) / diag
+        return f.area * (1.0 - off_centre) ** 2
+
+    return max(faces, key=score)
