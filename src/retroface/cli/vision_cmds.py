@@ -1,0 +1,153 @@
+"""`detect`, `compare` and `models`: the face engine on the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import typer
+from rich.table import Table
+
+from retroface.cli.common import console, engine, fail, print_json, user_errors, with_status
+from retroface.config import get_settings
+from retroface.media.images import load_image
+from retroface.vision.engines import primary_face
+from retroface.vision.types import Face, ImageArray
+
+
+def _analyse(path: Path, quiet: bool) -> tuple[ImageArray, list[Face]]:
+    with user_errors():
+        image = load_image(path, max_pixels=get_settings().max_image_pixels)
+        eng = engine()
+        faces = with_status(f"Analysing {path.name}…", lambda: eng.analyse(image), quiet)
+    return image, faces
+
+
+def _annotate(image: ImageArray, faces: list[Face], out: Path) -> None:
+    canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    thick = max(2, round(max(image.shape[:2]) / 400))
+    for i, f in enumerate(faces):
+        colour = (60, 200, 60) if f.quality.acceptable else (0, 140, 255)
+        x1, y1, x2, y2 = (round(v) for v in f.box)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thick)
+        for x, y in f.landmarks:
+            cv2.circle(canvas, (round(x), round(y)), thick + 1, (255, 0, 0), -1)
+        label = f"#{i} {f.det_score:.2f}"
+        cv2.putText(
+            canvas, label, (x1, max(0, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, thick / 3, colour, thick
+        )
+    if not cv2.imwrite(str(out), canvas):
+        fail(f"could not write {out} (unknown image extension or unwritable folder)")
+
+
+def detect(
+    image: Path = typer.Argument(..., help="Image file (JPEG, PNG, WebP, BMP, TIFF, GIF)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    annotate: Path | None = typer.Option(None, "--annotate", help="Write a copy with boxes drawn."),
+) -> None:
+    """Find every face in IMAGE with its landmarks, scores and quality verdict."""
+    img, faces = _analyse(image, json_out)
+    if annotate:
+        _annotate(img, faces, annotate)
+    if json_out:
+        print_json(
+            {
+                "image": str(image),
+                "width": img.shape[1],
+                "height": img.shape[0],
+                "model": faces[0].model.to_dict() if faces else engine().identity.to_dict(),
+                "faces": [dict(index=i, **f.to_dict()) for i, f in enumerate(faces)],
+            }
+        )
+        return
+    if not faces:
+        console.print(f"No face found in {image}.")
+        return
+    table = Table(title=f"{len(faces)} face(s) in {image.name}")
+    for col in ("#", "box (x1,y1,x2,y2)", "score", "eyes px", "sharp", "yaw", "verdict"):
+        table.add_column(col)
+    for i, f in enumerate(faces):
+        q = f.quality
+        verdict = "[green]ok[/]" if q.acceptable else "[yellow]" + "; ".join(q.reasons) + "[/]"
+        table.add_row(
+            str(i),
+            ",".join(f"{v:.0f}" for v in f.box),
+            f"{f.det_score:.2f}",
+            f"{q.inter_eye_px:.0f}",
+            f"{q.sharpness:.0f}",
+            f"{q.yaw_deg:.0f}",
+            verdict,
+        )
+    console.print(table)
+    if annotate:
+        console.print(f"Annotated copy written to {annotate}")
+
+
+def compare(
+    image_a: Path = typer.Argument(..., help="First image."),
+    image_b: Path = typer.Argument(..., help="Second image."),
+    threshold: float | None = typer.Option(
+        None, help="Similarity at or above which the faces are called the same person."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Compare the main face of two images: cosine similarity and the verdict at the threshold."""
+    t = get_settings().match_threshold if threshold is None else threshold
+    img_a, faces_a = _analyse(image_a, json_out)
+    img_b, faces_b = _analyse(image_b, json_out)
+    fa, fb = primary_face(faces_a, img_a.shape), primary_face(faces_b, img_b.shape)
+    for path, face in ((image_a, fa), (image_b, fb)):
+        if face is None:
+            fail(f"{path}: no face found")
+    assert fa is not None and fb is not None
+    similarity = float(np.dot(fa.embedding, fb.embedding))
+    same = similarity >= t
+    if json_out:
+        print_json(
+            {
+                "similarity": round(similarity, 4),
+                "threshold": t,
+                "same_person": same,
+                "note": "a similarity score is an investigative lead, not an identification",
+                "a": {"image": str(image_a), "faces": len(faces_a), **fa.to_dict()},
+                "b": {"image": str(image_b), "faces": len(faces_b), **fb.to_dict()},
+                "model": fa.model.to_dict(),
+            }
+        )
+        return
+    verdict = "[green]likely the same person[/]" if same else "[red]likely different people[/]"
+    console.print(f"similarity {similarity:.3f} (threshold {t:.2f}): {verdict}")
+    for path, faces, face in ((image_a, faces_a, fa), (image_b, faces_b, fb)):
+        note = f" ({len(faces)} faces; using the main one)" if len(faces) > 1 else ""
+        if not face.quality.acceptable:
+            note += " [yellow]low quality: " + "; ".join(face.quality.reasons) + "[/]"
+        console.print(f"  {path.name}{note}")
+
+
+def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Backends, weight files, licences and hashes."""
+    from retroface.vision.engines import BACKENDS, create_engine
+
+    s = get_settings()
+    rows = []
+    for name in BACKENDS:
+        try:
+            eng = create_engine(name, models_dir=s.models_dir if name == "arcface" else None)
+            rows.append({"backend": name, "available": True, "default": name == s.backend,
+                         **eng.identity.to_dict()})
+        except Exception as exc:  # report every backend, whatever is wrong with one
+            rows.append({"backend": name, "available": False, "default": name == s.backend,
+                         "error": str(exc)})
+    if json_out:
+        print_json({"backends": rows})
+        return
+    for row in rows:
+        title = f"[bold]{row['backend']}[/]" + (" (default)" if row["default"] else "")
+        if not row["available"]:
+            console.print(f"{title}: [red]unavailable[/] — {row['error']}")
+            continue
+        console.print(f"{title}: {row['name']} v{row['version']}, {row['embedding_size']}-d")
+        console.print(f"  licence: [yellow]{row['licence']}[/]")
+        for w in row["weights"]:
+            console.print(f"  {w['name']}  sha256 {w['sha256']}\n    {w['path']}")

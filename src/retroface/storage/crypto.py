@@ -1,0 +1,82 @@
+"""Encryption at rest for biometric data (images and templates): AES-256-GCM.
+
+The data key comes from ``RETROFACE_DATA_KEY`` (base64 of 32 bytes) or from ``keys/data.key``
+under the data directory, created on first use with mode 0600. Losing the key loses the gallery;
+see docs/security.md for key handling.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from retroface.errors import RetrofaceError
+
+NONCE_BYTES = 12
+MAGIC = b"RFE1"  # format marker, so a plaintext file is never mistaken for ciphertext
+
+
+class DecryptionError(RetrofaceError):
+    code = "decryption_failed"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_or_create_key(home: Path, env_value: str | None = None) -> bytes:
+    """The 32-byte data key: from the environment if set, else the key file (created if absent)."""
+    if env_value:
+        try:
+            key = base64.b64decode(env_value, validate=True)
+        except (binascii.Error, ValueError):
+            raise RetrofaceError("RETROFACE_DATA_KEY is not valid base64") from None
+        if len(key) != 32:
+            raise RetrofaceError("RETROFACE_DATA_KEY must decode to 32 bytes (AES-256)")
+        return key
+    path = home / "keys" / "data.key"
+    if not path.exists():
+        try:
+            _write_private(path, base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n")
+        except FileExistsError:
+            pass  # another process created it first
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise RetrofaceError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+    key = base64.b64decode(path.read_bytes().strip())
+    if len(key) != 32:
+        raise RetrofaceError(f"{path} does not hold a 32-byte key")
+    return key
+
+
+class Cipher:
+    """AES-256-GCM with a random nonce per message; ``aad`` binds ciphertext to its context."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def encrypt(self, plaintext: bytes, aad: bytes = b"") -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return MAGIC + nonce + self._aead.encrypt(nonce, plaintext, aad or None)
+
+    def decrypt(self, blob: bytes, aad: bytes = b"") -> bytes:
+        if not blob.startswith(MAGIC):
+            raise DecryptionError("data is not in retroface's encrypted format")
+        nonce = blob[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
+        try:
+            return self._aead.decrypt(nonce, blob[len(MAGIC) + NONCE_BYTES :], aad or None)
+        except InvalidTag:
+            raise DecryptionError(
+                "decryption failed: wrong data key or the data was altered"
+            ) from None
