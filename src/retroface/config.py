@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     threads: int = 0
     #: Test-time flip augmentation (embedding of the crop plus its mirror).
     flip: bool = False
+    #: Vector index: ``flat`` (exact, default) or ``hnsw`` (approximate + exact re-rank).
+    index_kind: str = "flat"
     max_image_pixels: int = 50_000_000
     #: Cosine similarity at which ``compare`` calls two faces the same person.
     match_threshold: float = 0.36

@@ -11,6 +11,10 @@ from functools import cached_property
 from pathlib import Path
 
 from retroface.config import Settings, get_settings
+from retroface.gallery.enrol import Enroller
+from retroface.gallery.service import GalleryService
+from retroface.search.index_manager import IndexManager
+from retroface.search.matcher import Matcher
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.crypto import Cipher, load_or_create_key
 from retroface.storage.db import Database
@@ -21,6 +25,7 @@ class AppContext:
     def __init__(self, settings: Settings | None = None, engine: FaceEngine | None = None) -> None:
         self.settings = settings or get_settings()
         self._engine = engine
+        self._engine_injected = engine is not None
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     @property
@@ -41,13 +46,74 @@ class AppContext:
     def blobs(self) -> EncryptedBlobStore:
         return EncryptedBlobStore(self.home / "images", self.cipher)
 
+    def _build_engine(self, threads: int | None) -> FaceEngine:
+        from retroface.vision.engines import create_engine
+
+        s = self.settings
+        return create_engine(
+            s.backend,
+            models_dir=s.models_dir,
+            det_size=s.det_size,
+            det_threshold=s.det_threshold,
+            threads=threads,
+            flip=s.flip,
+        )
+
     @property
     def engine(self) -> FaceEngine:
+        """The interactive engine: one search at a time, using every core."""
         if self._engine is None:
-            from retroface.vision.engines import engine_from_settings
-
-            self._engine = engine_from_settings()
+            self._engine = self._build_engine(self.settings.threads or None)
         return self._engine
+
+    @cached_property
+    def batch_engine(self) -> FaceEngine:
+        """For batch work: single-threaded sessions, run from one worker thread per core.
+
+        Measured on 2 cores: two 1-thread runs in parallel go ~1.5x faster than one 2-thread run,
+        because small images leave intra-op threads idle.
+        """
+        if self._engine_injected:
+            return self.engine
+        return self._build_engine(1)
+
+    @property
+    def batch_workers(self) -> int:
+        return max(1, self.settings.threads or os.cpu_count() or 1)
+
+    @cached_property
+    def index(self) -> IndexManager:
+        return IndexManager(
+            self.db,
+            self.cipher,
+            self.home / "index",
+            dim=self.engine.identity.embedding_size,
+            kind=self.settings.index_kind,
+        )
+
+    @cached_property
+    def gallery(self) -> GalleryService:
+        return GalleryService(self.db, self.blobs, self.index)
+
+    @cached_property
+    def matcher(self) -> Matcher:
+        return Matcher(self.index)
+
+    def enroller(
+        self, actor: str = "system", require_quality: bool = True, multi_face: str = "reject"
+    ) -> Enroller:
+        return Enroller(
+            self.db,
+            self.blobs,
+            self.cipher,
+            self.batch_engine,
+            self.index,
+            workers=self.batch_workers,
+            require_quality=require_quality,
+            multi_face=multi_face,
+            max_image_pixels=self.settings.max_image_pixels,
+            actor=actor,
+        )
 
     def close(self) -> None:
         if "db" in self.__dict__:

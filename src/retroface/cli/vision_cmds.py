@@ -134,11 +134,23 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -
     for name in BACKENDS:
         try:
             eng = create_engine(name, models_dir=s.models_dir if name == "arcface" else None)
-            rows.append({"backend": name, "available": True, "default": name == s.backend,
-                         **eng.identity.to_dict()})
+            rows.append(
+                {
+                    "backend": name,
+                    "available": True,
+                    "default": name == s.backend,
+                    **eng.identity.to_dict(),
+                }
+            )
         except Exception as exc:  # report every backend, whatever is wrong with one
-            rows.append({"backend": name, "available": False, "default": name == s.backend,
-                         "error": str(exc)})
+            rows.append(
+                {
+                    "backend": name,
+                    "available": False,
+                    "default": name == s.backend,
+                    "error": str(exc),
+                }
+            )
     if json_out:
         print_json({"backends": rows})
         return

@@ -80,7 +80,8 @@ def decode_image(
                     raise ImageLoadError(
                         source,
                         f"image is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,} "
-                        "(possible decompression bomb; raise RETROFACE_MAX_IMAGE_PIXELS if genuine)",
+                        "(possible decompression bomb; "
+                        "raise RETROFACE_MAX_IMAGE_PIXELS if genuine)",
                     )
                 if img.format not in SUPPORTED_FORMATS:
                     raise ImageLoadError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 from pathlib import Path
 
@@ -47,10 +48,8 @@ def load_or_create_key(home: Path, env_value: str | None = None) -> bytes:
         return key
     path = home / "keys" / "data.key"
     if not path.exists():
-        try:
+        with contextlib.suppress(FileExistsError):  # another process created it first
             _write_private(path, base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n")
-        except FileExistsError:
-            pass  # another process created it first
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise RetrofaceError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")

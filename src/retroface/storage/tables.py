@@ -7,7 +7,7 @@ row's identity as associated data); image bytes live in the encrypted blob store
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -50,7 +50,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON}
 
 
 # --------------------------------------------------------------------------- gallery
@@ -86,7 +86,9 @@ class Subject(Base):
 class ReferenceImage(Base):
     __tablename__ = "reference_images"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), index=True)
+    subject_id: Mapped[int] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), index=True
+    )
     content_hash: Mapped[str] = mapped_column(String(64), unique=True)
     original_name: Mapped[str | None] = mapped_column(String(500))
     provenance: Mapped[str | None] = mapped_column(String(500))
@@ -106,7 +108,9 @@ class FaceTemplate(Base):
     image_id: Mapped[int] = mapped_column(
         ForeignKey("reference_images.id", ondelete="CASCADE"), index=True
     )
-    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), index=True)
+    subject_id: Mapped[int] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), index=True
+    )
     model_key: Mapped[str] = mapped_column(String(200), index=True)
     embedding_enc: Mapped[bytes] = mapped_column(LargeBinary)
     det_score: Mapped[float] = mapped_column(Float)
@@ -192,7 +196,9 @@ class ProbeFace(Base):
 class SearchRecord(Base):
     __tablename__ = "searches"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    case_id: Mapped[int | None] = mapped_column(
+        ForeignKey("cases.id", ondelete="CASCADE"), index=True
+    )
     probe_id: Mapped[int | None] = mapped_column(ForeignKey("probes.id", ondelete="SET NULL"))
     probe_face_id: Mapped[int | None] = mapped_column(
         ForeignKey("probe_faces.id", ondelete="SET NULL")
@@ -222,7 +228,9 @@ class SearchRecord(Base):
 class Candidate(Base):
     __tablename__ = "candidates"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), index=True)
+    search_id: Mapped[int] = mapped_column(
+        ForeignKey("searches.id", ondelete="CASCADE"), index=True
+    )
     rank: Mapped[int] = mapped_column(Integer)
     subject_id: Mapped[int | None] = mapped_column(ForeignKey("subjects.id", ondelete="SET NULL"))
     subject_reference: Mapped[str] = mapped_column(String(200))
@@ -236,7 +244,9 @@ class Review(Base):
     __tablename__ = "reviews"
     __table_args__ = (UniqueConstraint("search_id", "reviewer_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), index=True)
+    search_id: Mapped[int] = mapped_column(
+        ForeignKey("searches.id", ondelete="CASCADE"), index=True
+    )
     reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     stage: Mapped[str] = mapped_column(String(20))  # first, second, tiebreak
     decision: Mapped[str] = mapped_column(String(40))

@@ -112,17 +112,17 @@ def engine_from_settings() -> FaceEngine:
     )
 
 
+def prominence(face: Face, image_shape: tuple[int, ...]) -> float:
+    """How much a face is *the* subject of a photo: its area, discounted by distance from centre."""
+    h, w = image_shape[:2]
+    diag = float(np.hypot(w, h))
+    fx, fy = (face.box[0] + face.box[2]) / 2.0, (face.box[1] + face.box[3]) / 2.0
+    off_centre = float(np.hypot(fx - w / 2.0, fy - h / 2.0)) / diag
+    return face.area * (1.0 - off_centre) ** 2
+
+
 def primary_face(faces: list[Face], image_shape: tuple[int, ...]) -> Face | None:
-    """The face a single-subject photo is about: largest, favouring the one nearest the centre."""
+    """The face a single-subject photo is about (largest, favouring the one nearest the centre)."""
     if not faces:
         return None
-    h, w = image_shape[:2]
-    cx, cy = w / 2.0, h / 2.0
-    diag = float(np.hypot(w, h))
-
-    def score(f: Face) -> float:
-        fx, fy = (f.box[0] + f.box[2]) / 2.0, (f.box[1] + f.box[3]) / 2.0
-        off_centre = float(np.hypot(fx - cx, fy - cy)) / diag
-        return f.area * (1.0 - off_centre) ** 2
-
-    return max(faces, key=score)
+    return max(faces, key=lambda f: prominence(f, image_shape))

@@ -67,7 +67,7 @@ def measure_quality(
     sharpness = float(cv2.Laplacian(centre, cv2.CV_64F).var())
     brightness = float(centre.mean())
     contrast = float(centre.std())
-    yaw, roll = pose_from_landmarks(lm)
+    yaw, roll = pose_from_landmarks(lm.astype(np.float32))
 
     reasons: list[str] = []
     if inter_eye < policy.min_inter_eye_px:
@@ -76,11 +76,15 @@ def measure_quality(
             f"(minimum {policy.min_inter_eye_px:.0f})"
         )
     if det_score < policy.min_det_score:
-        reasons.append(f"weak detection: score {det_score:.2f} (minimum {policy.min_det_score:.2f})")
+        reasons.append(
+            f"weak detection: score {det_score:.2f} (minimum {policy.min_det_score:.2f})"
+        )
     if sharpness < policy.min_sharpness:
         reasons.append(f"blurred: sharpness {sharpness:.0f} (minimum {policy.min_sharpness:.0f})")
     if brightness < policy.min_brightness:
-        reasons.append(f"too dark: brightness {brightness:.0f} (minimum {policy.min_brightness:.0f})")
+        reasons.append(
+            f"too dark: brightness {brightness:.0f} (minimum {policy.min_brightness:.0f})"
+        )
     if brightness > policy.max_brightness:
         reasons.append(
             f"over-exposed: brightness {brightness:.0f} (maximum {policy.max_brightness:.0f})"

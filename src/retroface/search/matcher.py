@@ -1,0 +1,68 @@
+"""1:N matching of a probe embedding against the gallery, one row per subject."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from retroface.search.index_manager import IndexManager
+from retroface.vision.types import FloatArray
+
+Aggregate = Literal["max", "mean"]
+
+
+@dataclass(frozen=True)
+class Match:
+    rank: int
+    subject_id: int
+    similarity: float
+    image_id: int
+    template_id: int
+
+
+class Matcher:
+    def __init__(self, index: IndexManager) -> None:
+        self.index = index
+
+    def match(
+        self,
+        embedding: FloatArray,
+        model_key: str,
+        top_k: int = 20,
+        threshold: float | None = None,
+        aggregate: Aggregate = "max",
+    ) -> tuple[list[Match], int]:
+        """Candidates, best first, and the gallery version they were drawn from.
+
+        Subjects with several templates are ranked once: by their best template (``max``) or by
+        the mean similarity of their templates (``mean``, from the shortlist).
+        """
+        loaded = self.index.get(model_key)
+        total = loaded.index.count()
+        if total == 0:
+            return [], loaded.version
+        # enough templates that top_k distinct subjects survive grouping
+        k = min(total, max(top_k * 4, top_k + 50))
+        scores, ids = loaded.index.search(np.asarray(embedding, dtype=np.float32)[None], k)
+        best: dict[int, tuple[float, int, int]] = {}
+        sums: dict[int, list[float]] = {}
+        for score, tid in zip(scores[0].tolist(), ids[0].tolist(), strict=True):
+            if tid < 0:
+                continue
+            sid = loaded.subject_of[tid]
+            sums.setdefault(sid, []).append(score)
+            if sid not in best or score > best[sid][0]:
+                best[sid] = (score, loaded.image_of[tid], tid)
+        rows = []
+        for sid, (score, image_id, tid) in best.items():
+            sim = float(np.mean(sums[sid])) if aggregate == "mean" else float(score)
+            rows.append((sim, sid, image_id, tid))
+        rows.sort(key=lambda r: -r[0])
+        if threshold is not None:
+            rows = [r for r in rows if r[0] >= threshold]
+        return [
+            Match(rank=i + 1, subject_id=sid, similarity=sim, image_id=img, template_id=tid)
+            for i, (sim, sid, img, tid) in enumerate(rows[:top_k])
+        ], loaded.version
