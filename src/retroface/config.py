@@ -37,6 +37,16 @@ class Settings(BaseSettings):
     #: Cosine similarity at which ``compare`` calls two faces the same person.
     match_threshold: float = 0.36
 
+    #: Governance policy (see docs/governance.md). Offence categories: comma-separated.
+    offence_categories: str = ""
+    urgent_window_hours: float = 48.0
+    authorisation_days: float = 90.0
+    probe_retention_days: float = 90.0
+    search_record_retention_days: float = 365.0
+    audit_retention_days: float = 2190.0
+    #: Checkpoint (sign) the audit chain every N records.
+    audit_checkpoint_every: int = 100
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'retroface.db'}"

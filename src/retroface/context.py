@@ -7,23 +7,39 @@ from it and never read the environment themselves.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
+from retroface.audit.log import AuditLog
 from retroface.config import Settings, get_settings
 from retroface.gallery.enrol import Enroller
 from retroface.gallery.service import GalleryService
+from retroface.governance.cases import CaseService
+from retroface.governance.policy import DEFAULT_OFFENCE_CATEGORIES, GovernancePolicy
+from retroface.governance.retention import RetentionService
+from retroface.governance.review import ReviewService
+from retroface.governance.users import UserService
 from retroface.search.index_manager import IndexManager
 from retroface.search.matcher import Matcher
+from retroface.search.service import SearchService
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.crypto import Cipher, load_or_create_key
 from retroface.storage.db import Database
+from retroface.storage.tables import utcnow
 from retroface.vision.types import FaceEngine
 
 
 class AppContext:
-    def __init__(self, settings: Settings | None = None, engine: FaceEngine | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        engine: FaceEngine | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.settings = settings or get_settings()
+        self.clock = clock
         self._engine = engine
         self._engine_injected = engine is not None
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -113,6 +129,67 @@ class AppContext:
             multi_face=multi_face,
             max_image_pixels=self.settings.max_image_pixels,
             actor=actor,
+        )
+
+    # ------------------------------------------------------------------ governance
+
+    @cached_property
+    def policy(self) -> GovernancePolicy:
+        s = self.settings
+        cats = tuple(c.strip() for c in s.offence_categories.split(",") if c.strip())
+        return GovernancePolicy(
+            offence_categories=cats or DEFAULT_OFFENCE_CATEGORIES,
+            urgent_window_hours=s.urgent_window_hours,
+            authorisation_days=s.authorisation_days,
+            probe_retention_days=s.probe_retention_days,
+            search_record_retention_days=s.search_record_retention_days,
+            audit_retention_days=s.audit_retention_days,
+        )
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(
+            self.db,
+            self.home / "keys" / "audit_ed25519.pem",
+            checkpoint_every=self.settings.audit_checkpoint_every,
+        )
+
+    @cached_property
+    def users(self) -> UserService:
+        return UserService(self.db, self.audit, clock=self.clock)
+
+    @cached_property
+    def cases(self) -> CaseService:
+        return CaseService(self.db, self.blobs, self.policy, self.audit.record, clock=self.clock)
+
+    @cached_property
+    def searches(self) -> SearchService:
+        return SearchService(
+            self.db,
+            self.blobs,
+            self.cipher,
+            self.engine,
+            self.matcher,
+            self.cases,
+            self.audit.record,
+            max_image_pixels=self.settings.max_image_pixels,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def reviews(self) -> ReviewService:
+        return ReviewService(self.db, self.audit.record, clock=self.clock)
+
+    @cached_property
+    def retention(self) -> RetentionService:
+        return RetentionService(
+            self.db,
+            self.blobs,
+            self.policy,
+            self.cases,
+            self.gallery,
+            self.audit.record,
+            clock=self.clock,
         )
 
     def close(self) -> None:

@@ -93,7 +93,7 @@ class CheckpointView:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """The outcome of checking the chain.
+    """The outcome of checking the chain; ``checked`` counts the records read before stopping.
 
     ``first_bad_seq`` is the lowest ``seq`` from which the log can no longer be trusted (for a bad
     checkpoint, the checkpoint's ``seq``); ``problem`` says what was found, naming that ``seq``.
@@ -172,14 +172,14 @@ def verify_chain(
             first_bad_seq=fail.seq,
             problem=fail.problem,
             checkpoints_verified=cps_ok,
-            head_hash=hashes.get(expected - 1),
+            head_hash=hashes.get(expected - 1) if expected > 1 else None,
             signed_through=last_trusted_cp,
         )
     return VerifyResult(
         ok=True,
         checked=checked,
         checkpoints_verified=cps_ok,
-        head_hash=hashes.get(last),
+        head_hash=hashes.get(last) if last else None,
         signed_through=last_trusted_cp,
     )
 
@@ -191,8 +191,13 @@ def _check_record(rec: Mapping[str, Any], expected: int, hashes: Mapping[int, st
             raise ChainBreak(
                 seq, f"record {seq} is out of order or duplicated (expected seq {expected})"
             )
-        gap = f"record {expected}" if seq == expected + 1 else f"records {expected}..{seq - 1}"
-        raise ChainBreak(expected, f"{gap} missing: the log jumps from seq {expected - 1} to {seq}")
+        gap = (
+            f"record {expected} is" if seq == expected + 1 else f"records {expected}..{seq - 1} are"
+        )
+        where = (
+            f"starts at seq {seq}" if expected == 1 else f"jumps from seq {expected - 1} to {seq}"
+        )
+        raise ChainBreak(expected, f"{gap} missing: the log {where}")
     if record_hash(rec) != rec["hash"]:
         raise ChainBreak(*_diagnose_mismatch(rec, hashes))
     if rec["prev_hash"] != hashes[seq - 1]:

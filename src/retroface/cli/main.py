@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from retroface import __version__
-from retroface.cli import vision_cmds
+from retroface.cli import admin_cmds, casework_cmds, gallery_cmds, vision_cmds
+from retroface.cli.session import state
 
 app = typer.Typer(
     name="retroface",
@@ -14,9 +15,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def main(
+    user: str | None = typer.Option(
+        None, "--user", envvar="RETROFACE_USER", help="Act as this user."
+    ),
+) -> None:
+    """retroface: every search needs a case and an authorisation; results are leads for review."""
+    state.user = user
+
+
 app.command()(vision_cmds.detect)
 app.command()(vision_cmds.compare)
 app.command()(vision_cmds.models)
+app.command()(admin_cmds.init)
+app.command()(casework_cmds.search)
+app.add_typer(gallery_cmds.app, name="gallery")
+app.add_typer(casework_cmds.case_app, name="case")
+app.add_typer(casework_cmds.review_app, name="review")
+app.add_typer(admin_cmds.user_app, name="user")
+app.add_typer(admin_cmds.audit_app, name="audit")
+app.add_typer(admin_cmds.retention_app, name="retention")
 
 
 @app.command()

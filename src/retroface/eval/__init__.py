@@ -1,0 +1,66 @@
+"""Accuracy evaluation: NIST-style 1:N / 1:1 metrics, plots and reports.
+
+Only the numpy-based metrics are re-exported here, so importing :mod:`retroface.eval` stays
+cheap; plots (matplotlib) and reports (Jinja2, PDF) live in :mod:`retroface.eval.plots` and
+:mod:`retroface.eval.report`.
+"""
+
+from retroface.eval.metrics import (
+    DEFAULT_FARS,
+    DEFAULT_FPIRS,
+    DemographicResult,
+    FnirPoint,
+    GroupMetrics,
+    IdentificationResult,
+    KFoldResult,
+    TarPoint,
+    VerificationResult,
+    bootstrap_ci,
+    by_group,
+    cmc,
+    det_curve,
+    eer,
+    evaluate_identification,
+    evaluate_verification,
+    fnir_at_fpir,
+    fnir_at_threshold,
+    format_percent,
+    fpir_at_threshold,
+    fpir_threshold,
+    kfold_accuracy,
+    plain_language_summary,
+    rate_key,
+    roc,
+    samples_needed,
+    tar_at_far,
+)
+
+__all__ = [
+    "DEFAULT_FARS",
+    "DEFAULT_FPIRS",
+    "DemographicResult",
+    "FnirPoint",
+    "GroupMetrics",
+    "IdentificationResult",
+    "KFoldResult",
+    "TarPoint",
+    "VerificationResult",
+    "bootstrap_ci",
+    "by_group",
+    "cmc",
+    "det_curve",
+    "eer",
+    "evaluate_identification",
+    "evaluate_verification",
+    "fnir_at_fpir",
+    "fnir_at_threshold",
+    "format_percent",
+    "fpir_at_threshold",
+    "fpir_threshold",
+    "kfold_accuracy",
+    "plain_language_summary",
+    "rate_key",
+    "roc",
+    "samples_needed",
+    "tar_at_far",
+]

@@ -38,7 +38,7 @@ from numpy.typing import ArrayLike, NDArray
 FloatArray: TypeAlias = NDArray[np.float64]
 IntArray: TypeAlias = NDArray[np.int64]
 #: Ranks may come straight from Python lists with ``None`` for "not in the candidate list".
-RankLike: TypeAlias = ArrayLike | Sequence[int | None]
+RankLike: TypeAlias = ArrayLike | Sequence[float | None]
 
 DEFAULT_FPIRS: tuple[float, ...] = (0.1, 0.01, 0.001)
 DEFAULT_FARS: tuple[float, ...] = (0.1, 0.01, 0.001)
@@ -490,6 +490,7 @@ def evaluate_identification(
     base = fnir_at_fpir(ranks, scores, nm, targets, max_rank)
     for i, target in enumerate(targets):
         entry = base[rate_key(target)]
+        # FPIR 0 can never be demonstrated from a finite sample: always flagged.
         needed = samples_needed(target) if target > 0 else nm.size + 1
         points[rate_key(target)] = FnirPoint(
             target_fpir=target,
@@ -882,8 +883,8 @@ def _ratio(rates: Mapping[str, float]) -> tuple[float | None, str | None, str | 
     usable = {k: v for k, v in rates.items() if math.isfinite(v)}
     if len(usable) < 2:
         return None, None, None
-    hi = max(usable, key=lambda k: usable[k])
-    lo = min(usable, key=lambda k: usable[k])
+    order = sorted(usable, key=lambda k: (usable[k], k))  # name breaks ties: hi != lo
+    lo, hi = order[0], order[-1]
     ratio = usable[hi] / usable[lo] if usable[lo] > 0 else None
     return ratio, hi, lo
 
@@ -977,10 +978,14 @@ def by_group(
 
 
 def format_percent(value: float | None) -> str:
-    """``0.021 -> "2.1%"``; three significant digits so small rates stay readable."""
+    """``0.021 -> "2.1%"``, ``0.00052 -> "0.052%"``: one decimal from 1% up, two significant
+    digits below, so tables line up and small rates stay readable."""
     if value is None or not math.isfinite(value):
         return "n/a"
-    return f"{100 * value:.3g}%"
+    pct = 100 * value
+    if pct == 0:
+        return "0%"
+    return f"{pct:.1f}%" if abs(pct) >= 1 else f"{pct:.2g}%"
 
 
 def _ci_text(ci: Sequence[float | None]) -> str:
@@ -1048,11 +1053,18 @@ def plain_language_summary(group_results: DemographicResult | Mapping[str, Any])
     small = [g for g in d["groups"].values() if g["insufficient_samples"]]
     if small:
         listed = "; ".join(
-            f"{g['group']} ({g['n_mated']} mated, {g['n_nonmated']} non-mated)" for g in small
+            f"{g['group']} ({g['n_mated']} mated, {g['n_nonmated']} non-mated; "
+            + " and ".join(
+                r
+                for r, bad in (("FPIR", g["fpir_insufficient"]), ("FNIR", g["fnir_insufficient"]))
+                if bad
+            )
+            + " not compared)"
+            for g in small
         )
         sentences.append(
-            f"Too few searches to estimate reliably (fewer than {d['min_searches']} of a kind), "
-            f"so left out of the comparison: {listed}."
+            f"Too few searches for a reliable estimate (fewer than {d['min_searches']} of a "
+            f"kind): {listed}."
         )
     return " ".join(sentences)
 

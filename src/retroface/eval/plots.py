@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
 
 from retroface.eval.metrics import DemographicResult, FloatArray, format_percent
@@ -114,6 +115,7 @@ def cmc_figure(curves: Curve, *, title: str | None = CMC_TITLE) -> Figure:
     for label, rates in data.items():
         ranks = np.arange(1, rates.size + 1)
         ax.plot(ranks, rates, marker="o", markersize=3, drawstyle="steps-post", label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("Rank")
     ax.set_ylabel("Share of mated searches with mate at rank ≤ k")
     ax.set_ylim(0, 1.02)
@@ -145,7 +147,7 @@ def det_figure(
     ys: list[float] = []
     for label, (fpir, fnir) in data.items():
         x, y = _log_positive(fpir, fnir)
-        order = np.argsort(x)
+        order = np.lexsort((-y, x))  # at equal FPIR, step down to the best FNIR
         ax.plot(x[order], y[order], drawstyle="steps-post", label=label)
         xs.extend(x.tolist())
         ys.extend(y.tolist())

@@ -179,7 +179,7 @@ class Enroller:
         multi_face: str = "reject",
         max_image_pixels: int = 50_000_000,
         actor: str = "system",
-        on_committed: Callable[[Session, list[ReferenceImage]], None] | None = None,
+        on_committed: Callable[[Session, list[ReferenceImage]], object] | None = None,
     ) -> None:
         self.db = db
         self.blobs = blobs

@@ -13,6 +13,7 @@ from retroface.errors import NotFoundError
 from retroface.search.index_manager import IndexManager, bump_gallery_version, gallery_version
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.db import Database
+from retroface.storage.references import still_referenced
 from retroface.storage.tables import FaceTemplate, Probe, ReferenceImage, Subject
 
 
@@ -95,7 +96,7 @@ class GalleryService:
     def erase(
         self,
         reference: str,
-        on_erased: Callable[[Session, ErasureResult], None] | None = None,
+        on_erased: Callable[[Session, ErasureResult], object] | None = None,
     ) -> ErasureResult:
         """Remove a subject's images, templates, files and index entries.
 
@@ -114,14 +115,8 @@ class GalleryService:
             result = ErasureResult(reference, len(images), len(template_ids), 0, version)
             if on_erased:
                 on_erased(s, result)
-        deleted = 0
-        with self.db.session() as s:
-            still_used = set(
-                s.scalars(select(Probe.content_hash).where(Probe.content_hash.in_(hashes)))
-            )
-        for digest in hashes:
-            if digest not in still_used and self.blobs.delete(digest):
-                deleted += 1
+            still_used = still_referenced(s, hashes)
+        deleted = sum(self.blobs.delete(h) for h in set(hashes) - still_used)
         for key in model_keys:
             self.index.apply(key, version, removed=template_ids, save=True)
         return ErasureResult(reference, len(images), len(template_ids), deleted, version)

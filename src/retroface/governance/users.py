@@ -361,7 +361,7 @@ class UserService:
                 .where(ApiToken.token_hash == hash_token(token))
             ).first()
             if found is not None:
-                row, user = found.tuple()
+                row, user = found
                 if row.revoked:
                     reason = "revoked"
                 elif row.expires_at is not None and row.expires_at <= self.clock():
@@ -394,7 +394,7 @@ class UserService:
             ).first()
             if found is None:
                 raise NotFoundError("no such API token")
-            row, user = found.tuple()
+            row, user = found
             if not row.revoked:
                 row.revoked = True
                 self.audit.record(

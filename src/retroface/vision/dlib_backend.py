@@ -135,6 +135,16 @@ class DlibEngine:
         found = [(r, float(m), self.predictor(img, r)) for r, m in zip(rects, margins, strict=True)]
         return sorted(found, key=lambda t: -t[1])
 
+    def chips(self, image: ImageArray, shapes: list[Any]) -> list[ImageArray]:
+        """dlib's own aligned 150x150 crops (the descriptor was trained on exactly these)."""
+        img = np.ascontiguousarray(image, dtype=np.uint8)
+        return [
+            np.ascontiguousarray(
+                self._dlib.get_face_chip(img, shape, size=CHIP_SIZE, padding=CHIP_PADDING)
+            )
+            for shape in shapes
+        ]
+
     def embed_chips(self, chips: list[ImageArray]) -> FloatArray:
         """Unit-length descriptors for 150x150 chips cut by ``dlib.get_face_chip``, in one batch."""
         if not chips:
@@ -148,12 +158,7 @@ class DlibEngine:
         if not found:
             return []
         h, w = img.shape[:2]
-        chips = [
-            np.ascontiguousarray(
-                self._dlib.get_face_chip(img, shape, size=CHIP_SIZE, padding=CHIP_PADDING)
-            )
-            for _, _, shape in found
-        ]
+        chips = self.chips(img, [shape for _, _, shape in found])
         embeddings = self.embed_chips(chips)
         faces = []
         for (rect, margin, shape), chip, emb in zip(found, chips, embeddings, strict=True):

@@ -1,0 +1,208 @@
+"""Accounts, audit and retention on the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from retroface.cli.common import console, fail, print_json, user_errors
+from retroface.cli.session import state
+from retroface.governance.roles import Role
+from retroface.governance.users import require_role
+
+user_app = typer.Typer(help="User accounts: add, list, disable, token.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit log: verify, export.", no_args_is_help=True)
+retention_app = typer.Typer(help="Retention: purge what is due.", no_args_is_help=True)
+
+
+def _new_password(prompt_for: str) -> str:
+    password = os.environ.get("RETROFACE_NEW_PASSWORD")
+    if password:
+        return password
+    if not sys.stdin.isatty():
+        fail(f"set RETROFACE_NEW_PASSWORD for {prompt_for} (no terminal to prompt on)")
+    first = getpass.getpass(f"New password for {prompt_for}: ")
+    if first != getpass.getpass("Repeat: "):
+        fail("passwords differ")
+    return first
+
+
+def init(
+    admin: str = typer.Option("admin", help="Name of the first administrator."),
+) -> None:
+    """First run: create the data directory, keys, schema and the first admin account."""
+    with user_errors():
+        ctx = state.ctx
+        created = ctx.users.ensure_admin(admin, _new_password(admin))
+        ctx.audit.public_key_pem()
+    console.print(f"data directory: {ctx.home}")
+    if created:
+        console.print(f"administrator {admin} created")
+    else:
+        console.print("an administrator already exists; nothing changed")
+
+
+@user_app.command("add")
+def user_add(
+    username: str,
+    roles: str = typer.Option(
+        ..., help="Comma-separated: admin,operator,reviewer,authoriser,auditor."
+    ),
+    display_name: str | None = typer.Option(None),
+    token_only: bool = typer.Option(False, help="No password; the account uses API tokens."),
+) -> None:
+    """Create an account (admin only)."""
+    with user_errors():
+        actor = state.principal()
+        require_role(actor, Role.ADMIN)
+        password = None if token_only else _new_password(username)
+        p = state.ctx.users.add(username, roles, password, display_name, actor=actor.username)
+    console.print(f"user {p.username} added with roles {', '.join(sorted(p.roles))}")
+
+
+@user_app.command("list")
+def user_list(json_out: bool = typer.Option(False, "--json")) -> None:
+    """All accounts."""
+    with user_errors():
+        require_role(state.principal(), Role.ADMIN, Role.AUDITOR)
+        users = state.ctx.users.list()
+    if json_out:
+        print_json({"users": [dataclasses.asdict(u) | {"roles": sorted(u.roles)} for u in users]})
+        return
+    table = Table()
+    for col in ("username", "roles", "active", "created"):
+        table.add_column(col)
+    for u in users:
+        table.add_row(
+            u.username,
+            ",".join(sorted(u.roles)),
+            "yes" if u.active else "no",
+            f"{u.created_at:%Y-%m-%d}",
+        )
+    console.print(table)
+
+
+@user_app.command("disable")
+def user_disable(username: str) -> None:
+    """Disable an account and revoke its tokens."""
+    with user_errors():
+        actor = state.principal()
+        require_role(actor, Role.ADMIN)
+        changed = state.ctx.users.disable(username, actor=actor.username)
+    console.print(f"user {username} " + ("disabled" if changed else "was already disabled"))
+
+
+@user_app.command("token")
+def user_token(
+    username: str | None = typer.Argument(None, help="Whose token (admins only for others)."),
+    name: str = typer.Option("cli", help="A label for the token."),
+    days: float = typer.Option(30, help="Validity in days."),
+) -> None:
+    """Issue an API token (shown once; stored only as a hash)."""
+    with user_errors():
+        actor = state.principal()
+        target = username or actor.username
+        if target != actor.username:
+            require_role(actor, Role.ADMIN)
+        token = state.ctx.users.issue_token(
+            target, name, timedelta(days=days), actor=actor.username
+        )
+    typer.echo(token)
+
+
+@audit_app.command("verify")
+def audit_verify(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Check the hash chain and signed checkpoints; exit 1 and name the first bad record."""
+    with user_errors():
+        require_role(state.principal(), Role.AUDITOR, Role.ADMIN)
+        result = state.ctx.audit.verify()
+    if json_out:
+        print_json(dataclasses.asdict(result))
+    elif result.ok:
+        console.print(
+            f"[green]audit log intact[/]: {result.checked} records, "
+            f"{result.checkpoints_verified} signed checkpoints, "
+            f"signed through record {result.signed_through}"
+        )
+    else:
+        console.print(f"[bold red]audit log TAMPERED[/]: {result.problem}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    out: Path = typer.Argument(..., help="Folder to write (JSONL, checkpoints, public key)."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Export the log for offline verification (`retroface audit verify-export`)."""
+    with user_errors():
+        actor = state.principal()
+        require_role(actor, Role.AUDITOR, Role.ADMIN)
+        ctx = state.ctx
+        manifest = ctx.audit.export(out)
+        with ctx.db.session() as s:
+            ctx.audit.record(
+                s,
+                actor=actor.username,
+                action="audit.export",
+                object_id=str(out),
+                details={"records": manifest.get("records")},
+            )
+    if json_out:
+        print_json(manifest)
+        return
+    console.print(f"audit log exported to {out}")
+
+
+@audit_app.command("verify-export")
+def audit_verify_export(
+    folder: Path,
+    public_key: Path | None = typer.Option(
+        None, help="Trusted public key PEM (default: the one in the export)."
+    ),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Verify an export offline, without the database."""
+    from retroface.audit.log import verify_export
+
+    with user_errors():
+        keys = public_key.read_text() if public_key else None
+        result = verify_export(folder, keys)
+    if json_out:
+        print_json(dataclasses.asdict(result))
+    elif result.ok:
+        console.print(f"[green]export intact[/]: {result.checked} records")
+    else:
+        console.print(f"[bold red]export TAMPERED[/]: {result.problem}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@retention_app.command("run")
+def retention_run(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only report what is due."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Delete probes, results, expired urgent cases and subjects whose retention has ended."""
+    with user_errors():
+        actor = state.principal()
+        require_role(actor, Role.ADMIN)
+        report = state.ctx.retention.run(actor=actor.username, dry_run=dry_run)
+    data = report.to_dict()
+    if json_out:
+        print_json(data)
+        return
+    verb = "due" if dry_run else "deleted"
+    console.print(
+        f"{verb}: {data['probes_deleted']} probe(s), {data['searches_deleted']} search record(s), "
+        f"{len(data['subjects_erased'])} subject(s), "
+        f"{len(data['urgent_cases_expired'])} expired urgent case(s)"
+    )

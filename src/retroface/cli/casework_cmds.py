@@ -1,0 +1,216 @@
+"""Cases, authorisation, search and review on the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from retroface.cli.common import console, fail, print_json, user_errors
+from retroface.cli.session import state
+from retroface.search.service import ProbeProvenance
+
+case_app = typer.Typer(help="Cases: open, authorise, list, show.", no_args_is_help=True)
+review_app = typer.Typer(help="Blind two-person review: queue, show, decide.", no_args_is_help=True)
+
+
+@case_app.command("open")
+def case_open(
+    ref: str = typer.Option(..., "--ref", help="Case reference (e.g. crime number)."),
+    offence: str = typer.Option(..., help="Offence category (see `retroface case categories`)."),
+    purpose: str = typer.Option(..., help="What the search is for."),
+    justification: str = typer.Option(..., help="Why it is necessary and proportionate, in words."),
+    urgent: bool = typer.Option(
+        False, help="Search before approval; must be authorised within the urgent window."
+    ),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Open a case; searches need it approved (or urgent and within its window)."""
+    with user_errors():
+        data = state.ctx.cases.open(
+            state.principal(), ref, offence, purpose, justification, urgent=urgent
+        )
+    if json_out:
+        print_json(data)
+        return
+    note = (
+        f" — URGENT: must be authorised by {data['urgent_deadline']:%Y-%m-%d %H:%M} UTC"
+        if urgent
+        else " — awaiting authorisation"
+    )
+    console.print(f"case {ref} opened{note}")
+
+
+@case_app.command("authorise")
+def case_authorise(
+    ref: str,
+    approve: bool = typer.Option(None, "--approve/--refuse", help="Approve or refuse."),
+    note: str = typer.Option(..., help="Reasons for the decision."),
+    days: float | None = typer.Option(None, help="Authorisation validity in days."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Approve or refuse a case (not your own); refusal deletes everything it produced."""
+    if approve is None:
+        fail("say --approve or --refuse")
+    with user_errors():
+        data = state.ctx.cases.authorise(state.principal(), ref, approve, note, days)
+    if json_out:
+        print_json(data)
+        return
+    console.print(f"case {ref}: {data['status']}")
+
+
+@case_app.command("list")
+def case_list(
+    status: str | None = typer.Option(None), json_out: bool = typer.Option(False, "--json")
+) -> None:
+    """Cases, newest first."""
+    with user_errors():
+        rows = state.ctx.cases.list_cases(state.principal(), status)
+    if json_out:
+        print_json({"cases": rows})
+        return
+    table = Table()
+    for col in ("reference", "offence", "status", "urgent", "opened"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["reference"],
+            r["offence_category"],
+            r["status"],
+            "yes" if r["urgent"] else "",
+            f"{r['opened_at']:%Y-%m-%d %H:%M}",
+        )
+    console.print(table)
+
+
+@case_app.command("show")
+def case_show(ref: str, json_out: bool = typer.Option(False, "--json")) -> None:
+    """One case."""
+    with user_errors():
+        data = state.ctx.cases.show(state.principal(), ref)
+    if json_out:
+        print_json(data)
+        return
+    for k, v in data.items():
+        console.print(f"{k}: {v}")
+
+
+@case_app.command("categories")
+def case_categories() -> None:
+    """The configured offence categories."""
+    for c in state.ctx.policy.offence_categories:
+        console.print(c)
+
+
+def _print_result(data: dict[str, Any]) -> None:
+    console.print(f"[bold]Search {data['search_id']}[/] — [yellow]{data['label']}[/]")
+    warnings = data["probe"]["warnings"]
+    if warnings:
+        console.print("[yellow]probe quality warnings:[/] " + "; ".join(warnings))
+    if not data["candidates"]:
+        console.print("no candidates" + (" above the threshold" if data["threshold"] else ""))
+        return
+    table = Table()
+    for col in ("rank", "subject", "similarity", "image"):
+        table.add_column(col)
+    for c in data["candidates"]:
+        table.add_row(str(c["rank"]), c["subject"], f"{c['similarity']:.3f}", str(c["image_id"]))
+    console.print(table)
+    console.print(f"gallery version {data['gallery_version']}, model {data['model']}")
+
+
+def search(
+    image: Path | None = typer.Argument(None, help="Probe image (omit with --probe)."),
+    case: str = typer.Option(..., "--case", help="The authorised case this search serves."),
+    source: str | None = typer.Option(None, help="Probe source, e.g. CCTV, witness."),
+    how_obtained: str | None = typer.Option(None, help="How the probe was obtained (exhibit)."),
+    probe: int | None = typer.Option(None, help="Search an already submitted probe."),
+    face: int | None = typer.Option(None, help="Which face of the probe (see the probe's faces)."),
+    top: int = typer.Option(20, "--top", min=1, max=200, help="Candidate list length."),
+    threshold: float | None = typer.Option(None, help="Only candidates at or above this."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Search one face against the gallery under an authorised case."""
+    with user_errors():
+        actor = state.principal()
+        svc = state.ctx.searches
+        if probe is None:
+            if image is None:
+                fail("give a probe IMAGE or --probe ID")
+            if not source or not how_obtained:
+                fail("a new probe needs --source and --how-obtained (its provenance)")
+            try:
+                data = image.read_bytes()
+            except OSError as exc:
+                fail(f"{image}: {exc.strerror}")
+            added = svc.add_probe(
+                actor, case, data, image.name, ProbeProvenance(source, how_obtained)
+            )
+            probe = added["probe_id"]
+            if face is None and len(added["faces"]) > 1:
+                faces = ", ".join(f"{f['face']}: box {f['box']}" for f in added["faces"])
+                fail(
+                    f"the probe shows {len(added['faces'])} faces ({faces}); choose one with "
+                    f"--face N --probe {probe}"
+                )
+        result = svc.search(actor, case, probe, face, top, threshold)
+    if json_out:
+        print_json(result)
+        return
+    _print_result(result)
+
+
+@review_app.command("queue")
+def review_queue(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Searches waiting for your review."""
+    with user_errors():
+        rows = state.ctx.reviews.queue(state.principal())
+    if json_out:
+        print_json({"queue": rows})
+        return
+    if not rows:
+        console.print("nothing to review")
+    for r in rows:
+        console.print(
+            f"search {r['search_id']} (case {r['case']}): {r['needs']}, "
+            f"{r['candidates']} candidates"
+        )
+
+
+@review_app.command("show")
+def review_show(search_id: int, json_out: bool = typer.Option(False, "--json")) -> None:
+    """A candidate list to adjudicate; others' decisions stay hidden until both are in."""
+    with user_errors():
+        data = state.ctx.reviews.show(state.principal(), search_id)
+    if json_out:
+        print_json(data)
+        return
+    console.print(f"search {search_id}: {data['status']} — [yellow]{data['label']}[/]")
+    for c in data["candidates"]:
+        console.print(f"  {c['rank']:>3}  {c['subject']:<30} {c['similarity']:.3f}")
+    if data["hidden"]:
+        console.print(f"({data['hidden']} other decision(s) hidden until both are in)")
+    for r in data["reviews"]:
+        console.print(
+            f"  {r['stage']}: {r['decision']} {r['candidate_rank'] or ''} {r['note'] or ''}"
+        )
+
+
+@review_app.command("decide")
+def review_decide(
+    search_id: int,
+    decision: str = typer.Option(..., help="'possible match', 'no match' or 'inconclusive'."),
+    note: str = typer.Option(..., help="Your reasons."),
+    rank: int | None = typer.Option(None, help="Candidate rank for a possible match."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Record your independent decision on a candidate list."""
+    with user_errors():
+        data = state.ctx.reviews.decide(state.principal(), search_id, decision, note, rank)
+    if json_out:
+        print_json(data)
+        return
+    console.print(f"search {search_id}: {data['stage']} review recorded; status {data['status']}")

@@ -1,0 +1,204 @@
+"""`retroface gallery ...`: enrol, inspect and erase reference subjects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from retroface.cli.common import console, err_console, print_json, user_errors
+from retroface.cli.session import state
+from retroface.gallery.enrol import items_from_manifest, items_from_paths
+from retroface.governance.roles import Role
+from retroface.governance.users import require_role
+
+app = typer.Typer(
+    help="The reference gallery: enrol, list, show, remove, stats.", no_args_is_help=True
+)
+
+
+@app.command()
+def enrol(
+    paths: list[Path] = typer.Argument(None, help="Images, or folders of sub-folders per subject."),
+    manifest: Path | None = typer.Option(
+        None, help="CSV with path,subject[,face,inclusion_reason,legal_basis,source,...]."
+    ),
+    inclusion_reason: str | None = typer.Option(
+        None, help="Why these subjects are in the gallery (e.g. 'custody image')."
+    ),
+    source: str | None = typer.Option(None, help="Where the images come from."),
+    multi_face: str = typer.Option(
+        "reject", help="With several faces: 'reject' unless one is clearly the main, or 'main'."
+    ),
+    allow_low_quality: bool = typer.Option(False, help="Enrol faces below quality minimums."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Enrol reference images; re-running skips what is done (by content hash)."""
+    with user_errors():
+        actor = state.principal()
+        require_role(actor, Role.ADMIN)
+        ctx = state.ctx
+        items = list(items_from_manifest(manifest)) if manifest else []
+        items += list(items_from_paths(paths or []))
+        if not items:
+            raise typer.BadParameter("give image paths, folders or --manifest")
+        if inclusion_reason or source:
+            from dataclasses import replace
+
+            items = [
+                replace(
+                    i,
+                    inclusion_reason=i.inclusion_reason or inclusion_reason,
+                    source=i.source or source,
+                )
+                for i in items
+            ]
+        enroller = ctx.enroller(
+            actor=actor.username, require_quality=not allow_low_quality, multi_face=multi_face
+        )
+        enroller.on_committed = lambda s, images: ctx.audit.record(
+            s,
+            actor=actor.username,
+            action="gallery.enrol",
+            object_type="reference_image",
+            object_id=",".join(str(i.id) for i in images),
+            details={"images": len(images)},
+        )
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            disable=json_out,
+        ) as bar:
+            task = bar.add_task("Enrolling", total=len(items))
+            summary = enroller.run(items, progress=lambda d, t: bar.update(task, completed=d))
+    data = summary.to_dict()
+    if json_out:
+        print_json(data)
+        return
+    console.print(
+        f"enrolled {summary.enrolled}, skipped {summary.skipped} (already enrolled), "
+        f"rejected {len(summary.rejected)}, subjects {summary.subjects} "
+        f"in {summary.seconds:.1f} s (gallery version {summary.gallery_version})"
+    )
+    for r in summary.rejected[:50]:
+        console.print(f"  [yellow]rejected[/] {r['path']}: {r['reason']}")
+    if len(summary.rejected) > 50:
+        console.print(f"  … and {len(summary.rejected) - 50} more (use --json for all)")
+
+
+@app.command("list")
+def list_(
+    offset: int = typer.Option(0, min=0),
+    limit: int = typer.Option(100, min=1, max=10000),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Subjects in the gallery."""
+    with user_errors():
+        require_role(state.principal(), Role.ADMIN, Role.AUDITOR)
+        rows = state.ctx.gallery.list_subjects(offset, limit)
+    if json_out:
+        print_json({"subjects": rows, "offset": offset, "limit": limit})
+        return
+    table = Table(title=f"Subjects {offset + 1}–{offset + len(rows)}")
+    for col in ("reference", "images", "inclusion reason", "source", "status"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["reference"], str(r["images"]), r["inclusion_reason"], r["source"] or "", r["status"]
+        )
+    console.print(table)
+
+
+@app.command()
+def show(subject: str, json_out: bool = typer.Option(False, "--json")) -> None:
+    """One subject with its reference images and templates."""
+    with user_errors():
+        require_role(state.principal(), Role.ADMIN, Role.AUDITOR)
+        data = state.ctx.gallery.show(subject)
+    if json_out:
+        print_json(data)
+        return
+    console.print(
+        f"[bold]{data['reference']}[/] ({data['status']}): {data['inclusion_reason']}, "
+        f"source {data['source'] or 'unspecified'}"
+    )
+    for img in data["reference_images"]:
+        console.print(
+            f"  image {img['image_id']} {img['original_name']} {img['size'][0]}x{img['size'][1]} "
+            f"sha256 {img['content_hash'][:12]}… ({len(img['templates'])} template(s))"
+        )
+
+
+@app.command()
+def remove(
+    subject: str,
+    reason: str = typer.Option(..., help="Why the subject is erased (recorded in the audit)."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Erase a subject: images, templates, files and index entries."""
+    with user_errors():
+        actor = state.principal()
+        require_role(actor, Role.ADMIN)
+        ctx = state.ctx
+        result = ctx.gallery.erase(
+            subject,
+            on_erased=lambda s, r: ctx.audit.record(
+                s,
+                actor=actor.username,
+                action="gallery.erase",
+                object_type="subject",
+                object_id=r.subject,
+                justification=reason,
+                details={"images": r.images, "templates": r.templates},
+            ),
+        )
+    if json_out:
+        print_json(result.to_dict())
+        return
+    console.print(
+        f"erased {subject}: {result.images} image(s), {result.templates} template(s), "
+        f"{result.files_deleted} file(s) deleted"
+    )
+
+
+@app.command()
+def stats(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Gallery size by inclusion reason, source and model."""
+    with user_errors():
+        require_role(state.principal(), Role.ADMIN, Role.AUDITOR)
+        data = state.ctx.gallery.stats()
+    if json_out:
+        print_json(data)
+        return
+    console.print(
+        f"{data['subjects']} subjects, {data['images']} images, {data['templates']} templates "
+        f"(gallery version {data['gallery_version']})"
+    )
+    for title, key in (
+        ("by inclusion reason", "subjects_by_inclusion_reason"),
+        ("by source", "subjects_by_source"),
+        ("templates by model", "templates_by_model"),
+    ):
+        console.print(f"  {title}: " + ", ".join(f"{k}: {v}" for k, v in data[key].items()))
+
+
+@app.command()
+def check(
+    repair: bool = typer.Option(False, help="Delete orphan files."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Compare stored files, database rows and the index."""
+    with user_errors():
+        require_role(state.principal(), Role.ADMIN)
+        ctx = state.ctx
+        data = ctx.gallery.check(ctx.engine.identity.key, repair=repair)
+    if json_out:
+        print_json(data)
+        return
+    for k, v in data.items():
+        console.print(f"{k}: {v}")

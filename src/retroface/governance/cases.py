@@ -1,0 +1,267 @@
+"""Cases and their authorisation: no search happens outside an authorised purpose.
+
+EU AI Act Art 26(10): each use of RFR is authorised for a specific offence, by someone other than
+the requester; an urgent use may go first but must be authorised within a window, and if it is
+refused (or the window lapses) everything the use produced is deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from retroface.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
+from retroface.governance.policy import GovernancePolicy
+from retroface.governance.roles import Role
+from retroface.governance.users import Principal, require_role
+from retroface.storage.blobstore import EncryptedBlobStore
+from retroface.storage.db import Database
+from retroface.storage.references import still_referenced
+from retroface.storage.tables import Case, Probe, SearchRecord, utcnow
+
+AuditFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    case: str
+    probes: int
+    searches: int
+    files_deleted: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def case_dict(case: Case, now: datetime | None = None) -> dict[str, Any]:
+    return {
+        "reference": case.reference,
+        "offence_category": case.offence_category,
+        "purpose": case.purpose,
+        "justification": case.justification,
+        "status": case.status,
+        "urgent": case.urgent,
+        "urgent_deadline": case.urgent_deadline,
+        "opened_at": case.opened_at,
+        "decided_at": case.decided_at,
+        "decision_note": case.decision_note,
+        "authorised_until": case.authorised_until,
+        "scope_gallery": case.scope_gallery,
+        "purged_at": case.purged_at,
+    }
+
+
+class CaseService:
+    def __init__(
+        self,
+        db: Database,
+        blobs: EncryptedBlobStore,
+        policy: GovernancePolicy,
+        audit: AuditFn,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.policy = policy
+        self.audit = audit  # audit(session, actor=..., action=..., ...)
+        self.clock = clock
+
+    def get(self, s: Session, reference: str) -> Case:
+        case = s.scalar(select(Case).where(Case.reference == reference))
+        if case is None:
+            raise NotFoundError(f"no case {reference!r}")
+        return case
+
+    def open(
+        self,
+        actor: Principal,
+        reference: str,
+        offence_category: str,
+        purpose: str,
+        justification: str,
+        urgent: bool = False,
+        scope_gallery: str | None = None,
+    ) -> dict[str, Any]:
+        require_role(actor, Role.OPERATOR)
+        self.policy.check_offence(offence_category)
+        reference = reference.strip()
+        if not reference:
+            raise InvalidInputError("a case needs a reference")
+        if len(purpose.strip()) < 10 or len(justification.strip()) < 20:
+            raise InvalidInputError(
+                "state the purpose (at least 10 characters) and why the search is necessary and "
+                "proportionate (justification, at least 20 characters)"
+            )
+        now = self.clock()
+        with self.db.session() as s:
+            if s.scalar(select(Case.id).where(Case.reference == reference)):
+                raise ConflictError(f"case {reference!r} already exists")
+            case = Case(
+                reference=reference,
+                offence_category=offence_category,
+                purpose=purpose.strip(),
+                justification=justification.strip(),
+                urgent=urgent,
+                urgent_deadline=now + self.policy.urgent_window if urgent else None,
+                opened_by=actor.id,
+                opened_at=now,
+                scope_gallery=scope_gallery,
+                status="pending",
+            )
+            s.add(case)
+            s.flush()
+            self.audit(
+                s,
+                actor=actor.username,
+                action="case.open",
+                case_ref=reference,
+                object_type="case",
+                object_id=reference,
+                justification=justification,
+                details={"offence": offence_category, "urgent": urgent, "purpose": purpose},
+                ts=now,
+            )
+            return case_dict(case)
+
+    def authorise(
+        self,
+        actor: Principal,
+        reference: str,
+        approve: bool,
+        note: str,
+        valid_days: float | None = None,
+    ) -> dict[str, Any]:
+        require_role(actor, Role.AUTHORISER)
+        if not note.strip():
+            raise InvalidInputError("an authorisation decision needs a note giving its reasons")
+        now = self.clock()
+        with self.db.session() as s:
+            case = self.get(s, reference)
+            if case.opened_by == actor.id:
+                raise PermissionDeniedError(
+                    f"{actor.username} opened case {reference} and may not authorise it "
+                    "(separation of duties)"
+                )
+            if case.status not in ("pending",):
+                raise ConflictError(f"case {reference} is already {case.status}")
+            case.decided_by = actor.id
+            case.decided_at = now
+            case.decision_note = note.strip()
+            if approve:
+                case.status = "approved"
+                days = valid_days or self.policy.authorisation_days
+                from datetime import timedelta
+
+                case.authorised_until = now + timedelta(days=days)
+            else:
+                case.status = "refused"
+            self.audit(
+                s,
+                actor=actor.username,
+                action="case.approve" if approve else "case.refuse",
+                case_ref=reference,
+                object_type="case",
+                object_id=reference,
+                justification=note,
+                details={
+                    "urgent": case.urgent,
+                    "authorised_until": case.authorised_until.isoformat()
+                    if case.authorised_until
+                    else None,
+                },
+                ts=now,
+            )
+        if not approve:
+            self.purge(reference, actor=actor.username, reason="authorisation refused")
+        with self.db.session() as s:
+            return case_dict(self.get(s, reference))
+
+    def require_searchable(self, s: Session, reference: str) -> Case:
+        """The case if a search may run under it now; otherwise a clear refusal."""
+        case = self.get(s, reference)
+        now = self.clock()
+        if case.status == "approved":
+            if case.authorised_until and case.authorised_until < now:
+                raise PermissionDeniedError(
+                    f"the authorisation of case {reference} expired on "
+                    f"{case.authorised_until:%Y-%m-%d %H:%M} UTC; ask for a new one"
+                )
+            return case
+        if case.status == "pending" and case.urgent:
+            if case.urgent_deadline and case.urgent_deadline >= now:
+                return case
+            raise PermissionDeniedError(
+                f"the urgent window of case {reference} ended without authorisation; "
+                "its material is deleted"
+            )
+        if case.status == "pending":
+            raise PermissionDeniedError(
+                f"case {reference} is awaiting authorisation: no search may run until an "
+                "authoriser approves it (or open it as urgent)"
+            )
+        raise PermissionDeniedError(f"case {reference} is {case.status}: no search may run")
+
+    def list_cases(self, actor: Principal, status: str | None = None) -> list[dict[str, Any]]:
+        require_role(actor, *Role)
+        with self.db.session() as s:
+            q = select(Case).order_by(Case.opened_at.desc())
+            if status:
+                q = q.where(Case.status == status)
+            return [case_dict(c) for c in s.scalars(q)]
+
+    def show(self, actor: Principal, reference: str) -> dict[str, Any]:
+        require_role(actor, *Role)
+        with self.db.session() as s:
+            return case_dict(self.get(s, reference))
+
+    def purge(self, reference: str, actor: str, reason: str) -> PurgeResult:
+        """Delete every probe, face, search and result of a case; files after the rows commit."""
+        now = self.clock()
+        with self.db.session() as s:
+            case = self.get(s, reference)
+            probes = list(s.scalars(select(Probe).where(Probe.case_id == case.id)))
+            hashes = {p.content_hash for p in probes}
+            searches = list(s.scalars(select(SearchRecord).where(SearchRecord.case_id == case.id)))
+            for rec in searches:
+                s.delete(rec)
+            for probe in probes:
+                s.delete(probe)
+            if case.status == "pending":
+                case.status = "expired" if case.urgent else "refused"
+            case.purged_at = now
+            shared = still_referenced(s, hashes)
+            self.audit(
+                s,
+                actor=actor,
+                action="case.purge",
+                case_ref=reference,
+                object_type="case",
+                object_id=reference,
+                justification=reason,
+                details={"probes": len(probes), "searches": len(searches)},
+                ts=now,
+            )
+        deleted = sum(self.blobs.delete(h) for h in hashes - shared)
+        return PurgeResult(reference, len(probes), len(searches), deleted)
+
+    def expire_urgent(self, actor: str = "system") -> list[PurgeResult]:
+        """Purge urgent cases whose authorisation window passed without a decision."""
+        now = self.clock()
+        with self.db.session() as s:
+            due = list(
+                s.scalars(
+                    select(Case.reference).where(
+                        Case.status == "pending",
+                        Case.urgent.is_(True),
+                        Case.urgent_deadline < now,
+                    )
+                )
+            )
+        return [
+            self.purge(ref, actor, "urgent window expired without authorisation") for ref in due
+        ]

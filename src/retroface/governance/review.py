@@ -1,0 +1,207 @@
+"""Blind two-person review of candidate lists (EU AI Act Art 14(5)).
+
+Two different reviewers, neither of whom ran the search, adjudicate each list without seeing the
+other's decision until both are in. Agreement settles the outcome; disagreement goes to a third
+reviewer whose decision settles it. Outcomes and agreement are recorded for the transparency
+report (Cohen's kappa).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from retroface.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
+from retroface.governance.roles import Role
+from retroface.governance.users import Principal, require_role
+from retroface.storage.db import Database
+from retroface.storage.tables import Case, Review, SearchRecord, utcnow
+
+DECISIONS = ("possible match", "no match", "inconclusive")
+AuditFn = Callable[..., Any]
+
+
+def _decision_key(decision: str, rank: int | None) -> tuple[str, int | None]:
+    """Two reviews agree when the decision matches and, for a possible match, so does the rank."""
+    return (decision, rank if decision == "possible match" else None)
+
+
+class ReviewService:
+    def __init__(
+        self, db: Database, audit: AuditFn, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        self.db = db
+        self.audit = audit
+        self.clock = clock
+
+    def _search(self, s: Session, search_id: int) -> SearchRecord:
+        rec = s.get(SearchRecord, search_id)
+        if rec is None:
+            raise NotFoundError(f"no search {search_id}")
+        return rec
+
+    def queue(self, actor: Principal) -> list[dict[str, Any]]:
+        """Searches awaiting this reviewer: not their own, not yet decided by them."""
+        require_role(actor, Role.REVIEWER)
+        with self.db.session() as s:
+            recs = s.scalars(
+                select(SearchRecord)
+                .where(SearchRecord.review_status.in_(("pending", "in_review", "disputed")))
+                .order_by(SearchRecord.started_at)
+            ).all()
+            out = []
+            for rec in recs:
+                reviews = s.scalars(select(Review).where(Review.search_id == rec.id)).all()
+                if rec.user_id == actor.id or any(r.reviewer_id == actor.id for r in reviews):
+                    continue
+                case = s.get(Case, rec.case_id) if rec.case_id else None
+                out.append(
+                    {
+                        "search_id": rec.id,
+                        "case": case.reference if case else None,
+                        "status": rec.review_status,
+                        "needs": "tiebreak" if rec.review_status == "disputed" else "review",
+                        "candidates": len(rec.candidates),
+                        "started_at": rec.started_at,
+                    }
+                )
+            return out
+
+    def show(self, actor: Principal, search_id: int) -> dict[str, Any]:
+        """The candidate list for review; other reviewers' decisions stay hidden until settled."""
+        require_role(actor, Role.REVIEWER, Role.AUDITOR)
+        with self.db.session() as s:
+            rec = self._search(s, search_id)
+            reviews = s.scalars(
+                select(Review).where(Review.search_id == rec.id).order_by(Review.id)
+            ).all()
+            settled = rec.review_status in ("agreed", "resolved")
+            visible = [
+                r
+                for r in reviews
+                if settled or r.reviewer_id == actor.id or actor.has_role(Role.AUDITOR)
+            ]
+            self.audit(
+                s,
+                actor=actor.username,
+                action="review.view",
+                object_type="search",
+                object_id=str(search_id),
+                ts=self.clock(),
+            )
+            return {
+                "search_id": rec.id,
+                "label": rec.label,
+                "status": rec.review_status,
+                "outcome": rec.review_outcome,
+                "probe_quality": rec.probe_quality,
+                "candidates": [
+                    {
+                        "rank": c.rank,
+                        "subject": c.subject_reference,
+                        "similarity": round(c.similarity, 4),
+                    }
+                    for c in rec.candidates
+                ],
+                "reviews_in": len(reviews),
+                "reviews": [
+                    {
+                        "reviewer_id": r.reviewer_id,
+                        "stage": r.stage,
+                        "decision": r.decision,
+                        "candidate_rank": r.candidate_rank,
+                        "note": r.note,
+                    }
+                    for r in visible
+                ],
+                "hidden": len(reviews) - len(visible),
+            }
+
+    def decide(
+        self,
+        actor: Principal,
+        search_id: int,
+        decision: str,
+        note: str,
+        candidate_rank: int | None = None,
+    ) -> dict[str, Any]:
+        require_role(actor, Role.REVIEWER)
+        decision = decision.strip().lower().replace("_", " ")
+        if decision not in DECISIONS:
+            raise InvalidInputError(f"decision must be one of: {', '.join(DECISIONS)}")
+        if decision == "possible match" and candidate_rank is None:
+            raise InvalidInputError("a 'possible match' decision must name the candidate rank")
+        now = self.clock()
+        with self.db.session() as s:
+            rec = s.get(SearchRecord, search_id, with_for_update=True)
+            if rec is None:
+                raise NotFoundError(f"no search {search_id}")
+            if rec.user_id == actor.id:
+                raise PermissionDeniedError(
+                    f"{actor.username} ran search {search_id} and may not review it "
+                    "(separation of duties)"
+                )
+            if candidate_rank is not None and not any(
+                c.rank == candidate_rank for c in rec.candidates
+            ):
+                raise InvalidInputError(
+                    f"search {search_id} has no candidate at rank {candidate_rank}"
+                )
+            reviews = list(s.scalars(select(Review).where(Review.search_id == rec.id)))
+            if any(r.reviewer_id == actor.id for r in reviews):
+                raise ConflictError(f"{actor.username} has already reviewed search {search_id}")
+            if rec.review_status in ("agreed", "resolved"):
+                raise ConflictError(f"search {search_id} is already settled ({rec.review_outcome})")
+            stage = {0: "first", 1: "second"}.get(len(reviews), "tiebreak")
+            review = Review(
+                search_id=rec.id,
+                reviewer_id=actor.id,
+                stage=stage,
+                decision=decision,
+                candidate_rank=candidate_rank if decision == "possible match" else None,
+                note=note.strip() or None,
+                created_at=now,
+            )
+            s.add(review)
+            reviews.append(review)
+            if stage == "first":
+                rec.review_status = "in_review"
+            elif stage == "second":
+                a, b = (_decision_key(r.decision, r.candidate_rank) for r in reviews[:2])
+                if a == b:
+                    rec.review_status = "agreed"
+                    rec.review_outcome = self._outcome(reviews[0])
+                else:
+                    rec.review_status = "disputed"
+            else:
+                rec.review_status = "resolved"
+                rec.review_outcome = self._outcome(review)
+            s.flush()
+            case = s.get(Case, rec.case_id) if rec.case_id else None
+            self.audit(
+                s,
+                actor=actor.username,
+                action="review.decide",
+                case_ref=case.reference if case else None,
+                object_type="search",
+                object_id=str(search_id),
+                justification=note,
+                details={"stage": stage, "decision": decision, "rank": candidate_rank},
+                ts=now,
+            )
+            return {
+                "search_id": rec.id,
+                "stage": stage,
+                "status": rec.review_status,
+                "outcome": rec.review_outcome,
+            }
+
+    @staticmethod
+    def _outcome(review: Review) -> str:
+        if review.decision == "possible match":
+            return f"possible match: rank {review.candidate_rank}"
+        return review.decision

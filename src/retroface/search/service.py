@@ -1,0 +1,340 @@
+"""Probe intake and 1:N search under a case: the only way a search can happen.
+
+Every search is bound to an authorised (or in-window urgent) case and a probe whose provenance is
+recorded; it stores what EU AI Act Art 12(3) asks of a log (start and end, gallery and model
+version, threshold, probe hash, user, case, results) and labels its result an investigative lead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from retroface.errors import InvalidInputError, NoFaceError, NotFoundError
+from retroface.governance.cases import CaseService
+from retroface.governance.roles import Role
+from retroface.governance.users import Principal, require_role
+from retroface.media.images import decode_image
+from retroface.search.index_manager import template_aad
+from retroface.search.matcher import Aggregate, Matcher
+from retroface.storage.blobstore import EncryptedBlobStore
+from retroface.storage.crypto import Cipher
+from retroface.storage.db import Database
+from retroface.storage.tables import (
+    Candidate,
+    Probe,
+    ProbeFace,
+    SearchRecord,
+    Subject,
+    ThresholdRecord,
+    utcnow,
+)
+from retroface.vision.types import Face, FaceEngine
+
+LEAD_LABEL = "investigative lead — not an identification"
+AuditFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class ProbeProvenance:
+    """Where a probe came from: the system never collects images itself."""
+
+    source: str  # e.g. "CCTV", "witness", "public post", "body-worn video"
+    how_obtained: str  # e.g. "exported from shop DVR by PC 123 on 2026-11-20, exhibit AB/1"
+
+    def check(self) -> None:
+        if not self.source.strip() or len(self.how_obtained.strip()) < 5:
+            raise InvalidInputError(
+                "a probe needs its provenance: source and how it was obtained (e.g. exhibit ref)"
+            )
+
+
+def probe_face_dict(pf: ProbeFace) -> dict[str, Any]:
+    return {
+        "face": pf.face_index,
+        "box": pf.box.get("box"),
+        "det_score": round(pf.det_score, 4),
+        "quality": pf.quality,
+    }
+
+
+class SearchService:
+    def __init__(
+        self,
+        db: Database,
+        blobs: EncryptedBlobStore,
+        cipher: Cipher,
+        engine: FaceEngine,
+        matcher: Matcher,
+        cases: CaseService,
+        audit: AuditFn,
+        max_image_pixels: int = 50_000_000,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.cipher = cipher
+        self.engine = engine
+        self.matcher = matcher
+        self.cases = cases
+        self.audit = audit
+        self.max_image_pixels = max_image_pixels
+        self.clock = clock
+
+    # ------------------------------------------------------------------ probes
+
+    def add_probe(
+        self,
+        actor: Principal,
+        case_ref: str,
+        data: bytes,
+        name: str,
+        provenance: ProbeProvenance,
+        faces: list[Face] | None = None,
+        media_type: str = "image",
+    ) -> dict[str, Any]:
+        """Store a probe image (encrypted) under a searchable case, with its detected faces."""
+        require_role(actor, Role.OPERATOR)
+        provenance.check()
+        with self.db.session() as s:
+            self.cases.require_searchable(s, case_ref)
+        image = decode_image(data, name=name, max_pixels=self.max_image_pixels)
+        if faces is None:
+            faces = self.engine.analyse(image)
+        digest = self.blobs.put(data)
+        model_key = self.engine.identity.key
+        with self.db.session() as s:
+            case = self.cases.require_searchable(s, case_ref)
+            probe = Probe(
+                case_id=case.id,
+                content_hash=digest,
+                media_type=media_type,
+                original_name=name,
+                source=provenance.source,
+                how_obtained=provenance.how_obtained,
+                width=int(image.shape[1]),
+                height=int(image.shape[0]),
+                uploaded_by=actor.id,
+                created_at=self.clock(),
+            )
+            s.add(probe)
+            s.flush()
+            for i, f in enumerate(faces):
+                s.add(
+                    ProbeFace(
+                        probe_id=probe.id,
+                        face_index=i,
+                        model_key=model_key,
+                        embedding_enc=self.cipher.encrypt(
+                            np.asarray(f.embedding, np.float32).tobytes(),
+                            aad=template_aad(digest, model_key) + f":{i}".encode(),
+                        ),
+                        det_score=f.det_score,
+                        box={"box": list(f.box), "landmarks": np.asarray(f.landmarks).tolist()},
+                        quality=f.quality.to_dict(),
+                        extra=f.extra,
+                    )
+                )
+            s.flush()
+            self.audit(
+                s,
+                actor=actor.username,
+                action="probe.add",
+                case_ref=case_ref,
+                object_type="probe",
+                object_id=str(probe.id),
+                details={
+                    "sha256": digest,
+                    "source": provenance.source,
+                    "how_obtained": provenance.how_obtained,
+                    "faces": len(faces),
+                },
+                ts=self.clock(),
+            )
+            return {
+                "probe_id": probe.id,
+                "case": case_ref,
+                "sha256": digest,
+                "faces": [{"face": i, **f.to_dict()} for i, f in enumerate(faces)],
+            }
+
+    def _probe_embedding(self, s: Any, probe: Probe, face_index: int) -> tuple[ProbeFace, Any]:
+        pf = s.scalar(
+            select(ProbeFace).where(
+                ProbeFace.probe_id == probe.id, ProbeFace.face_index == face_index
+            )
+        )
+        if pf is None:
+            n = len(list(s.scalars(select(ProbeFace.id).where(ProbeFace.probe_id == probe.id))))
+            if n == 0:
+                raise NoFaceError(f"no face was found in probe {probe.id}; nothing to search")
+            raise InvalidInputError(
+                f"probe {probe.id} has {n} faces (0..{n - 1}); face {face_index} does not exist"
+            )
+        aad = template_aad(probe.content_hash, pf.model_key) + f":{face_index}".encode()
+        vector = np.frombuffer(self.cipher.decrypt(pf.embedding_enc, aad=aad), dtype=np.float32)
+        return pf, vector
+
+    # ------------------------------------------------------------------ search
+
+    def search(
+        self,
+        actor: Principal,
+        case_ref: str,
+        probe_id: int,
+        face_index: int | None = None,
+        top_k: int = 20,
+        threshold: float | None = None,
+        aggregate: Aggregate = "max",
+    ) -> dict[str, Any]:
+        """Search one face of a probe; the candidate list is stored and returned."""
+        require_role(actor, Role.OPERATOR)
+        if not 1 <= top_k <= 200:
+            raise InvalidInputError("top-k must be between 1 and 200")
+        started = self.clock()
+        with self.db.session() as s:
+            case = self.cases.require_searchable(s, case_ref)
+            probe = s.get(Probe, probe_id)
+            if probe is None or probe.case_id != case.id:
+                raise NotFoundError(f"no probe {probe_id} in case {case_ref}")
+            if face_index is None:
+                count = len(
+                    list(s.scalars(select(ProbeFace.id).where(ProbeFace.probe_id == probe.id)))
+                )
+                if count > 1:
+                    raise InvalidInputError(
+                        f"probe {probe_id} shows {count} faces: choose one with --face "
+                        "(a search is targeted at one person, never everyone in an image)"
+                    )
+                face_index = 0
+            pf, vector = self._probe_embedding(s, probe, face_index)
+            record_threshold = s.scalar(
+                select(ThresholdRecord)
+                .where(ThresholdRecord.model_key == pf.model_key, ThresholdRecord.active.is_(True))
+                .order_by(ThresholdRecord.id.desc())
+            )
+            matches, version = self.matcher.match(vector, pf.model_key, top_k, threshold, aggregate)
+            refs = dict(
+                s.execute(
+                    select(Subject.id, Subject.reference).where(
+                        Subject.id.in_([m.subject_id for m in matches])
+                    )
+                ).all()
+            )
+            record = SearchRecord(
+                case_id=case.id,
+                probe_id=probe.id,
+                probe_face_id=pf.id,
+                probe_hash=probe.content_hash,
+                probe_source=probe.source,
+                probe_how_obtained=probe.how_obtained,
+                user_id=actor.id,
+                started_at=started,
+                gallery_version=version,
+                model_key=pf.model_key,
+                threshold=threshold,
+                threshold_record_id=record_threshold.id if record_threshold else None,
+                top_k=top_k,
+                probe_quality=pf.quality,
+                label=LEAD_LABEL,
+                review_status="pending" if matches else "no_candidates",
+            )
+            record.candidates = [
+                Candidate(
+                    rank=m.rank,
+                    subject_id=m.subject_id,
+                    subject_reference=refs[m.subject_id],
+                    similarity=m.similarity,
+                    image_id=m.image_id,
+                )
+                for m in matches
+            ]
+            s.add(record)
+            record.ended_at = self.clock()
+            s.flush()
+            self.audit(
+                s,
+                actor=actor.username,
+                action="search.run",
+                case_ref=case_ref,
+                object_type="search",
+                object_id=str(record.id),
+                justification=case.purpose,
+                details={
+                    "probe_id": probe.id,
+                    "probe_sha256": probe.content_hash,
+                    "face": face_index,
+                    "gallery_version": version,
+                    "model": pf.model_key,
+                    "threshold": threshold,
+                    "threshold_record": record.threshold_record_id,
+                    "candidates": [
+                        [c.subject_reference, round(c.similarity, 4)] for c in record.candidates
+                    ],
+                },
+                ts=record.ended_at,
+            )
+            return self.result_dict(record)
+
+    def result_dict(self, record: SearchRecord) -> dict[str, Any]:
+        quality = record.probe_quality or {}
+        warnings = list(quality.get("reasons", []))
+        return {
+            "search_id": record.id,
+            "label": record.label,
+            "probe": {
+                "probe_id": record.probe_id,
+                "sha256": record.probe_hash,
+                "source": record.probe_source,
+                "how_obtained": record.probe_how_obtained,
+                "quality": quality,
+                "warnings": warnings,
+            },
+            "candidates": [
+                {
+                    "rank": c.rank,
+                    "subject": c.subject_reference,
+                    "similarity": round(c.similarity, 4),
+                    "image_id": c.image_id,
+                }
+                for c in record.candidates
+            ],
+            "gallery_version": record.gallery_version,
+            "model": record.model_key,
+            "threshold": record.threshold,
+            "threshold_record_id": record.threshold_record_id,
+            "started_at": record.started_at,
+            "ended_at": record.ended_at,
+            "review_status": record.review_status,
+        }
+
+    def get_search(self, actor: Principal, search_id: int) -> dict[str, Any]:
+        """A stored candidate list; viewing it is itself audited."""
+        require_role(actor, Role.OPERATOR, Role.REVIEWER, Role.AUDITOR)
+        with self.db.session() as s:
+            record = s.get(SearchRecord, search_id)
+            if record is None:
+                raise NotFoundError(f"no search {search_id}")
+            case_ref = record.case_id and self._case_ref(s, record.case_id)
+            self.audit(
+                s,
+                actor=actor.username,
+                action="search.view",
+                case_ref=case_ref,
+                object_type="search",
+                object_id=str(search_id),
+                ts=self.clock(),
+            )
+            return self.result_dict(record) | {"case": case_ref}
+
+    @staticmethod
+    def _case_ref(s: Any, case_id: int) -> str | None:
+        from retroface.storage.tables import Case
+
+        case = s.get(Case, case_id)
+        return case.reference if case else None
