@@ -1,23 +1,36 @@
-"""Shared fixtures: ``db`` runs a test on SQLite and, when reachable, on PostgreSQL.
+"""Shared fixtures.
 
-Each PostgreSQL test gets a fresh schema (selected through ``search_path`` in the URL), so tests
-can run in parallel against one server and leave nothing behind.
+``db`` and ``app`` run a test on SQLite and on PostgreSQL (each PostgreSQL test gets a fresh
+schema selected through ``search_path``, so tests leave nothing behind). Under CI an unreachable
+PostgreSQL is a failure, not a skip: it is part of what CI proves.
+
+Face models are real (the bundled SCRFD + ArcFace weights); test images come from
+``../shared/data`` or ``RETROFACE_TEST_DATA`` and are never copied into the repository.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
+from retroface.config import Settings
+from retroface.context import AppContext
 from retroface.storage.db import Database
+from retroface.vision.types import FaceEngine
 
 PG_URL = os.environ.get("RETROFACE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+DATA_DIR = Path(
+    os.environ.get(
+        "RETROFACE_TEST_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    )
+).resolve()
 
 
 def _driver_url(url: str) -> str:
@@ -38,28 +51,96 @@ def _postgres_available() -> bool:
         engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A migrated, empty database on each backend."""
-    if request.param == "sqlite":
-        database = Database(f"sqlite:///{tmp_path / 'retroface.db'}")
-        database.migrate()
-        yield database
-        database.dispose()
+def _database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A database URL for an empty database on ``backend``; dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'retroface.db'}"
         return
     if not _postgres_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL not reachable at {PG_URL} (required in CI)")
         pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
     schema = f"t_{secrets.token_hex(6)}"
     admin = create_engine(_driver_url(PG_URL), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     sep = "&" if "?" in PG_URL else "?"
-    database = Database(f"{PG_URL}{sep}options=-csearch_path%3D{schema}")
     try:
-        database.migrate()
-        yield database
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
     finally:
-        database.dispose()
         with admin.connect() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from _database_url(request.param, tmp_path)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """A migrated, empty database on each backend."""
+    database = Database(database_url)
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "lfw").is_dir():
+        pytest.fail(f"test data not found at {DATA_DIR}: set RETROFACE_TEST_DATA")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def engine() -> FaceEngine:
+    """The default backend with its real weights, loaded once."""
+    from retroface.vision.engines import create_engine as create_face_engine
+
+    return create_face_engine("arcface")
+
+
+class Clock:
+    """A clock tests can move: retention and urgent windows are tested by moving it."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_app(
+    database_url: str, tmp_path: Path, engine: FaceEngine, clock: Clock
+) -> Iterator[Callable[..., AppContext]]:
+    """Build AppContexts on one database and data directory (a second one = another process)."""
+    made: list[AppContext] = []
+
+    def make(**overrides: object) -> AppContext:
+        settings = Settings(home=tmp_path / "home", database_url=database_url, **overrides)
+        ctx = AppContext(settings, engine=engine, clock=clock)
+        made.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in made:
+        ctx.close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., AppContext]) -> AppContext:
+    return make_app()

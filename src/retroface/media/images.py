@@ -38,7 +38,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         lo, hi = float(arr.min()), float(arr.max())
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         grey = ((arr - lo) * scale).clip(0, 255).astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")
+        return Image.fromarray(grey).convert("RGB")
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         # Transparent areas become mid-grey, not black, so they neither hide nor invent faces.
