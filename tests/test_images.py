@@ -76,14 +76,14 @@ def test_truncated_file(face_rgb: Image.Image) -> None:
 def test_corrupt_png(face_rgb: Image.Image) -> None:
     data = bytearray(_encode(face_rgb, "PNG"))
     data[200:400] = b"\x00" * 200
-    with pytest.raises(ImageLoadError, match="could not be decoded|truncated or corrupt"):
+    with pytest.raises(ImageLoadError, match=r"could not be decoded|truncated or corrupt"):
         decode_image(bytes(data), name="bad.png")
 
 
 def test_not_an_image(tmp_path: Path) -> None:
     p = tmp_path / "notes.jpg"
     p.write_text("this is not a picture")
-    with pytest.raises(ImageLoadError, match="notes.jpg: not a recognised image file"):
+    with pytest.raises(ImageLoadError, match=r"notes\.jpg: not a recognised image file"):
         load_image(p)
 
 

@@ -130,13 +130,11 @@ class GalleryService:
                     )
                 ).all()
             )
-            by_source = dict(
-                s.execute(
-                    select(
-                        func.coalesce(Subject.source, "unspecified"), func.count(Subject.id)
-                    ).group_by(func.coalesce(Subject.source, "unspecified"))
-                ).all()
-            )
+            by_source: dict[str, int] = {}
+            for src, n in s.execute(
+                select(Subject.source, func.count(Subject.id)).group_by(Subject.source)
+            ).all():
+                by_source[src or "unspecified"] = by_source.get(src or "unspecified", 0) + n
             by_model = dict(
                 s.execute(
                     select(FaceTemplate.model_key, func.count(FaceTemplate.id)).group_by(

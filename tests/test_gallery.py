@@ -1,0 +1,280 @@
+"""Gallery storage, enrolment, index and erasure, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from retroface.context import AppContext
+from retroface.errors import InvalidInputError, NotFoundError
+from retroface.gallery.enrol import EnrolItem, items_from_manifest, items_from_paths
+from retroface.media.images import load_image
+from retroface.storage.tables import FaceTemplate, ReferenceImage, Subject
+from retroface.vision.engines import primary_face
+
+PEOPLE = ("barack_obama", "joe_biden", "kit_harington", "rose_leslie")
+
+
+def people_items(data_dir: Path) -> list[EnrolItem]:
+    return list(items_from_paths([data_dir / "people" / p for p in PEOPLE]))
+
+
+def embedding_of(app: AppContext, path: Path) -> np.ndarray:
+    img = load_image(path)
+    face = primary_face(app.engine.analyse(img), img.shape)
+    assert face is not None
+    return face.embedding
+
+
+def subject_refs(app: AppContext) -> dict[int, str]:
+    with app.db.session() as s:
+        return dict(s.execute(select(Subject.id, Subject.reference)).all())
+
+
+def test_enrol_search_idempotent(app: AppContext, data_dir: Path) -> None:
+    items = people_items(data_dir)
+    first = app.enroller().run(items)
+    assert first.enrolled >= 10 and first.subjects == 4
+    assert {r["path"] for r in first.rejected} <= {str(i.path) for i in items}
+    again = app.enroller().run(items)
+    assert again.enrolled == 0 and again.skipped == first.enrolled
+    assert len(again.rejected) == len(first.rejected)  # rejects are re-tried, and fail again
+    with app.db.session() as s:
+        assert s.scalar(select(func.count(ReferenceImage.id))) == first.enrolled
+        assert s.scalar(select(func.count(FaceTemplate.id))) == first.enrolled
+    key = app.engine.identity.key
+    probe = embedding_of(app, data_dir / "people/_multi_face_scenes/obama_and_biden.jpg")
+    matches, version = app.matcher.match(probe, key, top_k=4)
+    assert version == app.gallery.stats()["gallery_version"] > 0
+    # each subject ranked once, best first
+    assert len({m.subject_id for m in matches}) == len(matches) == 4
+    assert [m.rank for m in matches] == [1, 2, 3, 4]
+    assert all(a.similarity >= b.similarity for a, b in itertools.pairwise(matches))
+
+
+def test_search_ranks_the_right_subject(app: AppContext, data_dir: Path) -> None:
+    app.enroller().run(people_items(data_dir))
+    refs = subject_refs(app)
+    key = app.engine.identity.key
+    img = load_image(data_dir / "people/_multi_face_scenes/obama_and_biden.jpg")
+    for face in app.engine.analyse(img)[:2]:
+        matches, _ = app.matcher.match(face.embedding, key, top_k=3)
+        assert refs[matches[0].subject_id] in ("barack_obama", "joe_biden")
+    thresholded, _ = app.matcher.match(face.embedding, key, top_k=20, threshold=0.99)
+    assert thresholded == []
+
+
+def test_rejections_have_reasons(app: AppContext, data_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "junk" / "x.jpg"
+    bad.parent.mkdir()
+    bad.write_text("not an image")
+    blank = tmp_path / "junk" / "blank.png"
+    from PIL import Image
+
+    Image.new("RGB", (300, 300), (120, 120, 120)).save(blank)
+    group = data_dir / "people/_multi_face_scenes/kit_with_rose.jpg"
+    summary = app.enroller().run(
+        [EnrolItem(bad, "s1"), EnrolItem(blank, "s2"), EnrolItem(group, "s3")]
+    )
+    reasons = {Path(r["path"]).name: r["reason"] for r in summary.rejected}
+    assert summary.enrolled == 0
+    assert reasons["x.jpg"].startswith("unreadable")
+    assert reasons["blank.png"] == "no face found"
+    assert "choose one with the manifest's 'face' column" in reasons["kit_with_rose.jpg"]
+    # the manifest's face column picks one explicitly
+    chosen = app.enroller().run([EnrolItem(group, "s3", face=0)])
+    assert chosen.enrolled == 1
+
+
+def test_manifest(tmp_path: Path, data_dir: Path) -> None:
+    m = tmp_path / "m.csv"
+    with m.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "subject", "inclusion_reason", "capture_date", "face"])
+        w.writerow(
+            [data_dir / "people/joe_biden/biden.jpg", "JB-1", "custody image", "2020-01-02", ""]
+        )
+    (item,) = items_from_manifest(m)
+    assert item.subject == "JB-1" and item.inclusion_reason == "custody image"
+    assert item.capture_date is not None and item.face is None
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,name\na,b\n")
+    with pytest.raises(InvalidInputError, match="needs columns path,subject"):
+        list(items_from_manifest(bad))
+
+
+def test_store_is_encrypted(app: AppContext, data_dir: Path) -> None:
+    items = people_items(data_dir)[:3]
+    app.enroller().run(items)
+    files = list((app.home / "images").rglob("*.enc"))
+    assert len(files) == 3
+    originals = [i.path.read_bytes() for i in items]
+    for f in files:
+        blob = f.read_bytes()
+        assert b"\xff\xd8\xff" not in blob[:64] and b"JFIF" not in blob and b"Exif" not in blob
+        for original in originals:
+            assert original[100:164] not in blob  # no plaintext run of the image
+    # templates in the database are ciphertext too
+    with app.db.session() as s:
+        enc = s.scalars(select(FaceTemplate.embedding_enc)).first()
+    assert enc is not None and enc.startswith(b"RFE1") and len(enc) == 4 + 12 + 512 * 4 + 16
+    # and decrypt back to the image
+    digest = f.name.removesuffix(".enc")
+    assert app.blobs.get(digest) in originals
+    key_file = app.home / "keys" / "data.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_erase_makes_subject_unfindable(app: AppContext, data_dir: Path) -> None:
+    app.enroller().run(people_items(data_dir))
+    key = app.engine.identity.key
+    probe = embedding_of(app, data_dir / "people/joe_biden/biden2.jpg")
+    refs = subject_refs(app)
+    top, _ = app.matcher.match(probe, key, top_k=1)
+    assert refs[top[0].subject_id] == "joe_biden"
+    before = set((app.home / "images").rglob("*.enc"))
+    result = app.gallery.erase("joe_biden")
+    assert result.images == result.files_deleted == 2
+    after = set((app.home / "images").rglob("*.enc"))
+    assert len(before - after) == 2
+    matches, _ = app.matcher.match(probe, key, top_k=10)
+    assert "joe_biden" not in {refs.get(m.subject_id) for m in matches}
+    # a fresh process (new context, index read from disk) agrees
+    fresh = AppContext(app.settings, engine=app.engine)
+    matches, _ = fresh.matcher.match(probe, key, top_k=10)
+    assert all(m.subject_id != top[0].subject_id for m in matches)
+    assert fresh.gallery.check(key)["index_matches_database"]
+    fresh.close()
+    with pytest.raises(NotFoundError):
+        app.gallery.erase("joe_biden")
+
+
+def test_index_rebuilt_when_missing_stale_or_corrupt(
+    make_app: Callable[..., AppContext], data_dir: Path
+) -> None:
+    a = make_app()
+    a.enroller().run(people_items(data_dir)[:4])
+    key = a.engine.identity.key
+    path = a.index.path_for(key)
+    assert path.exists()
+
+    b = make_app()  # another process: loads the saved file
+    assert not b.index.get(key).rebuilt
+
+    path.write_bytes(b"garbage")
+    c = make_app()
+    loaded = c.index.get(key)
+    assert loaded.rebuilt and loaded.index.count() == 4
+
+    path.unlink()
+    d = make_app()
+    assert d.index.get(key).rebuilt
+
+    # a change made elsewhere makes a loaded index stale: it follows the database
+    a.enroller().run(people_items(data_dir)[4:6])
+    assert d.index.get(key).index.count() == 6
+    assert d.gallery.check(key)["index_matches_database"]
+
+
+def test_hnsw_index_matches_flat(make_app: Callable[..., AppContext], data_dir: Path) -> None:
+    flat = make_app()
+    flat.enroller().run(people_items(data_dir))
+    hnsw = make_app(index_kind="hnsw")
+    key = flat.engine.identity.key
+    probe = embedding_of(flat, data_dir / "people/kit_harington/john2.jpeg")
+    a, _ = flat.matcher.match(probe, key, top_k=4)
+    b, _ = hnsw.matcher.match(probe, key, top_k=4)
+    assert [m.subject_id for m in a] == [m.subject_id for m in b]
+    assert np.allclose([m.similarity for m in a], [m.similarity for m in b], atol=1e-5)
+
+
+def test_stats_show_list(app: AppContext, data_dir: Path) -> None:
+    items = [
+        EnrolItem(i.path, i.subject, inclusion_reason="custody image", source="force A")
+        for i in people_items(data_dir)
+    ]
+    app.enroller().run(items)
+    stats = app.gallery.stats()
+    assert stats["subjects"] == 4 and stats["subjects_by_inclusion_reason"] == {"custody image": 4}
+    assert [r["reference"] for r in app.gallery.list_subjects()] == sorted(PEOPLE)
+    shown = app.gallery.show("kit_harington")
+    assert shown["images"] == len(shown["reference_images"]) >= 2
+
+
+def test_orphan_files_detected_and_repaired(app: AppContext, data_dir: Path) -> None:
+    app.enroller().run(people_items(data_dir)[:2])
+    app.blobs.put(b"left behind by a crash")
+    key = app.engine.identity.key
+    assert app.gallery.check(key)["orphan_files"] == 1
+    app.gallery.check(key, repair=True)
+    assert app.gallery.check(key)["orphan_files"] == 0
+
+
+def test_kill_9_during_enrolment_then_rerun(app: AppContext, data_dir: Path) -> None:
+    """A crash half way through leaves nothing a rerun cannot finish cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    people = sorted(p for p in (data_dir / "lfw").iterdir() if p.is_dir())[:160]
+    paths = [str(p) for p in people]
+    app.users.ensure_admin("admin", "a long test password")
+    env = os.environ | {
+        "RETROFACE_HOME": str(app.home),
+        "RETROFACE_DATABASE_URL": app.settings.resolved_database_url,
+        "RETROFACE_USER": "admin",
+        "RETROFACE_PASSWORD": "a long test password",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "retroface.cli.main",
+        "gallery",
+        "enrol",
+        "--multi-face",
+        "main",
+        "--allow-low-quality",
+        "--json",
+        *paths,
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    committed = 0
+    while time.time() < deadline and proc.poll() is None:
+        with app.db.session() as s:
+            committed = s.scalar(select(func.count(ReferenceImage.id))) or 0
+        if committed >= 40:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "exited early"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with app.db.session() as s:
+        at_crash = s.scalar(select(func.count(ReferenceImage.id))) or 0
+    assert 0 < at_crash < 160
+
+    summary = app.enroller(require_quality=False, multi_face="main").run(
+        list(items_from_paths([Path(p) for p in paths]))
+    )
+    assert summary.skipped == at_crash
+    with app.db.session() as s:
+        images = s.scalar(select(func.count(ReferenceImage.id)))
+        distinct = s.scalar(select(func.count(func.distinct(ReferenceImage.content_hash))))
+        templates = s.scalar(select(func.count(FaceTemplate.id)))
+        hashes = set(s.scalars(select(ReferenceImage.content_hash)))
+    assert images == distinct == templates == at_crash + summary.enrolled
+    assert hashes == set(app.blobs.digests())  # no orphans, nothing missing
+    key = app.engine.identity.key
+    fresh = AppContext(app.settings, engine=app.engine)
+    report = fresh.gallery.check(key)
+    assert report["index_matches_database"] and report["orphan_files"] == 0
+    assert not list((app.home / "images").rglob(".tmp-*"))
+    fresh.close()
