@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 from sqlalchemy import create_engine, text
 
 from retroface.config import Settings
@@ -133,6 +134,8 @@ def make_app(
     def make(**overrides: object) -> AppContext:
         settings = Settings(home=tmp_path / "home", database_url=database_url, **overrides)
         ctx = AppContext(settings, engine=engine, clock=clock)
+        # real argon2, with cheap parameters so that tests creating many users stay quick
+        ctx.users.hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
         made.append(ctx)
         return ctx
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from retroface import __version__
-from retroface.cli import admin_cmds, casework_cmds, gallery_cmds, vision_cmds
+from retroface.cli import admin_cmds, casework_cmds, demo_cmds, gallery_cmds, vision_cmds
 from retroface.cli.session import state
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.command()(vision_cmds.detect)
 app.command()(vision_cmds.compare)
 app.command()(vision_cmds.models)
 app.command()(admin_cmds.init)
+app.command()(demo_cmds.demo)
 app.command()(casework_cmds.search)
 app.add_typer(gallery_cmds.app, name="gallery")
 app.add_typer(casework_cmds.case_app, name="case")
