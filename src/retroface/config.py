@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     flip: bool = False
     #: Vector index: ``flat`` (exact, default) or ``hnsw`` (approximate + exact re-rank).
     index_kind: str = "flat"
+    #: Largest accepted upload (API), bytes.
+    max_upload_bytes: int = 25_000_000
+    #: Folder the API's batch enrolment may read from (unset: batch import over the API is off).
+    import_dir: Path | None = None
     max_image_pixels: int = 50_000_000
     #: Cosine similarity at which ``compare`` calls two faces the same person.
     match_threshold: float = 0.36

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from retroface.audit.log import AuditLog
 from retroface.config import Settings, get_settings
@@ -21,6 +22,8 @@ from retroface.governance.policy import DEFAULT_OFFENCE_CATEGORIES, GovernancePo
 from retroface.governance.retention import RetentionService
 from retroface.governance.review import ReviewService
 from retroface.governance.users import UserService
+from retroface.jobs.local import LocalJobRunner
+from retroface.jobs.store import JobStore
 from retroface.search.index_manager import IndexManager
 from retroface.search.matcher import Matcher
 from retroface.search.service import SearchService
@@ -192,6 +195,54 @@ class AppContext:
             clock=self.clock,
         )
 
+    # ------------------------------------------------------------------ jobs
+
+    @cached_property
+    def job_store(self) -> JobStore:
+        return JobStore(self.db, clock=self.clock)
+
+    @cached_property
+    def jobs(self) -> LocalJobRunner:
+        runner = LocalJobRunner(self.job_store)
+        runner.register("gallery.enrol", self._enrol_job)
+        return runner
+
+    def _enrol_job(
+        self, payload: dict[str, Any], progress: Callable[[int, int], None]
+    ) -> dict[str, Any]:
+        """Batch enrolment from the import folder, as a job (the API's batch route)."""
+        from dataclasses import replace
+
+        from retroface.gallery.enrol import items_from_paths
+
+        root = self.settings.import_dir
+        if root is None:
+            raise RuntimeError("RETROFACE_IMPORT_DIR is not set")
+        actor = str(payload["actor"])
+        items = [
+            replace(
+                i,
+                inclusion_reason=payload.get("inclusion_reason"),
+                source=payload.get("source"),
+            )
+            for i in items_from_paths([root / p for p in payload["paths"]])
+        ]
+        enroller = self.enroller(
+            actor=actor,
+            require_quality=not payload.get("allow_low_quality", False),
+            multi_face=str(payload.get("multi_face", "reject")),
+        )
+        enroller.on_committed = lambda s, imgs: self.audit.record(
+            s,
+            actor=actor,
+            action="gallery.enrol",
+            object_type="reference_image",
+            object_id=",".join(str(i.id) for i in imgs),
+        )
+        return enroller.run(items, progress=progress).to_dict()
+
     def close(self) -> None:
+        if "jobs" in self.__dict__:
+            self.jobs.stop()
         if "db" in self.__dict__:
             self.db.dispose()

@@ -206,3 +206,22 @@ def retention_run(
         f"{len(data['subjects_erased'])} subject(s), "
         f"{len(data['urgent_cases_expired'])} expired urgent case(s)"
     )
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)."),
+    port: int = typer.Option(8000, min=1, max=65535),
+    log_level: str = typer.Option("info"),
+) -> None:
+    """Run the REST API (and web UI) with uvicorn."""
+    import uvicorn
+
+    from retroface.api.app import create_app
+    from retroface.api.observability import configure_logging
+
+    configure_logging()
+    with user_errors():
+        app = create_app(state.ctx)
+        state.ctx.engine  # load the models before the first request  # noqa: B018
+    console.print(f"retroface API on http://{host}:{port}/api/v1/docs", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

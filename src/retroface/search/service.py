@@ -332,6 +332,56 @@ class SearchService:
             )
             return self.result_dict(record) | {"case": case_ref}
 
+    def export(self, actor: Principal, search_id: int) -> dict[str, Any]:
+        """A disclosure package: the search, its case, candidates and settled review; audited."""
+        from retroface.storage.tables import Review
+
+        require_role(actor, Role.OPERATOR, Role.AUDITOR)
+        with self.db.session() as s:
+            record = s.get(SearchRecord, search_id)
+            if record is None:
+                raise NotFoundError(f"no search {search_id}")
+            case_ref = record.case_id and self._case_ref(s, record.case_id)
+            settled = record.review_status in ("agreed", "resolved")
+            reviews = (
+                [
+                    {
+                        "stage": r.stage,
+                        "decision": r.decision,
+                        "candidate_rank": r.candidate_rank,
+                        "note": r.note,
+                        "at": r.created_at,
+                    }
+                    for r in s.scalars(
+                        select(Review).where(Review.search_id == search_id).order_by(Review.id)
+                    )
+                ]
+                if settled
+                else []
+            )
+            self.audit(
+                s,
+                actor=actor.username,
+                action="search.export",
+                case_ref=case_ref,
+                object_type="search",
+                object_id=str(search_id),
+                details={"review_status": record.review_status},
+                ts=self.clock(),
+            )
+            return {
+                "disclosure": self.result_dict(record) | {"case": case_ref},
+                "review": {
+                    "status": record.review_status,
+                    "outcome": record.review_outcome,
+                    "decisions": reviews,
+                    "note": None if settled else "review not settled: decisions withheld",
+                },
+                "exported_by": actor.username,
+                "exported_at": self.clock(),
+                "label": LEAD_LABEL,
+            }
+
     @staticmethod
     def _case_ref(s: Any, case_id: int) -> str | None:
         from retroface.storage.tables import Case

@@ -1,0 +1,125 @@
+"""The FastAPI application: versioned routes, one error shape, auth on every route."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from retroface import __version__
+from retroface.api.deps import authorise
+from retroface.api.observability import Metrics, RequestContextMiddleware
+from retroface.api.rbac import MATRIX
+from retroface.api.routers import accounts, casework, gallery, oversight, system
+from retroface.api.schemas import ErrorResponse
+from retroface.context import AppContext
+from retroface.errors import RetrofaceError
+from retroface.media.images import ImageLoadError
+
+log = logging.getLogger("retroface.api")
+
+STATUS_FOR_CODE = {
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "upload_too_large": 413,
+    "invalid_input": 422,
+    "no_face": 422,
+    "route_not_declared": 403,
+}
+
+HTTP_CODES = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422)
+}
+
+
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(ctx: AppContext | None = None) -> FastAPI:
+    ctx = ctx or AppContext()
+    app = FastAPI(
+        title="retroface",
+        version=__version__,
+        description=(
+            "Open, accountable retrospective facial recognition. Every search needs an "
+            "authorised case; results are investigative leads for two-person review, never "
+            "identifications. Authenticate with `Authorization: Bearer <token>`."
+        ),
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+        dependencies=[Depends(authorise)],
+        responses=ERROR_RESPONSES,
+    )
+    app.state.ctx = ctx
+    app.state.metrics = Metrics()
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+
+    @app.exception_handler(RetrofaceError)
+    async def domain_error(_: Request, exc: RetrofaceError) -> JSONResponse:
+        return _error(STATUS_FOR_CODE.get(exc.code, 400), exc.code, exc.message)
+
+    @app.exception_handler(ImageLoadError)
+    async def image_error(_: Request, exc: ImageLoadError) -> JSONResponse:
+        return _error(422, "invalid_image", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        ]
+        return _error(422, "invalid_request", "; ".join(parts)[:2000])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _error(500, "internal_error", "internal error; see the server log (request id)")
+
+    for module in (system, accounts, casework, gallery, oversight):
+        app.include_router(module.router)
+    app.include_router(system.metrics_router)
+    app.openapi = lambda: _openapi_with_roles(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi_with_roles(app: FastAPI) -> dict[str, Any]:
+    """Publish the access matrix in the contract: public routes need no token; every other
+    operation states the roles allowed."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+    )
+    for path, ops in schema.get("paths", {}).items():
+        for method, op in ops.items():
+            roles = MATRIX.get((method.upper(), path), frozenset())
+            if roles is None:
+                op.pop("security", None)
+                op["description"] = (op.get("description") or "") + "\n\nPublic: no token."
+            else:
+                names = ", ".join(sorted(r.value for r in roles))
+                op["description"] = (op.get("description") or "") + f"\n\nRoles allowed: {names}."
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,60 @@
+"""Request dependencies: the application context and the authenticated, authorised caller."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from retroface.api.rbac import allowed_roles
+from retroface.context import AppContext
+from retroface.errors import PermissionDeniedError, RetrofaceError
+from retroface.governance.users import AuthenticationError, Principal
+
+bearer = HTTPBearer(auto_error=False, description="An API token from POST /api/v1/auth/token")
+
+
+class RouteNotDeclaredError(RetrofaceError):
+    code = "route_not_declared"
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def authorise(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal | None:
+    """Authenticate the bearer token and check the caller's roles against the matrix."""
+    route = request.scope.get("route")
+    # "{ref:path}" in the route is "{ref}" in the matrix and the OpenAPI document
+    path = re.sub(r"\{(\w+):\w+\}", r"{\1}", getattr(route, "path", request.url.path))
+    try:
+        roles = allowed_roles(request.method, path)
+    except KeyError:
+        raise RouteNotDeclaredError(f"{request.method} {path} has no access rule") from None
+    if roles is None:
+        return None
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise AuthenticationError("authentication required: send 'Authorization: Bearer <token>'")
+    principal = get_ctx(request).users.authenticate_token(credentials.credentials)
+    if not principal.has_role(*roles):
+        needed = ", ".join(sorted(r.value for r in roles))
+        raise PermissionDeniedError(f"{principal.username} may not call this: needs {needed}")
+    request.state.principal = principal
+    return principal
+
+
+def current_principal(request: Request) -> Principal:
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        raise AuthenticationError("authentication required")
+    return principal
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+Caller = Annotated[Principal, Depends(current_principal)]

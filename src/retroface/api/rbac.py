@@ -1,0 +1,64 @@
+"""The one declared access matrix: which roles may call which route.
+
+Every route of the app must appear here; a route that does not is refused to everyone (fail
+closed), and a test walks every route with every role against this table. The domain services
+check the same rules again, so the API is never the only gate.
+"""
+
+from __future__ import annotations
+
+from retroface.governance.roles import Role
+
+AUTH, OPER, REV, AU, AD = Role.AUTHORISER, Role.OPERATOR, Role.REVIEWER, Role.AUDITOR, Role.ADMIN
+ANY = frozenset(Role)
+PUBLIC: frozenset[Role] | None = None  # no authentication at all
+
+P = "/api/v1"
+MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
+    ("GET", f"{P}/health"): PUBLIC,
+    ("GET", f"{P}/ready"): PUBLIC,
+    ("POST", f"{P}/auth/token"): PUBLIC,
+    ("GET", f"{P}/me"): ANY,
+    ("GET", f"{P}/models"): ANY,
+    ("GET", f"{P}/config"): frozenset({AD, AU}),
+    ("GET", "/metrics"): frozenset({AD, AU}),
+    # accounts
+    ("GET", f"{P}/users"): frozenset({AD, AU}),
+    ("POST", f"{P}/users"): frozenset({AD}),
+    ("POST", f"{P}/users/{{username}}/disable"): frozenset({AD}),
+    ("POST", f"{P}/users/{{username}}/tokens"): frozenset({AD}),
+    # cases and authorisation
+    ("GET", f"{P}/cases"): ANY,
+    ("POST", f"{P}/cases"): frozenset({OPER}),
+    ("GET", f"{P}/cases/{{ref}}"): ANY,
+    ("POST", f"{P}/cases/{{ref}}/decision"): frozenset({AUTH}),
+    # probes, searches, review
+    ("POST", f"{P}/cases/{{ref}}/probes"): frozenset({OPER}),
+    ("POST", f"{P}/searches"): frozenset({OPER}),
+    ("GET", f"{P}/searches/{{search_id}}"): frozenset({OPER, REV, AU}),
+    ("GET", f"{P}/searches/{{search_id}}/export"): frozenset({OPER, AU}),
+    ("GET", f"{P}/reviews/queue"): frozenset({REV}),
+    ("GET", f"{P}/reviews/{{search_id}}"): frozenset({REV, AU}),
+    ("POST", f"{P}/reviews/{{search_id}}"): frozenset({REV}),
+    # gallery
+    ("GET", f"{P}/gallery/subjects"): frozenset({AD, AU}),
+    ("GET", f"{P}/gallery/subjects/{{ref}}"): frozenset({AD, AU}),
+    ("POST", f"{P}/gallery/subjects/{{ref}}/images"): frozenset({AD}),
+    ("DELETE", f"{P}/gallery/subjects/{{ref}}"): frozenset({AD}),
+    ("GET", f"{P}/gallery/stats"): frozenset({AD, AU}),
+    ("POST", f"{P}/gallery/enrolments"): frozenset({AD}),
+    ("GET", f"{P}/jobs"): frozenset({AD}),
+    ("GET", f"{P}/jobs/{{job_id}}"): frozenset({AD}),
+    ("POST", f"{P}/jobs/{{job_id}}/cancel"): frozenset({AD}),
+    # oversight
+    ("GET", f"{P}/audit/verify"): frozenset({AU, AD}),
+    ("GET", f"{P}/audit/export"): frozenset({AU}),
+    ("POST", f"{P}/retention/run"): frozenset({AD}),
+    ("GET", f"{P}/reports/transparency"): frozenset({AU, AD}),
+    ("GET", f"{P}/reports/dpia"): frozenset({AU, AD}),
+}
+
+
+def allowed_roles(method: str, path: str) -> frozenset[Role] | None:
+    """Roles for a route template; ``KeyError`` for an undeclared route (callers fail closed)."""
+    return MATRIX[(method.upper(), path)]

@@ -1,0 +1,88 @@
+"""Audit verification and export, retention, and transparency/DPIA reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import tempfile
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from retroface.api.deps import Caller, Ctx
+
+router = APIRouter(prefix="/api/v1", tags=["oversight"])
+
+
+@router.get("/audit/verify", summary="Check the audit hash chain and signed checkpoints")
+def audit_verify(ctx: Ctx) -> dict[str, Any]:
+    return dataclasses.asdict(ctx.audit.verify())
+
+
+@router.get(
+    "/audit/export",
+    summary="The audit log as a zip (JSONL, checkpoints, public keys) for offline verification",
+    response_class=Response,
+    responses={200: {"content": {"application/zip": {}}}},
+)
+def audit_export(ctx: Ctx, caller: Caller) -> Response:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "audit-export"
+        manifest = ctx.audit.export(folder)
+        with ctx.db.session() as s:
+            ctx.audit.record(
+                s,
+                actor=caller.username,
+                action="audit.export",
+                details={"records": manifest.get("records"), "via": "api"},
+            )
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(folder.iterdir()):
+                zf.write(f, f"audit-export/{f.name}")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Response(
+        buf.getvalue(),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="audit-{stamp}.zip"'},
+    )
+
+
+@router.post("/retention/run", summary="Purge what is due (files, rows, index entries)")
+def retention_run(
+    ctx: Ctx, caller: Caller, dry_run: Annotated[bool, Query()] = False
+) -> dict[str, Any]:
+    return ctx.retention.run(actor=caller.username, dry_run=dry_run).to_dict()
+
+
+@router.get("/reports/transparency", summary="Transparency facts for a period")
+def transparency(
+    ctx: Ctx,
+    caller: Caller,
+    start: Annotated[datetime, Query(alias="from")],
+    end: Annotated[datetime, Query(alias="to")],
+) -> dict[str, Any]:
+    from retroface.governance import reports
+
+    data = reports.transparency(ctx, start, end)
+    with ctx.db.session() as s:
+        ctx.audit.record(
+            s,
+            actor=caller.username,
+            action="report.transparency",
+            details={"from": start.isoformat(), "to": end.isoformat(), "via": "api"},
+        )
+    return dict(data)
+
+
+@router.get("/reports/dpia", summary="DPIA facts from the live system")
+def dpia(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    from retroface.governance import reports
+
+    data = reports.dpia(ctx)
+    with ctx.db.session() as s:
+        ctx.audit.record(s, actor=caller.username, action="report.dpia", details={"via": "api"})
+    return dict(data)

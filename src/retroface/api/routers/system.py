@@ -1,0 +1,82 @@
+"""Health, readiness, identity, models, configuration and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from retroface import __version__
+from retroface.api.deps import Caller, Ctx
+from retroface.api.schemas import Me, TokenRequest, TokenResponse
+
+router = APIRouter(prefix="/api/v1", tags=["system"])
+metrics_router = APIRouter(tags=["system"])
+
+
+@router.get("/health", summary="Liveness: the process answers")
+def health() -> dict[str, str]:
+    return {"status": "ok", "version": __version__}
+
+
+@router.get("/ready", summary="Readiness: database reachable and models loaded")
+def ready(ctx: Ctx, response: Response) -> dict[str, Any]:
+    checks: dict[str, str] = {}
+    try:
+        with ctx.db.session() as s:
+            s.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # report, never raise: readiness is a status
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        checks["model"] = ctx.engine.identity.key
+    except Exception as exc:
+        checks["model"] = f"error: {exc}"
+    ok = checks["database"] == "ok" and not checks["model"].startswith("error")
+    if not ok:
+        response.status_code = 503
+    return {"ready": ok, "checks": checks}
+
+
+@router.post("/auth/token", response_model=TokenResponse, summary="Exchange a password for a token")
+def issue_token(body: TokenRequest, ctx: Ctx) -> TokenResponse:
+    from datetime import timedelta
+
+    principal = ctx.users.authenticate_password(body.username, body.password)
+    token = ctx.users.issue_token(
+        principal.username, "api-login", timedelta(days=body.ttl_days), actor=principal.username
+    )
+    return TokenResponse(access_token=token, expires_in_days=body.ttl_days)
+
+
+@router.get("/me", response_model=Me, summary="Who the token belongs to")
+def me(caller: Caller) -> Me:
+    return Me(id=caller.id, username=caller.username, roles=sorted(r.value for r in caller.roles))
+
+
+@router.get("/models", summary="The face model in use, its weights, hashes and licence")
+def models(ctx: Ctx) -> dict[str, Any]:
+    return {"model": ctx.engine.identity.to_dict()}
+
+
+@router.get("/config", summary="Settings and governance policy in force")
+def config(ctx: Ctx) -> dict[str, Any]:
+    s = ctx.settings
+    return {
+        "backend": s.backend,
+        "det_size": s.det_size,
+        "index_kind": s.index_kind,
+        "database": ctx.db.engine.dialect.name,
+        "policy": ctx.policy.to_dict(),
+        "max_upload_bytes": s.max_upload_bytes,
+    }
+
+
+@metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    request.app.state.metrics.refresh(request.app.state.ctx)
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

@@ -1,0 +1,215 @@
+"""Request and response models: the API's contract, published as OpenAPI."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["forbidden"])
+    message: str = Field(examples=["olive may not call this: needs authoriser"])
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class TokenRequest(BaseModel):
+    username: str = Field(min_length=1, max_length=100, examples=["olive"])
+    password: str = Field(min_length=1, max_length=1024, examples=["correct horse battery"])
+    ttl_days: float = Field(default=1.0, ge=0.01, le=365)
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in_days: float
+
+
+class Me(BaseModel):
+    id: int
+    username: str
+    roles: list[str]
+
+
+USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
+
+
+class UserCreate(BaseModel):
+    username: str = Field(pattern=USERNAME_PATTERN, examples=["rita"])
+    roles: list[Literal["admin", "operator", "reviewer", "authoriser", "auditor"]] = Field(
+        min_length=1, examples=[["reviewer"]]
+    )
+    password: str | None = Field(default=None, min_length=12, max_length=1024)
+    display_name: str | None = Field(default=None, max_length=200)
+
+
+class UserOut(BaseModel):
+    id: int
+    username: str
+    display_name: str | None
+    roles: list[str]
+    active: bool
+    created_at: datetime
+
+
+class TokenIssue(BaseModel):
+    name: str = Field(default="api", min_length=1, max_length=100)
+    ttl_days: float = Field(default=30, ge=0.01, le=365)
+
+
+class CaseCreate(BaseModel):
+    reference: str = Field(min_length=1, max_length=100, examples=["CR/123/26"])
+    offence_category: str = Field(min_length=1, max_length=100, examples=["robbery"])
+    purpose: str = Field(min_length=1, max_length=5000, examples=["identify the suspect"])
+    justification: str = Field(
+        min_length=1,
+        max_length=5000,
+        examples=["serious offence with injury; the CCTV still is the only lead"],
+    )
+    urgent: bool = False
+
+
+class CaseDecision(BaseModel):
+    approve: bool
+    note: str = Field(min_length=1, max_length=5000, examples=["necessary and proportionate"])
+    valid_days: float | None = Field(default=None, gt=0, le=3650)
+
+
+class CaseOut(BaseModel):
+    reference: str
+    offence_category: str
+    purpose: str
+    justification: str
+    status: str
+    urgent: bool
+    urgent_deadline: datetime | None
+    opened_at: datetime
+    decided_at: datetime | None
+    decision_note: str | None
+    authorised_until: datetime | None
+    scope_gallery: str | None
+    purged_at: datetime | None
+
+
+class FaceOut(BaseModel):
+    face: int
+    box: list[float]
+    landmarks: list[list[float]]
+    det_score: float
+    quality: dict[str, Any]
+
+
+class ProbeOut(BaseModel):
+    probe_id: int
+    case: str
+    sha256: str
+    faces: list[FaceOut]
+
+
+class SearchRequest(BaseModel):
+    case: str = Field(min_length=1, max_length=100, examples=["CR/123/26"])
+    probe_id: int = Field(ge=1)
+    face: int | None = Field(default=None, ge=0, le=1000)
+    top_k: int = Field(default=20, ge=1, le=200)
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+
+
+class CandidateOut(BaseModel):
+    rank: int
+    subject: str
+    similarity: float
+    image_id: int | None
+
+
+class ProbeSummary(BaseModel):
+    probe_id: int | None
+    sha256: str
+    source: str | None
+    how_obtained: str | None
+    quality: dict[str, Any]
+    warnings: list[str]
+
+
+class SearchOut(BaseModel):
+    search_id: int
+    label: str
+    probe: ProbeSummary
+    candidates: list[CandidateOut]
+    gallery_version: int
+    model: str
+    threshold: float | None
+    threshold_record_id: int | None
+    started_at: datetime
+    ended_at: datetime | None
+    review_status: str
+    case: str | None = None
+
+
+class ReviewDecision(BaseModel):
+    decision: Literal["possible match", "no match", "inconclusive"]
+    note: str = Field(min_length=1, max_length=5000)
+    candidate_rank: int | None = Field(default=None, ge=1, le=200)
+
+
+class ReviewOutcome(BaseModel):
+    search_id: int
+    stage: str
+    status: str
+    outcome: str | None
+
+
+class QueueItem(BaseModel):
+    search_id: int
+    case: str | None
+    status: str
+    needs: str
+    candidates: int
+    started_at: datetime
+
+
+class ReviewView(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    search_id: int
+    label: str
+    status: str
+    outcome: str | None
+    candidates: list[dict[str, Any]]
+    reviews_in: int
+    reviews: list[dict[str, Any]]
+    hidden: int
+
+
+class EnrolmentRequest(BaseModel):
+    paths: list[str] = Field(
+        min_length=1,
+        max_length=100_000,
+        description="Files or folders relative to RETROFACE_IMPORT_DIR.",
+        examples=[["custody/2026-11"]],
+    )
+    inclusion_reason: str | None = Field(default=None, max_length=200)
+    source: str | None = Field(default=None, max_length=200)
+    multi_face: Literal["reject", "main"] = "reject"
+    allow_low_quality: bool = False
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    status: str
+    progress: int
+    total: int
+    result: dict[str, Any] | None
+    error: str | None
+    created_by: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class Page(BaseModel):
+    offset: int
+    limit: int
+    items: list[dict[str, Any]]

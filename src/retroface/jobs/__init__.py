@@ -1,0 +1,1 @@
+"""Background jobs: long work (batch enrolment, video scans) with progress, cancel and results."""

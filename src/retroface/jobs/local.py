@@ -1,0 +1,84 @@
+"""The embedded job runner: one worker thread per process, no server to install."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from retroface.jobs.store import JobCancelled, JobStore
+
+log = logging.getLogger(__name__)
+
+#: A job handler gets its payload and a progress callback (done, total) and returns a result.
+Handler = Callable[[dict[str, Any], Callable[[int, int], None]], dict[str, Any]]
+
+
+class LocalJobRunner:
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.handlers: dict[str, Handler] = {}
+        self._queue: queue.Queue[int | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def register(self, kind: str, handler: Handler) -> None:
+        self.handlers[kind] = handler
+
+    def submit(self, kind: str, payload: dict[str, Any], created_by: str) -> int:
+        if kind not in self.handlers:
+            raise ValueError(f"no handler for job kind {kind!r}")
+        job_id = self.store.create(kind, payload, created_by)
+        self._ensure_worker()
+        self._queue.put(job_id)
+        return job_id
+
+    def _ensure_worker(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._work, name="retroface-jobs", daemon=True
+                )
+                self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            if job_id is None:
+                return
+            self.run_one(job_id)
+
+    def run_one(self, job_id: int) -> None:
+        job = self.store.get(job_id)
+        if job["status"] != "queued":
+            return
+        self.store.update(job_id, status="running")
+        try:
+            result = self.handlers[job["kind"]](
+                self.store.payload(job_id), lambda d, t: self.store.progress(job_id, d, t)
+            )
+            self.store.update(job_id, status="succeeded", result=result)
+        except JobCancelled:
+            log.info("job %s cancelled", job_id)
+        except Exception as exc:  # a job's failure is recorded, never lost
+            log.exception("job %s failed", job_id)
+            self.store.update(job_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Block until queued jobs are done (tests and shutdown)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not self._queue.empty() or any(
+            j["status"] in ("queued", "running", "cancelling") for j in self.store.list(200)
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError("jobs still running")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._thread and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=5)

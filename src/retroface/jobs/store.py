@@ -1,0 +1,108 @@
+"""Jobs live in the database so progress survives the process and any client can follow it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from retroface.errors import ConflictError, NotFoundError
+from retroface.storage.db import Database
+from retroface.storage.tables import Job, utcnow
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class JobCancelled(Exception):
+    """Raised inside a job's work when someone asked to cancel it."""
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "progress": job.progress,
+        "total": job.total,
+        "result": job.result or None,
+        "error": job.error,
+        "created_by": job.created_by,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+    }
+
+
+class JobStore:
+    def __init__(self, db: Database, clock: Callable[[], datetime] = utcnow) -> None:
+        self.db = db
+        self.clock = clock
+
+    def create(self, kind: str, payload: dict[str, Any], created_by: str) -> int:
+        with self.db.session() as s:
+            job = Job(kind=kind, payload=payload, created_by=created_by, status="queued")
+            s.add(job)
+            s.flush()
+            return job.id
+
+    def get(self, job_id: int) -> dict[str, Any]:
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"no job {job_id}")
+            return job_dict(job)
+
+    def list(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            q = select(Job).order_by(Job.id.desc()).offset(offset).limit(limit)
+            return [job_dict(j) for j in s.scalars(q)]
+
+    def payload(self, job_id: int) -> dict[str, Any]:
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"no job {job_id}")
+            return dict(job.payload)
+
+    def update(self, job_id: int, **fields: Any) -> None:
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"no job {job_id}")
+            for k, v in fields.items():
+                setattr(job, k, v)
+            job.updated_at = self.clock()
+
+    def progress(self, job_id: int, done: int, total: int) -> None:
+        """Record progress; raises JobCancelled if a cancel was requested meanwhile."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"no job {job_id}")
+            if job.status == "cancelling":
+                job.status = "cancelled"
+                job.updated_at = self.clock()
+                s.commit()
+                raise JobCancelled(f"job {job_id} cancelled")
+            job.progress, job.total, job.updated_at = done, total, self.clock()
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"no job {job_id}")
+            if job.status in TERMINAL:
+                raise ConflictError(f"job {job_id} already {job.status}")
+            job.status = "cancelled" if job.status == "queued" else "cancelling"
+            job.updated_at = self.clock()
+            s.flush()
+            return job_dict(job)
+
+    def counts(self) -> dict[str, int]:
+        from sqlalchemy import func
+
+        with self.db.session() as s:
+            return dict(
+                s.execute(select(Job.status, func.count(Job.id)).group_by(Job.status)).all()
+            )
