@@ -5,7 +5,14 @@ from __future__ import annotations
 import typer
 
 from retroface import __version__
-from retroface.cli import admin_cmds, casework_cmds, demo_cmds, gallery_cmds, vision_cmds
+from retroface.cli import (
+    admin_cmds,
+    casework_cmds,
+    demo_cmds,
+    gallery_cmds,
+    report_cmds,
+    vision_cmds,
+)
 from retroface.cli.session import state
 
 app = typer.Typer(
@@ -40,6 +47,7 @@ app.add_typer(casework_cmds.review_app, name="review")
 app.add_typer(admin_cmds.user_app, name="user")
 app.add_typer(admin_cmds.audit_app, name="audit")
 app.add_typer(admin_cmds.retention_app, name="retention")
+app.add_typer(report_cmds.app, name="report")
 
 
 @app.command()

@@ -197,6 +197,8 @@ class SearchService:
         if not 1 <= top_k <= 200:
             raise InvalidInputError("top-k must be between 1 and 200")
         started = self.clock()
+        # Three short steps, never one session around the match: the index manager reads the
+        # gallery version in a session of its own, and SQLite serialises transactions.
         with self.db.session() as s:
             case = self.cases.require_searchable(s, case_ref)
             probe = s.get(Probe, probe_id)
@@ -213,12 +215,18 @@ class SearchService:
                     )
                 face_index = 0
             pf, vector = self._probe_embedding(s, probe, face_index)
+            model_key, probe_face_id, probe_quality = pf.model_key, pf.id, pf.quality
+        matches, version = self.matcher.match(vector, model_key, top_k, threshold, aggregate)
+        with self.db.session() as s:
+            case = self.cases.require_searchable(s, case_ref)  # may have changed meanwhile
+            probe = s.get(Probe, probe_id)
+            if probe is None:
+                raise NotFoundError(f"probe {probe_id} was deleted during the search")
             record_threshold = s.scalar(
                 select(ThresholdRecord)
-                .where(ThresholdRecord.model_key == pf.model_key, ThresholdRecord.active.is_(True))
+                .where(ThresholdRecord.model_key == model_key, ThresholdRecord.active.is_(True))
                 .order_by(ThresholdRecord.id.desc())
             )
-            matches, version = self.matcher.match(vector, pf.model_key, top_k, threshold, aggregate)
             refs = dict(
                 s.execute(
                     select(Subject.id, Subject.reference).where(
@@ -226,33 +234,35 @@ class SearchService:
                     )
                 ).all()
             )
+            # a subject erased between the match and now is not reported
+            matches = [m for m in matches if m.subject_id in refs]
             record = SearchRecord(
                 case_id=case.id,
                 probe_id=probe.id,
-                probe_face_id=pf.id,
+                probe_face_id=probe_face_id,
                 probe_hash=probe.content_hash,
                 probe_source=probe.source,
                 probe_how_obtained=probe.how_obtained,
                 user_id=actor.id,
                 started_at=started,
                 gallery_version=version,
-                model_key=pf.model_key,
+                model_key=model_key,
                 threshold=threshold,
                 threshold_record_id=record_threshold.id if record_threshold else None,
                 top_k=top_k,
-                probe_quality=pf.quality,
+                probe_quality=probe_quality,
                 label=LEAD_LABEL,
                 review_status="pending" if matches else "no_candidates",
             )
             record.candidates = [
                 Candidate(
-                    rank=m.rank,
+                    rank=rank,
                     subject_id=m.subject_id,
                     subject_reference=refs[m.subject_id],
                     similarity=m.similarity,
                     image_id=m.image_id,
                 )
-                for m in matches
+                for rank, m in enumerate(matches, start=1)
             ]
             s.add(record)
             record.ended_at = self.clock()
@@ -270,7 +280,7 @@ class SearchService:
                     "probe_sha256": probe.content_hash,
                     "face": face_index,
                     "gallery_version": version,
-                    "model": pf.model_key,
+                    "model": model_key,
                     "threshold": threshold,
                     "threshold_record": record.threshold_record_id,
                     "candidates": [

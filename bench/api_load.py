@@ -1,0 +1,171 @@
+"""Load test of the REST API on loopback: N concurrent clients searching for S seconds.
+
+Starts `retroface serve` on 127.0.0.1 with a fresh data directory, enrols a gallery from LFW,
+creates users and an approved case with one probe, then has N clients POST /api/v1/searches in a
+loop until the time is up. Bounded in count and time; traffic never leaves the machine.
+Reports throughput, latency p50/p99 and errors, and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+DATA = Path(os.environ.get("RETROFACE_TEST_DATA", Path(__file__).parents[1] / "../shared/data"))
+PASSWORD = "a long load-test password"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def seed(home: Path, identities: int, database_url: str | None) -> None:
+    """Gallery, users and an approved case, written straight through the domain services."""
+    from retroface.config import Settings
+    from retroface.context import AppContext
+    from retroface.gallery.enrol import EnrolItem
+
+    ctx = AppContext(Settings(home=home, database_url=database_url))
+    people = sorted(p for p in (DATA / "lfw").iterdir() if p.is_dir())[:identities]
+    items = [EnrolItem(sorted(p.glob("*.jpg"))[0], p.name) for p in people]
+    ctx.enroller(require_quality=False, multi_face="main").run(items)
+    ctx.users.ensure_admin("admin", PASSWORD)
+    op = ctx.users.add("olive", "operator", PASSWORD, actor="admin")
+    auth = ctx.users.add("arthur", "authoriser", PASSWORD, actor="admin")
+    ctx.cases.open(op, "LOAD-1", "robbery", "load test case", "load test on loopback only")
+    ctx.cases.authorise(auth, "LOAD-1", True, "load test", valid_days=1)
+    ctx.close()
+
+
+async def client_loop(
+    c: httpx.AsyncClient, body: dict[str, object], until: float, lat: list[float], errors: list[str]
+) -> None:
+    while time.perf_counter() < until:
+        t = time.perf_counter()
+        try:
+            r = await c.post("/api/v1/searches", json=body)
+            if r.status_code != 201:
+                errors.append(f"{r.status_code}: {r.text[:200]}")
+        except httpx.HTTPError as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        lat.append(time.perf_counter() - t)
+
+
+async def run_load(base: str, clients: int, seconds: float) -> dict[str, object]:
+    async with httpx.AsyncClient(base_url=base, timeout=60) as c:
+        tok = (
+            await c.post("/api/v1/auth/token", json={"username": "olive", "password": PASSWORD})
+        ).json()["access_token"]
+        c.headers["Authorization"] = f"Bearer {tok}"
+        probe = DATA / "lfw/Vladimir_Putin/Vladimir_Putin_0002.jpg"
+        r = await c.post(
+            "/api/v1/cases/LOAD-1/probes",
+            data={"source": "CCTV", "how_obtained": "load test exhibit"},
+            files={"file": (probe.name, probe.read_bytes(), "image/jpeg")},
+        )
+        r.raise_for_status()
+        body = {"case": "LOAD-1", "probe_id": r.json()["probe_id"], "face": 0, "top_k": 20}
+        lat: list[float] = []
+        errors: list[str] = []
+        start = time.perf_counter()
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(
+            base_url=base, timeout=60, limits=limits, headers=dict(c.headers)
+        ) as lc:
+            await asyncio.gather(
+                *(client_loop(lc, body, start + seconds, lat, errors) for _ in range(clients))
+            )
+        elapsed = time.perf_counter() - start
+    ms = np.array(lat) * 1000
+    return {
+        "clients": clients,
+        "seconds": round(elapsed, 1),
+        "requests": len(lat),
+        "throughput_rps": round(len(lat) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
+        "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
+        "errors": len(errors),
+        "error_samples": errors[:5],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--identities", type=int, default=1000, help="LFW identities in the gallery")
+    ap.add_argument("--database-url", default=None, help="default: SQLite in the temp home")
+    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results/api_load.json")
+    args = ap.parse_args()
+    console = Console()
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        with console.status("Seeding gallery, users and case…"):
+            seed(home, args.identities, args.database_url)
+        port = free_port()
+        env = os.environ | {"RETROFACE_HOME": str(home)}
+        if args.database_url:
+            env["RETROFACE_DATABASE_URL"] = args.database_url
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "retroface.cli.main",
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(120):
+                try:
+                    if httpx.get(f"{base}/api/v1/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            else:
+                raise SystemExit("server did not become ready")
+            with console.status(f"{args.clients} clients searching for {args.seconds:.0f} s…"):
+                result = asyncio.run(run_load(base, args.clients, args.seconds))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    result["gallery_identities"] = args.identities
+    result["database"] = "postgresql" if args.database_url else "sqlite"
+    table = Table(title="API load: POST /api/v1/searches")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.items():
+        if k != "error_samples":
+            table.add_row(k, str(v))
+    console.print(table)
+    for e in result["error_samples"]:  # type: ignore[attr-defined]
+        console.print(f"[red]error[/] {e}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Oversight reports on the command line: transparency (per period) and DPIA facts.
+
+Only auditors and admins may produce them, and producing one is itself audited: a report reveals
+activity across every case, so who looked, and at what period, belongs in the trail.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.table import Table
+
+from retroface.cli.common import UserError, console, print_json, user_errors
+from retroface.cli.session import state
+from retroface.governance.roles import Role
+from retroface.governance.users import require_role
+
+if TYPE_CHECKING:
+    from retroface.governance.reports import DpiaReport, TransparencyReport
+
+app = typer.Typer(help="Reports for oversight bodies: transparency, dpia.", no_args_is_help=True)
+
+_HTML_HELP = "Write a self-contained HTML report to this file."
+
+
+def _day(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"{option} must be a date written YYYY-MM-DD, not {value!r}") from None
+
+
+def period(date_from: str, date_to: str) -> tuple[datetime, datetime]:
+    """``[from 00:00, day after to 00:00)`` UTC: both named days are included in full."""
+    first, last = _day(date_from, "--from"), _day(date_to, "--to")
+    if last < first:
+        raise UserError("--to must not be before --from")
+    start = datetime.combine(first, time(), UTC)
+    return start, datetime.combine(last + timedelta(days=1), time(), UTC)
+
+
+def _write(html: str, out: Path) -> None:
+    from retroface.governance.reports import write_text
+
+    try:
+        write_text(html, out)
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def _audit(action: str, actor: str, html: Path | None, details: dict[str, Any]) -> None:
+    ctx = state.ctx
+    with ctx.db.session() as s:
+        ctx.audit.record(
+            s,
+            actor=actor,
+            action=action,
+            object_type="report",
+            object_id=str(html) if html else None,
+            details={**details, "html": str(html) if html else None},
+            ts=ctx.clock(),
+        )
+
+
+@app.command()
+def transparency(
+    date_from: str = typer.Option(..., "--from", help="First day of the period, YYYY-MM-DD."),
+    date_to: str = typer.Option(..., "--to", help="Last day of the period (included)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    html: Path | None = typer.Option(None, "--html", help=_HTML_HELP),
+) -> None:
+    """Searches, authorisations, reviews and deletions in a period (days in UTC)."""
+    from retroface.governance import reports
+
+    with user_errors():
+        actor = state.principal()
+        require_role(actor, Role.AUDITOR, Role.ADMIN)
+        start, end = period(date_from, date_to)
+        report = reports.transparency(state.ctx, start, end)
+        if html is not None:
+            _write(reports.render_transparency_html(report), html)
+        _audit(
+            "report.transparency",
+            actor.username,
+            html,
+            {"start": report["period"]["start"], "end": report["period"]["end"]},
+        )
+    if json_out:
+        print_json(report)
+    elif html is None:
+        _print_transparency(report)
+    if html is not None:
+        console.print(f"transparency report written to {html}")
+
+
+@app.command()
+def dpia(
+    json_out: bool = typer.Option(False, "--json", help="Print the facts as JSON."),
+    html: Path | None = typer.Option(None, "--html", help=_HTML_HELP),
+) -> None:
+    """Facts for the Data Protection Impact Assessment, read from the live system."""
+    from retroface.governance import reports
+
+    with user_errors():
+        actor = state.principal()
+        require_role(actor, Role.AUDITOR, Role.ADMIN)
+        report = reports.dpia(state.ctx)
+        if html is not None:
+            _write(reports.render_dpia_html(report), html)
+        _audit("report.dpia", actor.username, html, {})
+    if json_out:
+        print_json(report)
+    elif html is None:
+        _print_dpia(report)
+    if html is not None:
+        console.print(f"DPIA facts written to {html}")
+
+
+def _print_transparency(report: TransparencyReport) -> None:
+    s, a = report["searches"], report["authorisations"]
+    v, d = report["reviews"], report["deletions"]
+    k = v["agreement"]
+    console.print(f"period {report['period']['start']} to {report['period']['end']} (exclusive)")
+    table = Table("offence category", "searches run", "records held")
+    for cat, n in s["by_offence_category"].items():
+        table.add_row(cat, str(n["run"]), str(n["records_held"]))
+    console.print(table)
+    kappa = "n/a" if k["kappa"] is None else f"{k['kappa']:.3f}"
+    console.print(
+        f"authorisations: {a['granted']} granted, {a['refused']} refused; "
+        f"urgent: {a['urgent']['opened']} opened, "
+        f"{a['urgent']['refused_or_expired']} later refused or expired\n"
+        f"reviews: {v['agreed']} agreed, {v['disputed']} disputed, {v['resolved']} resolved; "
+        f"kappa {kappa} (n={k['n']})\n"
+        f"deletions: {d['events']} events, {d['probes_deleted']} probe(s), "
+        f"{d['search_records_deleted']} search record(s), {d['subjects_erased']} subject(s)"
+    )
+    console.print(report["notice"])
+
+
+def _print_dpia(report: DpiaReport) -> None:
+    table = Table("data category", "records", "retention")
+    for c in report["data_categories"]:
+        table.add_row(c["category"], str(c["count"]), c["retention"])
+    console.print(table)
+    for g in report["safeguards"]:
+        mark = "[green]yes[/]" if g["enabled"] else "[bold red]NO[/]"
+        console.print(f"{mark} {g['safeguard']}: {g['detail']}", highlight=False)
