@@ -182,10 +182,13 @@ def test_index_rebuilt_when_missing_stale_or_corrupt(
     assert d.gallery.check(key)["index_matches_database"]
 
 
-def test_hnsw_index_matches_flat(make_app: Callable[..., AppContext], data_dir: Path) -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_index_matches_flat(
+    make_app: Callable[..., AppContext], data_dir: Path, kind: str
+) -> None:
     flat = make_app()
     flat.enroller().run(people_items(data_dir))
-    hnsw = make_app(index_kind="hnsw")
+    hnsw = make_app(index_kind=kind)
     key = flat.engine.identity.key
     probe = embedding_of(flat, data_dir / "people/kit_harington/john2.jpeg")
     a, _ = flat.matcher.match(probe, key, top_k=4)
@@ -278,3 +281,29 @@ def test_kill_9_during_enrolment_then_rerun(app: AppContext, data_dir: Path) -> 
     assert report["index_matches_database"] and report["orphan_files"] == 0
     assert not list((app.home / "images").rglob(".tmp-*"))
     fresh.close()
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_index_kinds_round_trip(kind: str) -> None:
+    """Every index kind finds the same exact neighbours, removes, and survives serialisation."""
+    import gc
+
+    from retroface.search.index import index_from_bytes, new_index
+
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((3000, 512)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    index = new_index(kind, 512)
+    index.add(np.arange(3000, dtype=np.int64) + 100, v)
+    scores, ids = index.search(v[:5], 3)
+    assert ids[:, 0].tolist() == [100, 101, 102, 103, 104]
+    assert np.allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert index.remove(np.array([100, 101], dtype=np.int64)) == 2
+    assert index.count() == 2998
+    data = index.to_bytes()
+    del index
+    gc.collect()
+    again = index_from_bytes(kind, data)
+    gc.collect()
+    _, ids = again.search(v[:5], 3)
+    assert again.count() == 2998 and 100 not in ids and ids[2:, 0].tolist() == [102, 103, 104]

@@ -1,8 +1,9 @@
 """Vector indexes behind one small protocol.
 
 Exact inner-product search (FAISS flat) is the default: at 100k templates it is already fast, and
-a candidate list must never silently miss a mate. The approximate HNSW mode is for very large
-galleries and always re-ranks its shortlist exactly against the stored vectors.
+a candidate list must never silently miss a mate. The approximate modes (IVF, HNSW) are for very
+large galleries; both score their shortlist exactly (IVF-Flat keeps whole vectors; HNSW re-ranks
+against the stored vectors), so only which templates are looked at is approximate.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class HnswIndex:
         self.ids = np.zeros((0,), dtype=np.int64)
         self.vectors = np.zeros((0, dim), dtype=np.float32)
         self.removed: set[int] = set()
+        self._owner: object = None
 
     def add(self, ids: IdArray, vectors: FloatArray) -> None:
         if len(ids) == 0:
@@ -155,10 +157,87 @@ class HnswIndex:
         arrays = np.load(io.BytesIO(data))
         vectors = arrays["vectors"]
         idx = cls(int(vectors.shape[1]))
-        idx.index = faiss.downcast_index(faiss.deserialize_index(arrays["graph"]))  # type: ignore[assignment]
+        owner = faiss.deserialize_index(arrays["graph"])
+        idx.index = faiss.downcast_index(owner)  # type: ignore[assignment]
+        idx._owner = owner  # the downcast view does not own the memory: keep its owner alive
         idx.ids = arrays["ids"].astype(np.int64)
         idx.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         return idx
+
+
+class IvfIndex:
+    """Approximate inverted-file index (FAISS IVF-Flat) for very large galleries.
+
+    The vectors in each list are stored whole, so the scores of the shortlist (every vector in
+    the ``nprobe`` lists nearest the query) are exact inner products: only which vectors are
+    looked at is approximate. The coarse quantiser is trained on the first batch added, which
+    is the whole gallery when the index manager rebuilds; much later growth is absorbed by the
+    rebuild that every gallery version change triggers on load.
+    """
+
+    kind = "ivf"
+
+    def __init__(self, dim: int, nprobe: int = 48) -> None:
+        self.dim = dim
+        self.nprobe = nprobe
+        self.index: faiss.IndexIVFFlat | None = None
+        self._owner: object = None
+
+    @staticmethod
+    def lists_for(n: int) -> int:
+        # about 4 sqrt(n) lists, but never fewer than 39 training points per list (FAISS's floor)
+        return int(max(1, min(16384, 4 * np.sqrt(n), n // 39)))
+
+    def _build(self, vectors: FloatArray) -> faiss.IndexIVFFlat:
+        nlist = self.lists_for(len(vectors))
+        quantiser = faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexIVFFlat(quantiser, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        sample = vectors
+        if len(vectors) > 64 * nlist:
+            sample = vectors[rng.choice(len(vectors), 64 * nlist, replace=False)]
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        return index
+
+    def add(self, ids: IdArray, vectors: FloatArray) -> None:
+        if len(ids) == 0:
+            return
+        v = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.index is None:
+            self.index = self._build(v)
+        self.index.add_with_ids(v, np.ascontiguousarray(ids, dtype=np.int64))
+
+    def remove(self, ids: IdArray) -> int:
+        if self.index is None or len(ids) == 0:
+            return 0
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+        return int(self.index.remove_ids(selector))
+
+    def search(self, queries: FloatArray, k: int) -> tuple[FloatArray, IdArray]:
+        q = _as_queries(queries, self.dim)
+        if self.index is None or self.count() == 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        self.index.nprobe = min(self.nprobe, self.index.nlist)
+        scores, ids = self.index.search(q, max(1, min(k, self.count())))
+        return scores, ids
+
+    def count(self) -> int:
+        return 0 if self.index is None else int(self.index.ntotal)
+
+    def to_bytes(self) -> bytes:
+        if self.index is None:
+            return b""
+        return bytes(faiss.serialize_index(self.index))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> IvfIndex:
+        if not data:
+            raise ValueError("empty IVF index")
+        owner = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        out = cls(int(owner.d))
+        out.index = faiss.downcast_index(owner)  # type: ignore[assignment]
+        out._owner = owner  # the downcast view does not own the memory: keep its owner alive
+        return out
 
 
 def new_index(kind: str, dim: int) -> VectorIndex:
@@ -166,7 +245,9 @@ def new_index(kind: str, dim: int) -> VectorIndex:
         return FlatIndex(dim)
     if kind == "hnsw":
         return HnswIndex(dim)
-    raise ValueError(f"unknown index kind {kind!r}: choose flat or hnsw")
+    if kind == "ivf":
+        return IvfIndex(dim)
+    raise ValueError(f"unknown index kind {kind!r}: choose flat, ivf or hnsw")
 
 
 def index_from_bytes(kind: str, data: bytes) -> VectorIndex:
@@ -174,4 +255,6 @@ def index_from_bytes(kind: str, data: bytes) -> VectorIndex:
         return FlatIndex.from_bytes(data)
     if kind == "hnsw":
         return HnswIndex.from_bytes(data)
+    if kind == "ivf":
+        return IvfIndex.from_bytes(data)
     raise ValueError(f"unknown index kind {kind!r}")
