@@ -96,13 +96,24 @@ def test_manifest(tmp_path: Path, data_dir: Path) -> None:
     m = tmp_path / "m.csv"
     with m.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "subject", "inclusion_reason", "capture_date", "face"])
         w.writerow(
-            [data_dir / "people/joe_biden/biden.jpg", "JB-1", "custody image", "2020-01-02", ""]
+            ["path", "subject", "inclusion_reason", "capture_date", "face", "retention_until"]
+        )
+        w.writerow(
+            [
+                data_dir / "people/joe_biden/biden.jpg",
+                "JB-1",
+                "custody image",
+                "2020-01-02",
+                "",
+                "2030-06-30",
+            ]
         )
     (item,) = items_from_manifest(m)
     assert item.subject == "JB-1" and item.inclusion_reason == "custody image"
     assert item.capture_date is not None and item.face is None
+    assert item.retention_until is not None and item.retention_until.year == 2030
+    assert item.retention_until.tzinfo is not None
     bad = tmp_path / "bad.csv"
     bad.write_text("file,name\na,b\n")
     with pytest.raises(InvalidInputError, match="needs columns path,subject"):

@@ -295,3 +295,20 @@ def test_search_record_has_art12_fields(
         assert len(rec.probe_hash) == 64 and rec.probe_source == "CCTV"
         assert rec.user_id == team["olive"].id and rec.case_id is not None
         assert rec.candidates and rec.label.startswith("investigative lead")
+
+
+def test_multi_face_probe_needs_a_chosen_face(
+    app: AppContext, team: dict[str, Principal], data_dir: Path
+) -> None:
+    """A search targets one person: a probe showing several faces must name which."""
+    open_case(app, team["olive"])
+    app.cases.authorise(team["arthur"], "C1", True, "proportionate")
+    group = probe_bytes(data_dir, "people/_multi_face_scenes/obama_and_biden.jpg")
+    probe = app.searches.add_probe(team["olive"], "C1", group, "group.jpg", PROV)
+    assert len(probe["faces"]) >= 2
+    with pytest.raises(InvalidInputError, match="choose one with --face"):
+        app.searches.search(team["olive"], "C1", probe["probe_id"])
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        app.searches.search(team["olive"], "C1", probe["probe_id"], face_index=99)
+    result = app.searches.search(team["olive"], "C1", probe["probe_id"], face_index=1)
+    assert result["candidates"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -29,6 +31,9 @@ def enrol(
         None, help="Why these subjects are in the gallery (e.g. 'custody image')."
     ),
     source: str | None = typer.Option(None, help="Where the images come from."),
+    retain_until: datetime | None = typer.Option(
+        None, formats=["%Y-%m-%d"], help="Erase new subjects after this date (retention run)."
+    ),
     multi_face: str = typer.Option(
         "reject", help="With several faces: 'reject' unless one is clearly the main, or 'main'."
     ),
@@ -44,14 +49,14 @@ def enrol(
         items += list(items_from_paths(paths or []))
         if not items:
             raise typer.BadParameter("give image paths, folders or --manifest")
-        if inclusion_reason or source:
-            from dataclasses import replace
-
+        if inclusion_reason or source or retain_until:
+            until = retain_until.replace(tzinfo=UTC) if retain_until else None
             items = [
                 replace(
                     i,
                     inclusion_reason=i.inclusion_reason or inclusion_reason,
                     source=i.source or source,
+                    retention_until=i.retention_until or until,
                 )
                 for i in items
             ]

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class EnrolItem:
     provenance: str | None = None
     capture_date: datetime | None = None
     display_name: str | None = None
+    retention_until: datetime | None = None
 
 
 @dataclass
@@ -101,7 +102,8 @@ def items_from_paths(paths: Iterable[Path]) -> Iterator[EnrolItem]:
 
 def items_from_manifest(manifest: Path) -> Iterator[EnrolItem]:
     """CSV with at least ``path,subject``; optional ``face, inclusion_reason, legal_basis, source,
-    provenance, capture_date, display_name``. Relative paths are relative to the CSV."""
+    provenance, capture_date, display_name, retention_until`` (ISO dates, UTC). Relative paths are
+    relative to the CSV."""
     try:
         fh = manifest.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
@@ -121,6 +123,7 @@ def items_from_manifest(manifest: Path) -> Iterator[EnrolItem]:
                 path = manifest.parent / path
             face = row.get("face") or None
             date = row.get("capture_date") or None
+            until = row.get("retention_until") or None
             try:
                 yield EnrolItem(
                     path=path,
@@ -130,11 +133,16 @@ def items_from_manifest(manifest: Path) -> Iterator[EnrolItem]:
                     legal_basis=row.get("legal_basis") or None,
                     source=row.get("source") or None,
                     provenance=row.get("provenance") or None,
-                    capture_date=datetime.fromisoformat(date) if date else None,
+                    capture_date=_utc(datetime.fromisoformat(date)) if date else None,
                     display_name=row.get("display_name") or None,
+                    retention_until=_utc(datetime.fromisoformat(until)) if until else None,
                 )
             except ValueError as exc:
                 raise InvalidInputError(f"{manifest}:{line}: {exc}") from None
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def choose_face(
@@ -294,6 +302,7 @@ class Enroller:
                         inclusion_reason=item.inclusion_reason or "unspecified",
                         legal_basis=item.legal_basis,
                         source=item.source,
+                        retention_until=item.retention_until,
                         created_by=self.actor,
                     )
                     s.add(subject)
