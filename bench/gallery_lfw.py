@@ -42,7 +42,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", type=Path, default=DATA / "lfw")
     ap.add_argument("--limit", type=int, default=0, help="first N identities only")
-    ap.add_argument("--aggregate", default="max", choices=["max", "mean"])
+    ap.add_argument(
+        "--gallery-images",
+        type=int,
+        default=1,
+        help="reference images per subject (2+ compares best-image and mean-score fusion)",
+    )
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results/gallery_lfw.json")
     ap.add_argument("--database-url", default=None)
     args = ap.parse_args()
@@ -52,10 +57,11 @@ def main() -> None:
     if args.limit:
         people = people[: args.limit]
     gallery, probes = [], []
+    n_ref = args.gallery_images
     for person in people:
         imgs = sorted(person.glob("*.jpg"))
-        gallery.append(EnrolItem(path=imgs[0], subject=person.name))
-        probes += [(p, person.name) for p in imgs[1:]]
+        gallery += [EnrolItem(path=p, subject=person.name) for p in imgs[:n_ref]]
+        probes += [(p, person.name) for p in imgs[n_ref:]]
 
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(home=Path(home), database_url=args.database_url)
@@ -75,7 +81,10 @@ def main() -> None:
             ref_of = dict(s.execute(select(Subject.id, Subject.reference)).all())
         eng = ctx.engine
         key = eng.identity.key
-        hits1 = hits10 = no_face = 0
+        aggregates = ("max", "mean")
+        hits1 = dict.fromkeys(aggregates, 0)
+        hits10 = dict.fromkeys(aggregates, 0)
+        no_face = 0
         t0 = time.perf_counter()
         with console.status(f"Searching {len(probes)} probes…"):
             for path, name in probes:
@@ -84,10 +93,11 @@ def main() -> None:
                 if face is None:
                     no_face += 1
                     continue
-                matches, _ = ctx.matcher.match(face.embedding, key, 10, aggregate=args.aggregate)
-                refs = [ref_of[m.subject_id] for m in matches]
-                hits1 += bool(refs) and refs[0] == name
-                hits10 += name in refs
+                for agg in aggregates:
+                    matches, _ = ctx.matcher.match(face.embedding, key, 10, aggregate=agg)
+                    refs = [ref_of[m.subject_id] for m in matches]
+                    hits1[agg] += bool(refs) and refs[0] == name
+                    hits10[agg] += name in refs
         search_s = time.perf_counter() - t0
         ctx.close()
     n = len(probes)
@@ -99,11 +109,13 @@ def main() -> None:
         "model_bound_images_per_s": round(bound, 2),
         "enrol_efficiency": round(rate / bound, 3),
         "mated_searches": n,
-        "rank1": round(hits1 / n, 5) if n else None,
-        "rank10": round(hits10 / n, 5) if n else None,
+        "reference_images_per_subject": n_ref,
+        "rank1": round(hits1["max"] / n, 5) if n else None,
+        "rank10": round(hits10["max"] / n, 5) if n else None,
+        "rank1_mean_fusion": round(hits1["mean"] / n, 5) if n else None,
+        "rank10_mean_fusion": round(hits10["mean"] / n, 5) if n else None,
         "probe_no_face": no_face,
-        "search_ms_per_probe_incl_detect": round(1000 * search_s / max(1, n), 2),
-        "aggregate": args.aggregate,
+        "search_ms_per_probe_incl_detect": round(1000 * search_s / max(1, n) / 2, 2),
     }
     table = Table(title="LFW gallery: enrol first image, search the rest")
     table.add_column("metric")
