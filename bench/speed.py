@@ -186,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     args = ap.parse_args(argv)
 
+    load_before = list(os.getloadavg())  # other work on the machine skews every figure
     sources = [load_image(args.data / rel) for rel in IMAGES]
     images = {f"{w}x{h}": [letterbox(im, w, h) for im in sources] for w, h in SIZES}
     results: dict[str, dict[str, Any]] = {}
@@ -211,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": platform.machine(),
             "processor": platform.processor(),
             "cpus": os.cpu_count(),
+            "load_average_before": load_before,
+            "load_average_after": list(os.getloadavg()),
         },
         "results": results,
     }
