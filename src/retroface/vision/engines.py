@@ -15,6 +15,11 @@ from retroface.vision.weights import OnnxModelSet, default_model_set, folder_mod
 
 BACKENDS = ("arcface", "dlib")
 
+#: Bumped whenever detection or alignment changes what embeddings come out, so that templates
+#: (and cached evaluation embeddings) from an older pipeline are never mixed with new ones.
+#: 2: small images are no longer enlarged before detection.
+ARCFACE_PIPELINE = 2
+
 
 class ArcFaceEngine:
     """SCRFD detection, 5-point alignment and ArcFace embedding, all on onnxruntime."""
@@ -41,7 +46,7 @@ class ArcFaceEngine:
         self.identity = ModelIdentity(
             backend="arcface",
             name=self.models.name + ("+flip" if flip else ""),
-            version=self.models.version,
+            version=f"{self.models.version}.p{ARCFACE_PIPELINE}",
             embedding_size=self.recogniser.embedding_size,
             licence=self.models.licence,
             weights=(self.models.detector, self.models.recogniser),
