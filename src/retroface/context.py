@@ -112,7 +112,9 @@ class AppContext:
 
     @cached_property
     def gallery(self) -> GalleryService:
-        return GalleryService(self.db, self.blobs, self.index)
+        return GalleryService(
+            self.db, self.blobs, self.index, audit=self.audit.record, clock=self.clock
+        )
 
     @cached_property
     def matcher(self) -> Matcher:
@@ -132,6 +134,8 @@ class AppContext:
             multi_face=multi_face,
             max_image_pixels=self.settings.max_image_pixels,
             actor=actor,
+            audit=self.audit.record,
+            clock=self.clock,
         )
 
     # ------------------------------------------------------------------ governance
@@ -231,13 +235,6 @@ class AppContext:
             actor=actor,
             require_quality=not payload.get("allow_low_quality", False),
             multi_face=str(payload.get("multi_face", "reject")),
-        )
-        enroller.on_committed = lambda s, imgs: self.audit.record(
-            s,
-            actor=actor,
-            action="gallery.enrol",
-            object_type="reference_image",
-            object_id=",".join(str(i.id) for i in imgs),
         )
         return enroller.run(items, progress=progress).to_dict()
 

@@ -53,9 +53,6 @@ def demo(
         folders = [p for p in sorted(people.iterdir()) if p.is_dir() and not p.name.startswith("_")]
         lfw = sorted(p for p in (data / "lfw").iterdir() if p.is_dir())[:distractors]
         enroller = ctx.enroller(actor="admin", multi_face="main")
-        enroller.on_committed = lambda s, imgs: ctx.audit.record(
-            s, actor="admin", action="gallery.enrol", details={"images": len(imgs)}
-        )
         with console.status("Enrolling the reference gallery…"):
             summary = enroller.run(
                 [i for i in items_from_paths(folders) if "partial" not in i.path.name]

@@ -63,14 +63,6 @@ def enrol(
         enroller = ctx.enroller(
             actor=actor.username, require_quality=not allow_low_quality, multi_face=multi_face
         )
-        enroller.on_committed = lambda s, images: ctx.audit.record(
-            s,
-            actor=actor.username,
-            action="gallery.enrol",
-            object_type="reference_image",
-            object_id=",".join(str(i.id) for i in images),
-            details={"images": len(images)},
-        )
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -150,18 +142,7 @@ def remove(
         actor = state.principal()
         require_role(actor, Role.ADMIN)
         ctx = state.ctx
-        result = ctx.gallery.erase(
-            subject,
-            on_erased=lambda s, r: ctx.audit.record(
-                s,
-                actor=actor.username,
-                action="gallery.erase",
-                object_type="subject",
-                object_id=r.subject,
-                justification=reason,
-                details={"images": r.images, "templates": r.templates},
-            ),
-        )
+        result = ctx.gallery.erase(subject, actor=actor.username, reason=reason)
     if json_out:
         print_json(result.to_dict())
         return

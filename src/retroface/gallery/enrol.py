@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from retroface.errors import InvalidInputError
 from retroface.media.images import ImageLoadError, decode_image, is_image_path
@@ -27,7 +26,7 @@ from retroface.search.index_manager import IndexManager, bump_gallery_version, t
 from retroface.storage.blobstore import EncryptedBlobStore, content_hash
 from retroface.storage.crypto import Cipher
 from retroface.storage.db import Database
-from retroface.storage.tables import FaceTemplate, ReferenceImage, Subject
+from retroface.storage.tables import FaceTemplate, ReferenceImage, Subject, utcnow
 from retroface.vision.engines import prominence
 from retroface.vision.types import Face, FaceEngine
 
@@ -187,8 +186,10 @@ class Enroller:
         multi_face: str = "reject",
         max_image_pixels: int = 50_000_000,
         actor: str = "system",
-        on_committed: Callable[[Session, list[ReferenceImage]], object] | None = None,
+        audit: Callable[..., object] | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self.clock = clock
         self.db = db
         self.blobs = blobs
         self.cipher = cipher
@@ -202,7 +203,7 @@ class Enroller:
         self.multi_face = multi_face
         self.max_image_pixels = max_image_pixels
         self.actor = actor
-        self.on_committed = on_committed
+        self.audit = audit  # audit(session, actor=..., action=..., ...) in the same transaction
 
     def _analyse(self, item: EnrolItem, data: bytes, digest: str) -> _Analysed:
         out = _Analysed(item, data, digest)
@@ -341,8 +342,16 @@ class Enroller:
                 images.append(image)
                 added.append((template.id, subject.id, image.id, vector))
             version = bump_gallery_version(s)
-            if self.on_committed:
-                self.on_committed(s, images)
+            if self.audit and images:
+                self.audit(
+                    s,
+                    actor=self.actor,
+                    action="gallery.enrol",
+                    object_type="reference_image",
+                    object_id=",".join(str(i.id) for i in images),
+                    details={"images": len(images), "subjects": sorted(subjects)},
+                    ts=self.clock(),
+                )
         summary.enrolled += len(added)
         summary.gallery_version = version
         self.index.apply(model_key, version, added=added)

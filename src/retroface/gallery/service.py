@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -14,7 +15,7 @@ from retroface.search.index_manager import IndexManager, bump_gallery_version, g
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.db import Database
 from retroface.storage.references import still_referenced
-from retroface.storage.tables import FaceTemplate, Probe, ReferenceImage, Subject
+from retroface.storage.tables import FaceTemplate, Probe, ReferenceImage, Subject, utcnow
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,19 @@ def subject_dict(subject: Subject, n_images: int | None = None) -> dict[str, Any
 
 
 class GalleryService:
-    def __init__(self, db: Database, blobs: EncryptedBlobStore, index: IndexManager) -> None:
+    def __init__(
+        self,
+        db: Database,
+        blobs: EncryptedBlobStore,
+        index: IndexManager,
+        audit: Callable[..., object] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.clock = clock
         self.db = db
         self.blobs = blobs
         self.index = index
+        self.audit = audit  # audit(session, actor=..., action=..., ...) in the same transaction
 
     def list_subjects(self, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         with self.db.session() as s:
@@ -96,7 +106,9 @@ class GalleryService:
     def erase(
         self,
         reference: str,
-        on_erased: Callable[[Session, ErasureResult], object] | None = None,
+        actor: str = "system",
+        reason: str | None = None,
+        action: str = "gallery.erase",
     ) -> ErasureResult:
         """Remove a subject's images, templates, files and index entries.
 
@@ -112,9 +124,17 @@ class GalleryService:
             s.delete(subject)
             s.flush()
             version = bump_gallery_version(s)
-            result = ErasureResult(reference, len(images), len(template_ids), 0, version)
-            if on_erased:
-                on_erased(s, result)
+            if self.audit:
+                self.audit(
+                    s,
+                    actor=actor,
+                    action=action,
+                    object_type="subject",
+                    object_id=reference,
+                    justification=reason,
+                    details={"images": len(images), "templates": len(template_ids)},
+                    ts=self.clock(),
+                )
             still_used = still_referenced(s, hashes)
         deleted = sum(self.blobs.delete(h) for h in set(hashes) - still_used)
         for key in model_keys:

@@ -107,17 +107,7 @@ class RetentionService:
         report.files_deleted += self._delete_probes(report.probes, actor)
         for ref in report.subjects:
             result = self.gallery.erase(
-                ref,
-                on_erased=lambda s, r: self.audit(
-                    s,
-                    actor=actor,
-                    action="retention.subject_erase",
-                    object_type="subject",
-                    object_id=r.subject,
-                    justification="retention period ended",
-                    details={"images": r.images, "templates": r.templates},
-                    ts=now,
-                ),
+                ref, actor=actor, reason="retention period ended", action="retention.subject_erase"
             )
             report.files_deleted += result.files_deleted
         return report

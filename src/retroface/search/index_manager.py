@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from sqlalchemy.orm import Session
 from retroface.search.index import VectorIndex, index_from_bytes, new_index
 from retroface.storage.crypto import Cipher, DecryptionError
 from retroface.storage.db import Database
+from retroface.storage.files import atomic_write
 from retroface.storage.tables import FaceTemplate, GalleryState, ReferenceImage, utcnow
 
 log = logging.getLogger(__name__)
@@ -200,15 +199,4 @@ class IndexManager:
         ).encode()
         raw = len(header).to_bytes(4, "big") + header + loaded.index.to_bytes()
         blob = self.cipher.encrypt(raw, aad=loaded.model_key.encode())
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self.path_for(loaded.model_key)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path_for(loaded.model_key), blob)

@@ -7,13 +7,12 @@ atomically (temp file, fsync, rename) so a crash never leaves a half-written fil
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from retroface.errors import NotFoundError
 from retroface.storage.crypto import Cipher
+from retroface.storage.files import atomic_write
 
 
 def content_hash(data: bytes) -> str:
@@ -35,23 +34,7 @@ class EncryptedBlobStore:
         path = self.path_for(digest)
         if path.exists():
             return digest
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        blob = self.cipher.encrypt(data, aad=digest.encode())
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(path, self.cipher.encrypt(data, aad=digest.encode()))
         return digest
 
     def get(self, digest: str) -> bytes:

@@ -51,13 +51,6 @@ async def enrol_image(
         path = Path(tmp) / name
         path.write_bytes(data)
         enroller = ctx.enroller(actor=caller.username)
-        enroller.on_committed = lambda s, imgs: ctx.audit.record(
-            s,
-            actor=caller.username,
-            action="gallery.enrol",
-            object_type="reference_image",
-            object_id=",".join(str(i.id) for i in imgs),
-        )
         item = EnrolItem(
             path,
             ref,
@@ -76,18 +69,7 @@ async def enrol_image(
 def erase_subject(
     ref: str, ctx: Ctx, caller: Caller, reason: Annotated[str, Query(min_length=1, max_length=500)]
 ) -> dict[str, Any]:
-    result = ctx.gallery.erase(
-        ref,
-        on_erased=lambda s, r: ctx.audit.record(
-            s,
-            actor=caller.username,
-            action="gallery.erase",
-            object_type="subject",
-            object_id=r.subject,
-            justification=reason,
-            details={"images": r.images, "templates": r.templates},
-        ),
-    )
+    result = ctx.gallery.erase(ref, actor=caller.username, reason=reason)
     return result.to_dict()
 
 
