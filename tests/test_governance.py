@@ -304,3 +304,11 @@ def test_multi_face_probe_needs_a_chosen_face(
         app.searches.search(team["olive"], "C1", probe["probe_id"], face_index=99)
     result = app.searches.search(team["olive"], "C1", probe["probe_id"], face_index=1)
     assert result["candidates"]
+
+
+def test_urgent_window_is_capped_at_48_hours() -> None:
+    from retroface.governance.policy import GovernancePolicy
+
+    assert GovernancePolicy(urgent_window_hours=48).urgent_window_hours == 48
+    with pytest.raises(InvalidInputError, match="48 hours"):
+        GovernancePolicy(urgent_window_hours=72)

@@ -28,6 +28,7 @@ DEFAULT_OFFENCE_CATEGORIES = (
 
 #: Audit records must outlive what they describe; UK DPA 2018 s62 logs are kept for review.
 MIN_AUDIT_RETENTION_DAYS = 183
+MAX_URGENT_WINDOW_HOURS = 48.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,11 @@ class GovernancePolicy:
         if self.audit_retention_days < MIN_AUDIT_RETENTION_DAYS:
             raise InvalidInputError(
                 f"audit retention must be at least {MIN_AUDIT_RETENTION_DAYS} days (6 months)"
+            )
+        if not 0 < self.urgent_window_hours <= MAX_URGENT_WINDOW_HOURS:
+            raise InvalidInputError(
+                "the urgent window must be between 0 and 48 hours: EU AI Act Art 26(10) requires "
+                "authorisation of an urgent use within 48 hours at the latest"
             )
         if self.probe_retention_days <= 0 or self.search_record_retention_days <= 0:
             raise InvalidInputError("retention periods must be positive")
