@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     audit_retention_days: float = 2190.0
     #: Checkpoint (sign) the audit chain every N records.
     audit_checkpoint_every: int = 100
+    #: PEM file of retired audit signing public keys whose checkpoints still verify (rotation).
+    audit_trusted_keys: Path | None = None
 
     @property
     def resolved_database_url(self) -> str:

@@ -155,10 +155,12 @@ class AppContext:
 
     @cached_property
     def audit(self) -> AuditLog:
+        trusted = self.settings.audit_trusted_keys
         return AuditLog(
             self.db,
             self.home / "keys" / "audit_ed25519.pem",
             checkpoint_every=self.settings.audit_checkpoint_every,
+            trusted_public_keys=[trusted.read_text()] if trusted else (),
         )
 
     @cached_property
