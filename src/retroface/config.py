@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = 50_000_000
     #: Cosine similarity at which ``compare`` calls two faces the same person.
     match_threshold: float = 0.36
+    #: Redis for background jobs (RQ workers: ``python -m retroface.jobs.redis_queue``); unset,
+    #: jobs run in a thread of the process that submits them.
+    redis_url: str | None = None
+    redis_queue: str = "retroface"
 
     #: Governance policy (see docs/governance.md). Offence categories: comma-separated.
     offence_categories: str = ""

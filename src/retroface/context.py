@@ -23,7 +23,9 @@ from retroface.governance.retention import RetentionService
 from retroface.governance.review import ReviewService
 from retroface.governance.users import UserService
 from retroface.jobs.local import LocalJobRunner
+from retroface.jobs.redis_queue import RedisJobRunner
 from retroface.jobs.store import JobStore
+from retroface.jobs.video import register_video_jobs
 from retroface.search.index_manager import IndexManager
 from retroface.search.matcher import Matcher
 from retroface.search.service import SearchService
@@ -208,9 +210,20 @@ class AppContext:
         return JobStore(self.db, clock=self.clock)
 
     @cached_property
-    def jobs(self) -> LocalJobRunner:
-        runner = LocalJobRunner(self.job_store)
+    def jobs(self) -> LocalJobRunner | RedisJobRunner:
+        """Redis (RQ) workers when ``RETROFACE_REDIS_URL`` is set, else a thread in this process."""
+        runner: LocalJobRunner | RedisJobRunner
+        if self.settings.redis_url:
+            runner = RedisJobRunner(
+                self.job_store,
+                self.settings.redis_url,
+                self.settings.redis_queue,
+                checkpoint_root=self.home / "jobs",
+            )
+        else:
+            runner = LocalJobRunner(self.job_store)
         runner.register("gallery.enrol", self._enrol_job)
+        register_video_jobs(runner, self)
         return runner
 
     def _enrol_job(

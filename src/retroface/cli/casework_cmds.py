@@ -123,7 +123,7 @@ def _print_result(data: dict[str, Any]) -> None:
 
 
 def search(
-    image: Path | None = typer.Argument(None, help="Probe image (omit with --probe)."),
+    image: Path | None = typer.Argument(None, help="Probe image (omit with --probe or --video)."),
     case: str = typer.Option(..., "--case", help="The authorised case this search serves."),
     source: str | None = typer.Option(None, help="Probe source, e.g. CCTV, witness."),
     how_obtained: str | None = typer.Option(None, help="How the probe was obtained (exhibit)."),
@@ -131,9 +131,28 @@ def search(
     face: int | None = typer.Option(None, help="Which face of the probe (see the probe's faces)."),
     top: int = typer.Option(20, "--top", min=1, max=200, help="Candidate list length."),
     threshold: float | None = typer.Option(None, help="Only candidates at or above this."),
+    video: Path | None = typer.Option(
+        None, "--video", help="Probe video: search one face track of it (with --track)."
+    ),
+    track: int | None = typer.Option(None, help="Video: track id from `retroface video scan`."),
+    template: str = typer.Option(
+        "fused", help="Video: 'fused' (mean of the track's best faces) or 'best' (best shot)."
+    ),
+    fps: float = typer.Option(5.0, help="Video: the sampling rate the track ids come from."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Search one face against the gallery under an authorised case."""
+    """Search one face (of an image, or one track of a video) under an authorised case."""
+    if video is not None:
+        if image is not None or probe is not None:
+            fail("give a probe IMAGE, --probe ID or --video VIDEO, not several")
+        if track is None:
+            fail("--video needs --track ID (see `retroface video scan VIDEO`)")
+        from retroface.cli.video_cmds import run_video_search
+
+        run_video_search(
+            video, track, case, source, how_obtained, template, fps, top, threshold, json_out
+        )
+        return
     with user_errors():
         actor = state.principal()
         svc = state.ctx.searches

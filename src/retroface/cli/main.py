@@ -11,6 +11,7 @@ from retroface.cli import (
     demo_cmds,
     gallery_cmds,
     report_cmds,
+    video_cmds,
     vision_cmds,
 )
 from retroface.cli.session import state
@@ -48,6 +49,7 @@ app.add_typer(admin_cmds.user_app, name="user")
 app.add_typer(admin_cmds.audit_app, name="audit")
 app.add_typer(admin_cmds.retention_app, name="retention")
 app.add_typer(report_cmds.app, name="report")
+app.add_typer(video_cmds.app, name="video")
 
 
 @app.command()
