@@ -254,3 +254,11 @@ def test_accuracy_markdown(
     cells = [len(re.findall(r"(?<!\\)\|", line)) for line in [header, *rows[:2]]]
     assert len(set(cells)) == 1
     assert accuracy_markdown({}) == ""
+
+
+def test_det_plot_without_errors_renders(tmp_path: Path) -> None:
+    """A perfect small run has no DET point on log axes; the plot says so instead of failing."""
+    from retroface.eval.plots import plot_det
+
+    out = plot_det((np.array([0.0, 0.0]), np.array([0.0, 0.1])), tmp_path / "det.png")
+    assert out.stat().st_size > 2000

@@ -9,6 +9,7 @@ from retroface.cli import (
     admin_cmds,
     casework_cmds,
     demo_cmds,
+    eval_cmds,
     gallery_cmds,
     report_cmds,
     video_cmds,
@@ -49,6 +50,7 @@ app.add_typer(admin_cmds.user_app, name="user")
 app.add_typer(admin_cmds.audit_app, name="audit")
 app.add_typer(admin_cmds.retention_app, name="retention")
 app.add_typer(report_cmds.app, name="report")
+app.add_typer(eval_cmds.app, name="eval")
 app.add_typer(video_cmds.app, name="video")
 
 

@@ -59,6 +59,24 @@ class Protocol:
         c = Counter(e.role for e in self.entries)
         return {r: c.get(r, 0) for r in ROLES}
 
+    def without(self, identities: Iterable[str], reason: str = "") -> Protocol:
+        """The protocol minus every image of ``identities`` (e.g. known label errors); the
+        removal is recorded in ``notes`` and changes the dataset hash."""
+        drop = set(identities)
+        unknown = drop - {e.identity for e in self.entries}
+        if unknown:
+            raise InvalidInputError(f"not in the protocol: {', '.join(sorted(unknown))}")
+        note = f"excluded identities: {', '.join(sorted(drop))}" + (
+            f" ({reason})" if reason else ""
+        )
+        return Protocol(
+            self.dataset,
+            [e for e in self.entries if e.identity not in drop],
+            self.source,
+            self.limit,
+            [*self.notes, note],
+        )
+
     def dataset_hash(self) -> str:
         """sha256 over the sorted protocol lines (``path,identity,role``), one per line."""
         lines = sorted(e.line() for e in self.entries)
@@ -76,7 +94,7 @@ class Protocol:
             "mated_searches": counts["mated"],
             "nonmated_searches_protocol": counts["nonmated"],
             "dataset_hash": self.dataset_hash(),
-        }
+        } | ({"notes": list(self.notes)} if self.notes else {})
 
 
 def identity_folders(dataset: Path, limit: int | None = None) -> list[Path]:
@@ -90,7 +108,7 @@ def identity_folders(dataset: Path, limit: int | None = None) -> list[Path]:
 
 
 def identity_images(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_file() and is_image_path(p)))
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_path(p))
 
 
 def build_protocol(dataset: Path, limit: int | None = None) -> Protocol:

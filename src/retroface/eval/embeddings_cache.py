@@ -16,7 +16,10 @@ a whole-image crop: a deployed system does not get that second chance either.
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -30,6 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from retroface.errors import RetrofaceError
 from retroface.eval.degrade import DegradeSpec, degrade_image
 from retroface.media.images import load_image
 from retroface.vision.engines import create_engine, primary_face
@@ -116,8 +120,58 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: Modules whose code decides an image's embedding, per backend. Weights are in the model key;
+#: the code is fingerprinted too, so a changed detector or alignment never reads stale results.
+PIPELINE_MODULES: dict[str, tuple[str, ...]] = {
+    "arcface": (
+        "retroface.vision.scrfd",
+        "retroface.vision.alignment",
+        "retroface.vision.arcface",
+        "retroface.vision.onnx_runtime",
+    ),
+    "dlib": ("retroface.vision.dlib_backend",),
+}
+COMMON_MODULES = ("retroface.vision.engines", "retroface.vision.quality", "retroface.media.images")
+
+
+def _code_digest(module: str) -> str:
+    """sha256 of a module's syntax tree without docstrings: comment and docstring edits do
+    not invalidate the cache, any code change does."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return "missing"
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+@functools.cache
+def pipeline_fingerprint(backend: str, degraded: bool) -> str:
+    """Digest of the pipeline code, taken once per process: the code this process runs was
+    loaded at start, so a file edited later must not change the answer mid-run."""
+    modules = PIPELINE_MODULES.get(backend, ()) + COMMON_MODULES
+    if degraded:
+        modules += ("retroface.eval.degrade",)
+    joined = ",".join(f"{m}={_code_digest(m)}" for m in sorted(modules))
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
 def variant_key(model: ModelIdentity, spec: EngineSpec, degrade: DegradeSpec | None) -> str:
-    parts: dict[str, Any] = {"model": model.key, **spec.settings(), "cache_format": CACHE_FORMAT}
+    parts: dict[str, Any] = {
+        "model": model.key,
+        **spec.settings(),
+        "code": pipeline_fingerprint(model.backend, degrade is not None),
+        "cache_format": CACHE_FORMAT,
+    }
     if degrade is not None:
         parts["degrade"] = asdict(degrade)
     return json.dumps(parts, sort_keys=True)
@@ -130,7 +184,9 @@ class EmbeddingCache:
         self.folder = folder
         self.variant = variant
         self.dim = dim
-        self.rows: dict[str, tuple[NDArray[np.float32], bool, NDArray[np.float32], float, bool, int]]
+        self.rows: dict[
+            str, tuple[NDArray[np.float32], bool, NDArray[np.float32], float, bool, int]
+        ]
         self.rows = {}
         self._dirty = False
         if folder is not None and self.path.is_file():
@@ -147,17 +203,21 @@ class EmbeddingCache:
             with np.load(self.path, allow_pickle=False) as z:
                 if str(z["variant"]) != self.variant or z["embeddings"].shape[1] != self.dim:
                     return
-                for i, key in enumerate(z["keys"].tolist()):
-                    self.rows[key] = (
-                        z["embeddings"][i],
-                        bool(z["found"][i]),
-                        z["boxes"][i],
-                        float(z["det_scores"][i]),
-                        bool(z["acceptable"][i]),
-                        int(z["n_faces"][i]),
-                    )
+                # Read each array once (indexing ``z[name]`` re-reads it from the file).
+                keys = z["keys"].tolist()
+                emb, found, boxes = z["embeddings"], z["found"], z["boxes"]
+                det, ok, n_faces = z["det_scores"], z["acceptable"], z["n_faces"]
         except (OSError, KeyError, ValueError):
-            self.rows = {}  # unreadable cache: recompute rather than fail
+            return  # unreadable cache: recompute rather than fail
+        for i, key in enumerate(keys):
+            self.rows[key] = (
+                emb[i].copy(),
+                bool(found[i]),
+                boxes[i].copy(),
+                float(det[i]),
+                bool(ok[i]),
+                int(n_faces[i]),
+            )
 
     def get(self, key: str) -> FaceRecord | None:
         row = self.rows.get(key)
@@ -218,9 +278,19 @@ class EmbeddingCache:
 _ENGINE: FaceEngine | None = None
 
 
+class PipelineChangedError(RetrofaceError):
+    """A worker process loaded different pipeline code or weights than the parent."""
+
+
 def _init_worker(spec: EngineSpec, threads: int) -> None:
     global _ENGINE
     _ENGINE = spec.build(threads=threads)
+
+
+def _worker_identity(degraded: bool) -> tuple[str, str]:
+    assert _ENGINE is not None
+    key = _ENGINE.identity.key
+    return key, pipeline_fingerprint(_ENGINE.identity.backend, degraded)
 
 
 Task = tuple[int, str, tuple[float, float, float, float] | None, DegradeSpec | None]
@@ -263,19 +333,37 @@ def default_workers() -> int:
 
 
 def _run_tasks(
-    tasks: list[Task], spec: EngineSpec, engine: FaceEngine | None, workers: int
+    tasks: list[Task],
+    spec: EngineSpec,
+    engine: FaceEngine | None,
+    workers: int,
+    expected: tuple[str, str],
 ) -> Iterator[tuple[int, FaceRecord]]:
     if workers <= 1 or len(tasks) < 32:
         eng = engine or spec.build()
         for t in tasks:
             yield analyse_one(eng, t)
         return
-    # "spawn": forking a process that holds live onnxruntime sessions is unsafe.
+    # "spawn": forking a process that holds live onnxruntime sessions is unsafe. Spawned
+    # workers import the code afresh, so they must prove they run what the cache key says.
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         workers, mp_context=ctx, initializer=_init_worker, initargs=(spec, 1)
-    ) as pool:
+    )
+    try:
+        got = pool.submit(_worker_identity, tasks[0][3] is not None).result()
+        if got != expected:
+            raise PipelineChangedError(
+                "the face pipeline changed on disk during the evaluation (worker runs "
+                f"{got[0]} code {got[1]}, this process {expected[0]} code {expected[1]}): "
+                "run the evaluation again"
+            )
         yield from pool.map(_worker, tasks, chunksize=8)
+    except BaseException:
+        # Ctrl-C or an error: drop queued work instead of finishing every image first.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def embed_images(
@@ -315,7 +403,14 @@ def embed_images(
     if progress:
         progress(label, done, n)
     for count, (i, rec) in enumerate(
-        _run_tasks(tasks, spec, engine, workers or default_workers()), 1
+        _run_tasks(
+            tasks,
+            spec,
+            engine,
+            workers or default_workers(),
+            (model.key, pipeline_fingerprint(model.backend, degrade is not None)),
+        ),
+        1,
     ):
         records[i] = rec
         cache.put(keys[i], rec)

@@ -151,11 +151,20 @@ def det_figure(
         ax.plot(x[order], y[order], drawstyle="steps-post", label=label)
         xs.extend(x.tolist())
         ys.extend(y.tolist())
-    for target in fpir_targets:
-        ax.axvline(target, color="0.5", linestyle=":", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    if xs:
+    if not xs:  # no operating point with both error rates above zero: nothing fits log axes
+        ax.text(
+            0.5,
+            0.5,
+            "No operating point with both error rates above zero",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+        )
+    else:
+        for target in fpir_targets:
+            ax.axvline(target, color="0.5", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_xlim(min([*xs, *fpir_targets]) / 2, 1.0)
         ax.set_ylim(min(ys) / 2, 1.05)
     ax.set_xlabel("FPIR (share of non-mated searches returning a candidate)")
