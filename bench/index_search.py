@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--kinds", default="flat,ivf,hnsw")
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--hnsw-ef", default="200", help="HNSW shortlists (efSearch) to measure")
     ap.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results/index_search.json"
     )
@@ -88,29 +89,40 @@ def main() -> None:
             with console.status(f"Building {kind} over {n:,}…"):
                 index.add(ids, gallery)
             build_s = time.perf_counter() - t
-            latency(index, queries[:50], args.k)  # warm-up
-            p50, p99, top = latency(index, queries, args.k)
-            found1 = top[:, 0] == truth
-            found_k = (top == truth[:, None]).any(1)
-            row = {
-                "gallery": n,
-                "kind": kind,
-                "build_s": round(build_s, 1),
-                "p50_ms": round(p50, 2),
-                "p99_ms": round(p99, 2),
-                "mate_rank1": round(float(found1.mean()), 5),
-                f"mate_in_top{args.k}": round(float(found_k.mean()), 5),
-                "max_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-            }
-            if kind == "flat":
-                exact_top1 = found1
-            elif exact_top1 is not None:
-                lost = exact_top1 & ~found1
-                row["mates_lost_vs_exact"] = round(float(lost.sum() / max(1, exact_top1.sum())), 5)
+            settings = [None]
             if isinstance(index, HnswIndex):
-                row["shortlist"] = index.shortlist
-            results.append(row)
-            console.print(row)
+                settings = [int(e) for e in args.hnsw_ef.split(",")]
+            for ef in settings:
+                if isinstance(index, HnswIndex) and ef is not None:
+                    index.shortlist = ef
+                    index.index.hnsw.efSearch = ef
+                latency(index, queries[:50], args.k)  # warm-up
+                p50, p99, top = latency(index, queries, args.k)
+                found1 = top[:, 0] == truth
+                found_k = (top == truth[:, None]).any(1)
+                row = {
+                    "gallery": n,
+                    "kind": kind,
+                    "build_s": round(build_s, 1),
+                    "p50_ms": round(p50, 2),
+                    "p99_ms": round(p99, 2),
+                    "mate_rank1": round(float(found1.mean()), 5),
+                    f"mate_in_top{args.k}": round(float(found_k.mean()), 5),
+                    "max_rss_gb": round(
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
+                    ),
+                }
+                if kind == "flat":
+                    exact_top1 = found1
+                elif exact_top1 is not None:
+                    lost = exact_top1 & ~found1
+                    row["mates_lost_vs_exact"] = round(
+                        float(lost.sum() / max(1, exact_top1.sum())), 5
+                    )
+                if ef is not None:
+                    row["hnsw_ef"] = ef
+                results.append(row)
+                console.print(row)
             del index
     table = Table(
         title=f"Vector index, {args.queries} single queries, k={args.k}, {os.cpu_count()} cores"

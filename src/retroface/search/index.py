@@ -93,7 +93,7 @@ class HnswIndex:
 
     kind = "hnsw"
 
-    def __init__(self, dim: int, m: int = 32, ef_search: int = 128, shortlist: int = 200) -> None:
+    def __init__(self, dim: int, m: int = 32, ef_search: int = 500, shortlist: int = 500) -> None:
         self.dim = dim
         self.index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
         self.index.hnsw.efConstruction = 80
@@ -177,9 +177,13 @@ class IvfIndex:
 
     kind = "ivf"
 
-    def __init__(self, dim: int, nprobe: int = 48) -> None:
+    def __init__(self, dim: int, probe_share: float = 0.125, min_probe: int = 32) -> None:
         self.dim = dim
-        self.nprobe = nprobe
+        # Mates at cosine 0.5 often sit in a list whose centre is far from the query: probing
+        # 48 of 1,264 lists lost 8% of them at 100k; probing an eighth of the lists keeps the
+        # scan at an eighth of flat search's.
+        self.probe_share = probe_share
+        self.min_probe = min_probe
         self.index: faiss.IndexIVFFlat | None = None
         self._owner: object = None
 
@@ -217,7 +221,8 @@ class IvfIndex:
         q = _as_queries(queries, self.dim)
         if self.index is None or self.count() == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        self.index.nprobe = min(self.nprobe, self.index.nlist)
+        nlist = self.index.nlist
+        self.index.nprobe = min(nlist, max(self.min_probe, round(nlist * self.probe_share)))
         scores, ids = self.index.search(q, max(1, min(k, self.count())))
         return scores, ids
 
