@@ -7,7 +7,6 @@ by ``verify``) somewhere else too; anyone holding the private key can re-sign a 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from retroface.errors import RetrofaceError
+from retroface.storage.files import create_private_file, require_private
 
 _PEM_BEGIN = "-----BEGIN PUBLIC KEY-----"
 
@@ -29,9 +29,7 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
     """Read the key at ``path``, creating it (0600, folder 0700) if absent; refuse a lax mode."""
     if not path.exists():
         _create(path)
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise RetrofaceError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+    require_private(path)
     try:
         key = load_pem_private_key(path.read_bytes(), password=None)
     except ValueError:
@@ -42,25 +40,10 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
 
 
 def _create(path: Path) -> None:
-    """Write to a temporary file and hard-link it into place: no reader sees a half-written key,
-    and when two processes race, the first one's key wins and the other's is discarded."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     pem = Ed25519PrivateKey.generate().private_bytes(
         Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
+    create_private_file(path, pem)
 
 
 def public_pem(key: Ed25519PublicKey) -> str:

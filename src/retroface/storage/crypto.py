@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import os
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from retroface.errors import RetrofaceError
+from retroface.storage.files import create_private_file, require_private
 
 NONCE_BYTES = 12
 MAGIC = b"RFE1"  # format marker, so a plaintext file is never mistaken for ciphertext
@@ -24,16 +24,6 @@ MAGIC = b"RFE1"  # format marker, so a plaintext file is never mistaken for ciph
 
 class DecryptionError(RetrofaceError):
     code = "decryption_failed"
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_or_create_key(home: Path, env_value: str | None = None) -> bytes:
@@ -47,12 +37,9 @@ def load_or_create_key(home: Path, env_value: str | None = None) -> bytes:
             raise RetrofaceError("RETROFACE_DATA_KEY must decode to 32 bytes (AES-256)")
         return key
     path = home / "keys" / "data.key"
-    if not path.exists():
-        with contextlib.suppress(FileExistsError):  # another process created it first
-            _write_private(path, base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n")
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise RetrofaceError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+    if not path.exists():  # first run; if another process races us, its key wins
+        create_private_file(path, base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n")
+    require_private(path)
     key = base64.b64decode(path.read_bytes().strip())
     if len(key) != 32:
         raise RetrofaceError(f"{path} does not hold a 32-byte key")
