@@ -33,6 +33,7 @@ from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.crypto import Cipher, load_or_create_key
 from retroface.storage.db import Database
 from retroface.storage.tables import utcnow
+from retroface.vision.engines import engine_from_settings
 from retroface.vision.types import FaceEngine
 
 
@@ -67,24 +68,11 @@ class AppContext:
     def blobs(self) -> EncryptedBlobStore:
         return EncryptedBlobStore(self.home / "images", self.cipher)
 
-    def _build_engine(self, threads: int | None) -> FaceEngine:
-        from retroface.vision.engines import create_engine
-
-        s = self.settings
-        return create_engine(
-            s.backend,
-            models_dir=s.models_dir,
-            det_size=s.det_size,
-            det_threshold=s.det_threshold,
-            threads=threads,
-            flip=s.flip,
-        )
-
     @property
     def engine(self) -> FaceEngine:
         """The interactive engine: one search at a time, using every core."""
         if self._engine is None:
-            self._engine = self._build_engine(self.settings.threads or None)
+            self._engine = engine_from_settings(self.settings)
         return self._engine
 
     @cached_property
@@ -96,7 +84,7 @@ class AppContext:
         """
         if self._engine_injected:
             return self.engine
-        return self._build_engine(1)
+        return engine_from_settings(self.settings, threads=1)
 
     @property
     def batch_workers(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,6 +13,9 @@ from retroface.vision.quality import QualityPolicy, measure_quality
 from retroface.vision.scrfd import ScrfdDetector
 from retroface.vision.types import Face, FaceEngine, ImageArray, ModelIdentity
 from retroface.vision.weights import OnnxModelSet, default_model_set, folder_model_set
+
+if TYPE_CHECKING:
+    from retroface.config import Settings
 
 BACKENDS = ("arcface", "dlib")
 
@@ -103,16 +107,19 @@ def create_engine(
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def engine_from_settings() -> FaceEngine:
+def engine_from_settings(
+    settings: Settings | None = None, threads: int | None = None
+) -> FaceEngine:
+    """The configured engine; ``threads`` overrides ``RETROFACE_THREADS`` (0 = all cores)."""
     from retroface.config import get_settings
 
-    s = get_settings()
+    s = settings or get_settings()
     return create_engine(
         s.backend,
         models_dir=s.models_dir,
         det_size=s.det_size,
         det_threshold=s.det_threshold,
-        threads=s.threads or None,
+        threads=threads or s.threads or None,
         flip=s.flip,
     )
 
