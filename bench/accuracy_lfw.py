@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from retroface.errors import InvalidInputError
+from retroface.eval.dataset import load_pairs
 from retroface.media.images import load_image
 from retroface.vision.engines import ArcFaceEngine, create_engine, primary_face
 from retroface.vision.types import FaceEngine
@@ -179,39 +181,18 @@ def load_lfw(data: Path, limit: int | None) -> Lfw:
             paths.append(p)
             labels.append(k)
     lfw = Lfw(paths, np.array(labels, dtype=np.int64), identities)
-    index = {p.relative_to(root).as_posix(): i for i, p in enumerate(paths)}
-
-    def img(name: str, number: str) -> int | None:
-        return index.get(f"{name}/{name}_{int(number):04d}.jpg")
-
-    raw: list[tuple[int | None, int | None, bool]] = []
-    for line in (data / "lfw_pairs.txt").read_text().splitlines():
-        f = line.split()
-        if len(f) == 3:
-            raw.append((img(f[0], f[1]), img(f[0], f[2]), True))
-        elif len(f) == 4:
-            raw.append((img(f[0], f[1]), img(f[2], f[3]), False))
-    # Folds: the file's runs of same/different pairs, one (same, different) couple per fold.
-    fold_of: list[int] = []
-    fold, prev = -1, False
-    for _, _, same in raw:
-        if same and (fold < 0 or not prev):
-            fold += 1
-        fold_of.append(fold)
-        prev = same
-    if fold + 1 == 10:
-        lfw.fold_source = "the file's 10 consecutive same/different blocks (LFW View 2 folds)"
-    else:
-        fold_of = [i % 10 for i in range(len(raw))]
-        lfw.fold_source = "round-robin (pair i in fold i % 10)"
-    kept = [
-        (a, b, s, k)
-        for (a, b, s), k in zip(raw, fold_of, strict=True)
-        if a is not None and b is not None
+    # the pairs file is parsed (and its folds found) by the product's own loader
+    index = {p: i for i, p in enumerate(paths)}
+    try:
+        listed = load_pairs(data / "lfw_pairs.txt", root, identities=identities)
+    except InvalidInputError:  # no pair among the identities kept by --limit
+        return lfw
+    lfw.fold_source = listed.fold_source
+    lfw.pairs_skipped = listed.skipped
+    lfw.pairs = [
+        (index[listed.paths[a]], index[listed.paths[b]], same) for a, b, same in listed.pairs
     ]
-    lfw.pairs_skipped = len(raw) - len(kept)
-    lfw.pairs = [(int(a), int(b), s) for a, b, s, _ in kept]
-    lfw.folds = np.array([k for *_, k in kept], dtype=np.int64)
+    lfw.folds = np.array(listed.folds, dtype=np.int64)
     return lfw
 
 
