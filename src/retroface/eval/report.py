@@ -179,6 +179,29 @@ def _operating_threshold(ident: Result, demo: Result | None) -> float | None:
     return min(usable)[1] if usable else None
 
 
+def _operating_points(
+    points: dict[str, Any], rate: str, achieved: str, needed: str, noun: str
+) -> tuple[list[list[str]], set[int]]:
+    """Rows for FNIR-at-FPIR or TAR-at-FAR tables, and the indices lacking samples."""
+    rows: list[list[str]] = []
+    warn: set[int] = set()
+    for i, (key, p) in enumerate(points.items()):
+        insufficient = bool(p.get("insufficient_samples"))
+        if insufficient:
+            warn.add(i)
+        rows.append(
+            [
+                key,
+                _threshold(p.get("threshold")),
+                format_percent(p.get(rate)),
+                _ci(p.get("ci")),
+                format_percent(p.get(achieved)),
+                f"insufficient samples: needs ≥ {p[needed]:,} {noun}" if insufficient else "ok",
+            ]
+        )
+    return rows, warn
+
+
 def _identification_section(d: Result, demo: Result | None) -> Section:
     level = f"{100 * float(d.get('confidence', 0.95)):g}%"
     sizes = Table(
@@ -207,25 +230,9 @@ def _identification_section(d: Result, demo: Result | None) -> Section:
         numeric_columns={1, 2},
     )
     rank_r = d.get("fnir_max_rank", 1)
-    fnir_rows, warn = [], set()
-    for i, (key, p) in enumerate(d.get("fnir_at_fpir", {}).items()):
-        insufficient = bool(p.get("insufficient_samples"))
-        if insufficient:
-            warn.add(i)
-        fnir_rows.append(
-            [
-                key,
-                _threshold(p.get("threshold")),
-                format_percent(p.get("fnir")),
-                _ci(p.get("ci")),
-                format_percent(p.get("fpir_achieved")),
-                (
-                    f"insufficient samples: needs ≥ {p['nonmated_needed']:,} non-mated"
-                    if insufficient
-                    else "ok"
-                ),
-            ]
-        )
+    fnir_rows, warn = _operating_points(
+        d.get("fnir_at_fpir", {}), "fnir", "fpir_achieved", "nonmated_needed", "non-mated"
+    )
     fnir = Table(
         [
             "Target FPIR",
@@ -289,25 +296,9 @@ def _verification_section(d: Result) -> Section:
         caption="Sample sizes and equal error rate",
         numeric_columns={1},
     )
-    rows, warn = [], set()
-    for i, (key, p) in enumerate(d.get("tar_at_far", {}).items()):
-        insufficient = bool(p.get("insufficient_samples"))
-        if insufficient:
-            warn.add(i)
-        rows.append(
-            [
-                key,
-                _threshold(p.get("threshold")),
-                format_percent(p.get("tar")),
-                _ci(p.get("ci")),
-                format_percent(p.get("far_achieved")),
-                (
-                    f"insufficient samples: needs ≥ {p['impostor_needed']:,} impostor"
-                    if insufficient
-                    else "ok"
-                ),
-            ]
-        )
+    rows, warn = _operating_points(
+        d.get("tar_at_far", {}), "tar", "far_achieved", "impostor_needed", "impostor"
+    )
     tar = Table(
         ["Target FAR", "Threshold", "TAR", f"{level} interval", "Achieved FAR", "Sample size"],
         rows,
