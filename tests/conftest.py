@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, text
 
 from retroface.config import Settings
 from retroface.context import AppContext
+from retroface.governance.users import Principal
 from retroface.storage.db import Database
 from retroface.vision.types import FaceEngine
 
@@ -147,3 +148,12 @@ def make_app(
 @pytest.fixture
 def app(make_app: Callable[..., AppContext]) -> AppContext:
     return make_app()
+
+
+def add_team(app: AppContext, roles: dict[str, str], password: str) -> dict[str, Principal]:
+    """Accounts with the given roles (``admin`` is the first administrator), logged in."""
+    app.users.ensure_admin("admin", password)
+    for name, role in roles.items():
+        if name != "admin":
+            app.users.add(name, role, password, actor="admin")
+    return {n: app.users.authenticate_password(n, password) for n in roles}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from tests.conftest import Clock
+from tests.conftest import Clock, add_team
 
 from retroface.context import AppContext
 from retroface.errors import ConflictError, InvalidInputError, PermissionDeniedError
@@ -32,14 +32,10 @@ def team(app: AppContext, data_dir: Path) -> dict[str, Principal]:
         "ruth": "reviewer",
         "aud": "auditor",
     }
-    app.users.ensure_admin("admin", PASSWORD)
-    for name, roles in users.items():
-        if name != "admin":
-            app.users.add(name, roles, PASSWORD, actor="admin")
-    enroller = app.enroller(actor="admin")
+    team = add_team(app, users, PASSWORD)
     people = ("barack_obama", "joe_biden", "kit_harington", "rose_leslie")
-    enroller.run(items_from_paths([data_dir / "people" / p for p in people]))
-    return {n: app.users.authenticate_password(n, PASSWORD) for n in users}
+    app.enroller(actor="admin").run(items_from_paths([data_dir / "people" / p for p in people]))
+    return team
 
 
 def open_case(app: AppContext, who: Principal, ref: str = "C1", urgent: bool = False) -> None:

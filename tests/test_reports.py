@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from PIL import Image
 from sqlalchemy import func, select
-from tests.conftest import Clock
+from tests.conftest import Clock, add_team
 from typer.testing import CliRunner, Result
 
 from retroface.cli import report_cmds
@@ -104,11 +104,7 @@ def history(
         "ruth": "reviewer",
         "aud": "auditor",
     }
-    app.users.ensure_admin("admin", PASSWORD)
-    for name, role in roles.items():
-        if name != "admin":
-            app.users.add(name, role, PASSWORD, actor="admin")
-    team = {n: app.users.authenticate_password(n, PASSWORD) for n in roles}
+    team = add_team(app, roles, PASSWORD)
 
     def search(who: Principal, case: str, rel: str = OBAMA) -> int:
         data, faces = (data_dir / rel).read_bytes(), probe_faces[rel]
