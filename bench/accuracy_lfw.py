@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from retroface.errors import InvalidInputError
+from retroface.core.errors import InvalidInputError
 from retroface.eval.dataset import load_pairs
 from retroface.media.images import load_image
 from retroface.vision.engines import ArcFaceEngine, create_engine, primary_face

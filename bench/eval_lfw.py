@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from retroface.config import get_settings
-from retroface.errors import InvalidInputError
+from retroface.core.errors import InvalidInputError
 from retroface.eval.dataset import identity_folders, load_pairs, resolve_protocol
 from retroface.eval.degrade import parse_widths
 from retroface.eval.embeddings_cache import CACHE_DIRNAME, EngineSpec

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, text
 
 from retroface.config import Settings
 from retroface.context import AppContext
-from retroface.governance.users import Principal
+from retroface.core.access import Principal
 from retroface.storage.db import Database
 from retroface.vision.types import FaceEngine
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from retroface.api.app import create_app
 from retroface.api.rbac import MATRIX
 from retroface.context import AppContext
-from retroface.governance.roles import Role
+from retroface.core.roles import Role
 
 PASSWORD = "a long test password"
 

@@ -24,7 +24,7 @@ from retroface.audit.chain import (
     record_hash,
 )
 from retroface.audit.keys import public_pem
-from retroface.errors import ConflictError, InvalidInputError, RetrofaceError
+from retroface.core.errors import ConflictError, InvalidInputError, RetrofaceError
 from retroface.storage.db import Database
 from retroface.storage.tables import AuditCheckpoint, AuditRecord
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from retroface.context import AppContext
-from retroface.errors import InvalidInputError, NotFoundError
+from retroface.core.errors import InvalidInputError, NotFoundError
 from retroface.gallery.enrol import EnrolItem, items_from_manifest, items_from_paths
 from retroface.media.images import load_image
 from retroface.storage.tables import FaceTemplate, ReferenceImage, Subject

@@ -10,9 +10,9 @@ from sqlalchemy import func, select
 from tests.conftest import Clock, add_team
 
 from retroface.context import AppContext
-from retroface.errors import ConflictError, InvalidInputError, PermissionDeniedError
+from retroface.core.access import Principal
+from retroface.core.errors import ConflictError, InvalidInputError, PermissionDeniedError
 from retroface.gallery.enrol import items_from_paths
-from retroface.governance.users import Principal
 from retroface.search.service import ProbeProvenance
 from retroface.storage.tables import AuditRecord, Probe, ProbeFace, SearchRecord, Subject
 

@@ -28,7 +28,8 @@ from retroface.cli import report_cmds
 from retroface.cli.session import state
 from retroface.config import get_settings
 from retroface.context import AppContext
-from retroface.errors import InvalidInputError
+from retroface.core.access import Principal
+from retroface.core.errors import InvalidInputError
 from retroface.gallery.enrol import items_from_paths
 from retroface.governance.reports import (
     cohen_kappa,
@@ -37,7 +38,6 @@ from retroface.governance.reports import (
     render_transparency_html,
     transparency,
 )
-from retroface.governance.users import Principal
 from retroface.media.images import decode_image
 from retroface.search.service import ProbeProvenance
 from retroface.storage.tables import AuditRecord, Subject, ThresholdRecord

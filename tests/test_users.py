@@ -12,14 +12,15 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from retroface.audit import AuditLog
-from retroface.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
-from retroface.governance.roles import Role, format_roles, parse_roles
-from retroface.governance.users import (
-    AuthenticationError,
-    Principal,
-    UserService,
-    require_role,
+from retroface.core.access import Principal, require_role
+from retroface.core.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
 )
+from retroface.core.roles import Role, format_roles, parse_roles
+from retroface.governance.users import AuthenticationError, UserService
 from retroface.storage.db import Database
 from retroface.storage.tables import ApiToken, AuditRecord, User
 
@@ -292,7 +293,7 @@ def test_require_role() -> None:
     bob = Principal(id=1, username="bob", roles=frozenset({Role.ADMIN, Role.OPERATOR}))
     require_role(bob, Role.OPERATOR)
     require_role(bob, Role.REVIEWER, Role.ADMIN)
-    UserService.require_role(bob, Role.ADMIN)
+    require_role(bob, Role.ADMIN)
     with pytest.raises(PermissionDeniedError) as info:
         require_role(bob, Role.AUTHORISER)  # admin implies nothing else
     assert info.value.message == (

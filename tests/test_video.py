@@ -19,9 +19,9 @@ from retroface.cli import video_cmds
 from retroface.cli.session import state
 from retroface.config import Settings
 from retroface.context import AppContext
-from retroface.errors import NotFoundError, PermissionDeniedError
+from retroface.core.access import Principal
+from retroface.core.errors import NotFoundError, PermissionDeniedError
 from retroface.gallery.enrol import EnrolItem, items_from_paths
-from retroface.governance.users import Principal
 from retroface.media.footage import (
     VideoScan,
     export_best_shots,

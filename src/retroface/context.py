@@ -15,6 +15,7 @@ from typing import Any
 
 from retroface.audit.log import AuditLog
 from retroface.config import Settings, get_settings
+from retroface.core.clock import utcnow
 from retroface.gallery.enrol import Enroller
 from retroface.gallery.service import GalleryService
 from retroface.governance.cases import CaseService
@@ -32,7 +33,6 @@ from retroface.search.service import SearchService
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.crypto import Cipher, load_or_create_key
 from retroface.storage.db import Database
-from retroface.storage.tables import utcnow
 from retroface.vision.engines import engine_from_settings
 from retroface.vision.types import FaceEngine
 

@@ -17,7 +17,7 @@ from retroface.api.rbac import MATRIX
 from retroface.api.routers import accounts, casework, gallery, oversight, system
 from retroface.api.schemas import ErrorResponse
 from retroface.context import AppContext
-from retroface.errors import RetrofaceError
+from retroface.core.errors import RetrofaceError
 from retroface.media.images import ImageLoadError
 
 log = logging.getLogger("retroface.api")

@@ -10,8 +10,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from retroface.api.rbac import allowed_roles
 from retroface.context import AppContext
-from retroface.errors import PermissionDeniedError, RetrofaceError
-from retroface.governance.users import AuthenticationError, Principal
+from retroface.core.access import Principal
+from retroface.core.errors import PermissionDeniedError, RetrofaceError
+from retroface.governance.users import AuthenticationError
 
 bearer = HTTPBearer(auto_error=False, description="An API token from POST /api/v1/auth/token")
 

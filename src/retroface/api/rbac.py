@@ -7,7 +7,7 @@ check the same rules again, so the API is never the only gate.
 
 from __future__ import annotations
 
-from retroface.governance.roles import Role
+from retroface.core.roles import Role
 
 AUTH, OPER, REV, AU, AD = Role.AUTHORISER, Role.OPERATOR, Role.REVIEWER, Role.AUDITOR, Role.ADMIN
 ANY = frozenset(Role)

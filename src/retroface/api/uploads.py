@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import UploadFile
 
-from retroface.errors import RetrofaceError
+from retroface.core.errors import RetrofaceError
 
 
 class UploadTooLargeError(RetrofaceError):

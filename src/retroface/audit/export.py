@@ -33,7 +33,7 @@ from retroface.audit.chain import (
     verify_chain,
 )
 from retroface.audit.keys import load_public_keys
-from retroface.errors import ConflictError, RetrofaceError
+from retroface.core.errors import ConflictError, RetrofaceError
 
 FORMAT = "retroface-audit-export/1"
 RECORDS = "records.jsonl"

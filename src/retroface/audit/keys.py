@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
-from retroface.errors import RetrofaceError
+from retroface.core.errors import RetrofaceError
 from retroface.storage.files import create_private_file, require_private
 
 _PEM_BEGIN = "-----BEGIN PUBLIC KEY-----"

@@ -41,7 +41,7 @@ from retroface.audit.chain import (
     verify_chain,
 )
 from retroface.audit.keys import load_or_create_signing_key, load_public_keys, public_pem
-from retroface.errors import ConflictError, InvalidInputError
+from retroface.core.errors import ConflictError, InvalidInputError
 from retroface.storage.db import Database
 from retroface.storage.tables import AuditCheckpoint, AuditRecord
 

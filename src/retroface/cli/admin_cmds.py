@@ -14,8 +14,8 @@ from rich.table import Table
 
 from retroface.cli.common import console, fail, print_json, user_errors
 from retroface.cli.session import state
-from retroface.governance.roles import Role
-from retroface.governance.users import require_role
+from retroface.core.access import require_role
+from retroface.core.roles import Role
 
 user_app = typer.Typer(help="User accounts: add, list, disable, token.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident audit log: verify, export.", no_args_is_help=True)

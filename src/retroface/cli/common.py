@@ -32,7 +32,7 @@ def print_json(data: Any) -> None:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into one clear line and exit status 2."""
-    from retroface.errors import RetrofaceError
+    from retroface.core.errors import RetrofaceError
     from retroface.media.images import ImageLoadError
     from retroface.vision.weights import ModelUnavailableError
 

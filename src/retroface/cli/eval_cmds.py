@@ -459,11 +459,11 @@ def calibrate(
     Writes a new active ThresholdRecord (older active records of the model are deactivated)
     and its audit record in one transaction; searches then record the threshold they ran at.
     """
+    from retroface.core.access import require_role
+    from retroface.core.roles import Role
     from retroface.eval.dataset import resolve_protocol
     from retroface.eval.runner import calibrate as run_calibrate
     from retroface.eval.runner import searches_for
-    from retroface.governance.roles import Role
-    from retroface.governance.users import require_role
 
     with user_errors():
         actor = state.principal()

@@ -12,9 +12,9 @@ from rich.table import Table
 
 from retroface.cli.common import console, err_console, print_json, user_errors
 from retroface.cli.session import state
+from retroface.core.access import require_role
+from retroface.core.roles import Role
 from retroface.gallery.enrol import items_from_manifest, items_from_paths
-from retroface.governance.roles import Role
-from retroface.governance.users import require_role
 
 app = typer.Typer(
     help="The reference gallery: enrol, list, show, remove, stats.", no_args_is_help=True

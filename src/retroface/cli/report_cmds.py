@@ -15,8 +15,8 @@ from rich.table import Table
 
 from retroface.cli.common import UserError, console, print_json, user_errors
 from retroface.cli.session import state
-from retroface.governance.roles import Role
-from retroface.governance.users import require_role
+from retroface.core.access import require_role
+from retroface.core.roles import Role
 
 if TYPE_CHECKING:
     from retroface.governance.reports import DpiaReport, TransparencyReport

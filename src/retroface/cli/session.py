@@ -15,7 +15,7 @@ from functools import cached_property
 
 from retroface.cli.common import UserError
 from retroface.context import AppContext
-from retroface.governance.users import Principal
+from retroface.core.access import Principal
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from retroface import __version__
-from retroface.errors import InvalidInputError
+from retroface.core.errors import InvalidInputError
 from retroface.eval.dataset import PairList, identity_folders, load_pairs, resolve_protocol
 from retroface.eval.embeddings_cache import EngineSpec, ProgressFn
 from retroface.eval.metrics import format_percent

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retroface.errors import InvalidInputError
+from retroface.core.errors import InvalidInputError
 from retroface.media.images import is_image_path
 
 ROLES = ("gallery", "mated", "nonmated")

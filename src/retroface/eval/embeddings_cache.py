@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from retroface.errors import RetrofaceError
+from retroface.core.errors import RetrofaceError
 from retroface.eval.degrade import DegradeSpec, degrade_image
 from retroface.media.images import load_image
 from retroface.vision.engines import create_engine, primary_face

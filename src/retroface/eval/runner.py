@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from retroface.errors import InvalidInputError
+from retroface.core.errors import InvalidInputError
 from retroface.eval.dataset import PairList, Protocol, folder_images
 from retroface.eval.degrade import DegradeSpec
 from retroface.eval.embeddings_cache import (

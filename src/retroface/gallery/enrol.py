@@ -20,13 +20,16 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from retroface.errors import InvalidInputError
+from retroface.core.clock import utcnow
+from retroface.core.errors import InvalidInputError
+from retroface.core.status import SubjectStatus
 from retroface.media.images import ImageLoadError, decode_image, is_image_path
-from retroface.search.index_manager import IndexManager, bump_gallery_version, template_aad
+from retroface.search.index_manager import IndexManager
 from retroface.storage.blobstore import EncryptedBlobStore, content_hash
-from retroface.storage.crypto import Cipher
+from retroface.storage.crypto import Cipher, template_aad
 from retroface.storage.db import Database
-from retroface.storage.tables import FaceTemplate, ReferenceImage, Subject, utcnow
+from retroface.storage.tables import FaceTemplate, ReferenceImage, Subject
+from retroface.storage.versions import bump_gallery_version
 from retroface.vision.engines import prominence
 from retroface.vision.types import Face, FaceEngine
 
@@ -309,7 +312,7 @@ class Enroller:
                     s.add(subject)
                     s.flush()
                     summary.new_subjects += 1
-                elif subject.status != "active":
+                elif subject.status != SubjectStatus.ACTIVE:
                     summary.rejected.append(
                         {"path": str(item.path), "reason": f"subject {item.subject} is erased"}
                     )

@@ -10,12 +10,14 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from retroface.errors import NotFoundError
-from retroface.search.index_manager import IndexManager, bump_gallery_version, gallery_version
+from retroface.core.clock import utcnow
+from retroface.core.errors import NotFoundError
+from retroface.search.index_manager import IndexManager
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.db import Database
 from retroface.storage.references import still_referenced
-from retroface.storage.tables import FaceTemplate, Probe, ReferenceImage, Subject, utcnow
+from retroface.storage.tables import FaceTemplate, Probe, ReferenceImage, Subject
+from retroface.storage.versions import bump_gallery_version, gallery_version
 
 
 @dataclass(frozen=True)

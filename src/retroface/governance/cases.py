@@ -15,16 +15,21 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from retroface.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
+from retroface.core.access import AuditFn, Principal, require_role
+from retroface.core.clock import utcnow
+from retroface.core.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from retroface.core.roles import Role
+from retroface.core.status import CaseStatus
 from retroface.governance.policy import GovernancePolicy
-from retroface.governance.roles import Role
-from retroface.governance.users import Principal, require_role
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.db import Database
 from retroface.storage.references import still_referenced
-from retroface.storage.tables import Case, Probe, SearchRecord, utcnow
-
-AuditFn = Callable[..., Any]
+from retroface.storage.tables import Case, Probe, SearchRecord
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,7 @@ class CaseService:
                 opened_by=actor.id,
                 opened_at=now,
                 scope_gallery=scope_gallery,
-                status="pending",
+                status=CaseStatus.PENDING,
             )
             s.add(case)
             s.flush()
@@ -153,13 +158,13 @@ class CaseService:
             case.decided_at = now
             case.decision_note = note.strip()
             if approve:
-                case.status = "approved"
+                case.status = CaseStatus.APPROVED
                 days = valid_days or self.policy.authorisation_days
                 from datetime import timedelta
 
                 case.authorised_until = now + timedelta(days=days)
             else:
-                case.status = "refused"
+                case.status = CaseStatus.REFUSED
             self.audit(
                 s,
                 actor=actor.username,
@@ -185,21 +190,21 @@ class CaseService:
         """The case if a search may run under it now; otherwise a clear refusal."""
         case = self.get(s, reference)
         now = self.clock()
-        if case.status == "approved":
+        if case.status == CaseStatus.APPROVED:
             if case.authorised_until and case.authorised_until < now:
                 raise PermissionDeniedError(
                     f"the authorisation of case {reference} expired on "
                     f"{case.authorised_until:%Y-%m-%d %H:%M} UTC; ask for a new one"
                 )
             return case
-        if case.status == "pending" and case.urgent:
+        if case.status == CaseStatus.PENDING and case.urgent:
             if case.urgent_deadline and case.urgent_deadline >= now:
                 return case
             raise PermissionDeniedError(
                 f"the urgent window of case {reference} ended without authorisation; "
                 "its material is deleted"
             )
-        if case.status == "pending":
+        if case.status == CaseStatus.PENDING:
             raise PermissionDeniedError(
                 f"case {reference} is awaiting authorisation: no search may run until an "
                 "authoriser approves it (or open it as urgent)"
@@ -231,8 +236,8 @@ class CaseService:
                 s.delete(rec)
             for probe in probes:
                 s.delete(probe)
-            if case.status == "pending":
-                case.status = "expired" if case.urgent else "refused"
+            if case.status == CaseStatus.PENDING:
+                case.status = CaseStatus.EXPIRED if case.urgent else CaseStatus.REFUSED
             case.purged_at = now
             shared = still_referenced(s, hashes)
             self.audit(
@@ -256,7 +261,7 @@ class CaseService:
             due = list(
                 s.scalars(
                     select(Case.reference).where(
-                        Case.status == "pending",
+                        Case.status == CaseStatus.PENDING,
                         Case.urgent.is_(True),
                         Case.urgent_deadline < now,
                     )

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from retroface.errors import InvalidInputError
+from retroface.core.errors import InvalidInputError
 
 DEFAULT_OFFENCE_CATEGORIES = (
     "homicide",

@@ -29,10 +29,10 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from retroface import __version__
-from retroface.errors import InvalidInputError
+from retroface.core.errors import InvalidInputError
+from retroface.core.labels import LEAD_LABEL
+from retroface.core.roles import ROLE_DESCRIPTIONS, Role, parse_roles
 from retroface.governance.review import DECISIONS
-from retroface.governance.roles import ROLE_DESCRIPTIONS, Role, parse_roles
-from retroface.search.service import LEAD_LABEL
 from retroface.storage.tables import (
     AuditCheckpoint,
     AuditRecord,

@@ -15,15 +15,16 @@ from typing import Any
 
 from sqlalchemy import select
 
+from retroface.core.access import AuditFn
+from retroface.core.clock import utcnow
+from retroface.core.status import CaseStatus
 from retroface.gallery.service import GalleryService
 from retroface.governance.cases import CaseService
 from retroface.governance.policy import GovernancePolicy
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.db import Database
 from retroface.storage.references import still_referenced
-from retroface.storage.tables import Case, Probe, SearchRecord, Subject, utcnow
-
-AuditFn = Callable[..., Any]
+from retroface.storage.tables import Case, Probe, SearchRecord, Subject
 
 
 @dataclass
@@ -74,7 +75,9 @@ class RetentionService:
             report.urgent_cases_expired = list(
                 s.scalars(
                     select(Case.reference).where(
-                        Case.status == "pending", Case.urgent.is_(True), Case.urgent_deadline < now
+                        Case.status == CaseStatus.PENDING,
+                        Case.urgent.is_(True),
+                        Case.urgent_deadline < now,
                     )
                 )
             )

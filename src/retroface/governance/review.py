@@ -15,14 +15,20 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from retroface.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
-from retroface.governance.roles import Role
-from retroface.governance.users import Principal, require_role
+from retroface.core.access import AuditFn, Principal, require_role
+from retroface.core.clock import utcnow
+from retroface.core.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from retroface.core.roles import Role
+from retroface.core.status import ReviewStatus
 from retroface.storage.db import Database
-from retroface.storage.tables import Case, Review, SearchRecord, utcnow
+from retroface.storage.tables import Case, Review, SearchRecord
 
 DECISIONS = ("possible match", "no match", "inconclusive")
-AuditFn = Callable[..., Any]
 
 
 def _decision_key(decision: str, rank: int | None) -> tuple[str, int | None]:
@@ -64,7 +70,9 @@ class ReviewService:
                         "search_id": rec.id,
                         "case": case.reference if case else None,
                         "status": rec.review_status,
-                        "needs": "tiebreak" if rec.review_status == "disputed" else "review",
+                        "needs": "tiebreak"
+                        if rec.review_status == ReviewStatus.DISPUTED
+                        else "review",
                         "candidates": len(rec.candidates),
                         "started_at": rec.started_at,
                     }
@@ -79,7 +87,7 @@ class ReviewService:
             reviews = s.scalars(
                 select(Review).where(Review.search_id == rec.id).order_by(Review.id)
             ).all()
-            settled = rec.review_status in ("agreed", "resolved")
+            settled = ReviewStatus(rec.review_status).settled
             visible = [
                 r
                 for r in reviews
@@ -154,7 +162,7 @@ class ReviewService:
             reviews = list(s.scalars(select(Review).where(Review.search_id == rec.id)))
             if any(r.reviewer_id == actor.id for r in reviews):
                 raise ConflictError(f"{actor.username} has already reviewed search {search_id}")
-            if rec.review_status in ("agreed", "resolved"):
+            if ReviewStatus(rec.review_status).settled:
                 raise ConflictError(f"search {search_id} is already settled ({rec.review_outcome})")
             stage = {0: "first", 1: "second"}.get(len(reviews), "tiebreak")
             review = Review(
@@ -169,16 +177,16 @@ class ReviewService:
             s.add(review)
             reviews.append(review)
             if stage == "first":
-                rec.review_status = "in_review"
+                rec.review_status = ReviewStatus.IN_REVIEW
             elif stage == "second":
                 a, b = (_decision_key(r.decision, r.candidate_rank) for r in reviews[:2])
                 if a == b:
-                    rec.review_status = "agreed"
+                    rec.review_status = ReviewStatus.AGREED
                     rec.review_outcome = self._outcome(reviews[0])
                 else:
-                    rec.review_status = "disputed"
+                    rec.review_status = ReviewStatus.DISPUTED
             else:
-                rec.review_status = "resolved"
+                rec.review_status = ReviewStatus.RESOLVED
                 rec.review_outcome = self._outcome(review)
             s.flush()
             case = s.get(Case, rec.case_id) if rec.case_id else None

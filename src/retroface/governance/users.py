@@ -27,22 +27,23 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from retroface.audit.log import AuditLog
-from retroface.errors import (
+from retroface.core.access import SYSTEM_ACTOR, Principal
+from retroface.core.clock import utcnow
+from retroface.core.errors import (
     ConflictError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
 )
-from retroface.governance.roles import Role, format_roles, parse_roles
+from retroface.core.roles import Role, format_roles, parse_roles
 from retroface.storage.db import Database
-from retroface.storage.tables import ApiToken, User, utcnow
+from retroface.storage.tables import ApiToken, User
 
 TOKEN_PREFIX = "rf_"
 DEFAULT_TOKEN_TTL = timedelta(days=90)
 MIN_PASSWORD_LENGTH = 12
 #: Longer passwords are refused before hashing: argon2 on megabytes of input is a cheap DoS.
 MAX_PASSWORD_LENGTH = 1024
-SYSTEM_ACTOR = "system"
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,99}")
 _LOGIN_FAILED = "invalid username or password"
 _TOKEN_FAILED = "invalid, expired or revoked API token"
@@ -52,18 +53,6 @@ class AuthenticationError(PermissionDeniedError):
     """Who you are could not be established (HTTP 401), as opposed to not being allowed (403)."""
 
     code = "unauthenticated"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """An authenticated user, as the rest of the system sees them."""
-
-    id: int
-    username: str
-    roles: frozenset[Role]
-
-    def has_role(self, *roles: Role) -> bool:
-        return not self.roles.isdisjoint(roles)
 
 
 @dataclass(frozen=True)
@@ -87,26 +76,12 @@ class TokenInfo:
     revoked: bool
 
 
-def require_role(user: Principal, *roles: Role) -> None:
-    """Raise unless ``user`` holds at least one of ``roles`` (no role implies another)."""
-    if not roles:
-        raise ValueError("require_role needs at least one role")
-    if not user.has_role(*roles):
-        needed = " or ".join(r.value for r in roles)
-        held = ", ".join(sorted(r.value for r in user.roles)) or "none"
-        raise PermissionDeniedError(
-            f"user {user.username!r} needs the role {needed} for this (has: {held})"
-        )
-
-
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 class UserService:
     """Accounts and authentication; ``hasher`` and ``clock`` are injectable for tests."""
-
-    require_role = staticmethod(require_role)
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from retroface.core.status import JobStatus
 from retroface.jobs.store import JobCancelled, JobStore
 
 log = logging.getLogger(__name__)
@@ -52,19 +53,19 @@ class LocalJobRunner:
 
     def run_one(self, job_id: int) -> None:
         job = self.store.get(job_id)
-        if job["status"] != "queued":
+        if job["status"] != JobStatus.QUEUED:
             return
-        self.store.update(job_id, status="running")
+        self.store.update(job_id, status=JobStatus.RUNNING)
         try:
             result = self.handlers[job["kind"]](
                 self.store.payload(job_id), lambda d, t: self.store.progress(job_id, d, t)
             )
-            self.store.update(job_id, status="succeeded", result=result)
+            self.store.update(job_id, status=JobStatus.SUCCEEDED, result=result)
         except JobCancelled:
             log.info("job %s cancelled", job_id)
         except Exception as exc:  # a job's failure is recorded, never lost
             log.exception("job %s failed", job_id)
-            self.store.update(job_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+            self.store.update(job_id, status=JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
 
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Block until queued jobs are done (tests and shutdown)."""

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from retroface.errors import InvalidInputError
+from retroface.core.errors import InvalidInputError
 
 _ENGINES: dict[str, Any] = {}
 

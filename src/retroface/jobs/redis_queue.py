@@ -29,7 +29,8 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from retroface.errors import ConflictError
+from retroface.core.errors import ConflictError
+from retroface.core.status import JobStatus
 from retroface.jobs.local import Handler
 from retroface.jobs.store import JobCancelled, JobStore
 from retroface.storage.tables import Job
@@ -111,15 +112,15 @@ class RedisJobRunner:
         """
         job = self.store.get(job_id)
         status = job["status"]
-        if status == "cancelling":
-            self.store.update(job_id, status="cancelled")
+        if status == JobStatus.CANCELLING:
+            self.store.update(job_id, status=JobStatus.CANCELLED)
             return self.store.get(job_id)
-        if status == "queued":
+        if status == JobStatus.QUEUED:
             self._enqueue(job_id)  # harmless if already queued: only one worker can claim it
             return job
         if status not in ("running", "failed"):
             raise ConflictError(f"job {job_id} already {status}: nothing to resume")
-        if status == "running" and not force:
+        if status == JobStatus.RUNNING and not force:
             updated = job["updated_at"]
             age = (self.store.clock() - _aware(updated)).total_seconds()
             if age < stale_after_s:
@@ -131,7 +132,7 @@ class RedisJobRunner:
             claimed = s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.status == status)
-                .values(status="queued", error=None, updated_at=self.store.clock())
+                .values(status=JobStatus.QUEUED, error=None, updated_at=self.store.clock())
             )
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 raise ConflictError(f"job {job_id} changed meanwhile; look at it again")
@@ -143,7 +144,9 @@ class RedisJobRunner:
         cutoff = self.store.clock() - timedelta(seconds=stale_after_s)
         with self.store.db.session() as s:
             ids = list(
-                s.scalars(select(Job.id).where(Job.status == "running", Job.updated_at < cutoff))
+                s.scalars(
+                    select(Job.id).where(Job.status == JobStatus.RUNNING, Job.updated_at < cutoff)
+                )
             )
         resumed = []
         for job_id in ids:
@@ -172,25 +175,27 @@ class RedisJobRunner:
         with self.store.db.session() as s:
             claimed = s.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status == "queued")
-                .values(status="running", updated_at=self.store.clock())
+                .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+                .values(status=JobStatus.RUNNING, updated_at=self.store.clock())
             )
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 return False
         job = self.store.get(job_id)
         handler = self.handlers.get(job["kind"])
         if handler is None:
-            self.store.update(job_id, status="failed", error=f"no handler for {job['kind']!r}")
+            self.store.update(
+                job_id, status=JobStatus.FAILED, error=f"no handler for {job['kind']!r}"
+            )
             return True
         payload = {**self.store.payload(job_id), "job_id": job_id}
         try:
             result = handler(payload, lambda d, t: self.store.progress(job_id, d, t))
-            self.store.update(job_id, status="succeeded", result=result)
+            self.store.update(job_id, status=JobStatus.SUCCEEDED, result=result)
         except JobCancelled:
             log.info("job %s cancelled", job_id)
         except Exception as exc:  # recorded, and resumable from its checkpoints
             log.exception("job %s failed", job_id)
-            self.store.update(job_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+            self.store.update(job_id, status=JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
             return True
         self._clear_checkpoints(job_id)
         return True

@@ -8,9 +8,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from retroface.errors import ConflictError, NotFoundError
+from retroface.core.clock import utcnow
+from retroface.core.errors import ConflictError, NotFoundError
+from retroface.core.status import JobStatus
 from retroface.storage.db import Database
-from retroface.storage.tables import Job, utcnow
+from retroface.storage.tables import Job
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -41,7 +43,7 @@ class JobStore:
 
     def create(self, kind: str, payload: dict[str, Any], created_by: str) -> int:
         with self.db.session() as s:
-            job = Job(kind=kind, payload=payload, created_by=created_by, status="queued")
+            job = Job(kind=kind, payload=payload, created_by=created_by, status=JobStatus.QUEUED)
             s.add(job)
             s.flush()
             return job.id
@@ -80,8 +82,8 @@ class JobStore:
             job = s.get(Job, job_id)
             if job is None:
                 raise NotFoundError(f"no job {job_id}")
-            if job.status == "cancelling":
-                job.status = "cancelled"
+            if job.status == JobStatus.CANCELLING:
+                job.status = JobStatus.CANCELLED
                 job.updated_at = self.clock()
                 s.commit()
                 raise JobCancelled(f"job {job_id} cancelled")
@@ -94,7 +96,9 @@ class JobStore:
                 raise NotFoundError(f"no job {job_id}")
             if job.status in TERMINAL:
                 raise ConflictError(f"job {job_id} already {job.status}")
-            job.status = "cancelled" if job.status == "queued" else "cancelling"
+            job.status = (
+                JobStatus.CANCELLED if job.status == JobStatus.QUEUED else JobStatus.CANCELLING
+            )
             job.updated_at = self.clock()
             s.flush()
             return job_dict(job)

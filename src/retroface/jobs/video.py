@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from retroface.errors import InvalidInputError
+from retroface.core.errors import InvalidInputError
 from retroface.media.footage import export_best_shots, scan_video
 from retroface.media.video import VideoLoadError, list_videos
 from retroface.vision.types import FaceEngine

@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from retroface.errors import InvalidInputError, NotFoundError
+from retroface.core.errors import InvalidInputError, NotFoundError
 from retroface.media.tracking import FaceTracker, TemplateKind, Track, TrackerConfig
 from retroface.media.video import DecodeReport, VideoInfo, VideoLoadError, open_video
 from retroface.vision.types import FaceEngine, FloatArray, ImageArray
 
 if TYPE_CHECKING:
     from retroface.context import AppContext
-    from retroface.governance.users import Principal
+    from retroface.core.access import Principal
     from retroface.search.service import ProbeProvenance, SearchService
 
 #: Called with (seconds decoded so far, duration in seconds or None if unknown).
@@ -209,8 +209,8 @@ def encode_jpeg(image: ImageArray, quality: int = 95) -> bytes:
 
 def require_searchable_case(ctx: AppContext, actor: Principal, case_ref: str) -> None:
     """Refuse before the slow part: scanning footage for a search needs a searchable case."""
-    from retroface.governance.roles import Role
-    from retroface.governance.users import require_role
+    from retroface.core.access import require_role
+    from retroface.core.roles import Role
 
     require_role(actor, Role.OPERATOR)
     with ctx.db.session() as s:
@@ -294,7 +294,7 @@ def find_in_footage(
     (default: the configured ``compare`` threshold). Matches are leads for a person to check,
     with the time spans to look at. Unreadable videos are reported, not fatal.
     """
-    from retroface.search.service import LEAD_LABEL
+    from retroface.core.labels import LEAD_LABEL
 
     require_searchable_case(ctx, actor, case_ref)
     if not videos:

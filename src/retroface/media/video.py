@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from retroface.errors import InvalidInputError
+from retroface.core.errors import InvalidInputError
 from retroface.vision.types import ImageArray
 
 #: File name endings treated as video (everything FFmpeg reads is accepted; these are listed).

@@ -14,36 +14,15 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from retroface.search.index import VectorIndex, index_from_bytes, new_index
-from retroface.storage.crypto import Cipher, DecryptionError
+from retroface.storage.crypto import Cipher, DecryptionError, template_aad
 from retroface.storage.db import Database
 from retroface.storage.files import atomic_write
-from retroface.storage.tables import FaceTemplate, GalleryState, ReferenceImage, utcnow
+from retroface.storage.tables import FaceTemplate, ReferenceImage
+from retroface.storage.versions import gallery_version
 
 log = logging.getLogger(__name__)
-
-
-def gallery_version(session: Session) -> int:
-    state = session.get(GalleryState, 1)
-    return state.version if state else 0
-
-
-def bump_gallery_version(session: Session) -> int:
-    """Increment the version in the caller's transaction, so it commits with the change itself."""
-    state = session.get(GalleryState, 1, with_for_update=True)
-    if state is None:
-        state = GalleryState(id=1, version=0)
-        session.add(state)
-    state.version += 1
-    state.updated_at = utcnow()
-    session.flush()
-    return state.version
-
-
-def template_aad(content_hash: str, model_key: str) -> bytes:
-    return f"template:{content_hash}:{model_key}".encode()
 
 
 @dataclass

@@ -15,15 +15,17 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from retroface.errors import InvalidInputError, NoFaceError, NotFoundError
+from retroface.core.access import AuditFn, Principal, require_role
+from retroface.core.clock import utcnow
+from retroface.core.errors import InvalidInputError, NoFaceError, NotFoundError
+from retroface.core.labels import LEAD_LABEL
+from retroface.core.roles import Role
+from retroface.core.status import ReviewStatus
 from retroface.governance.cases import CaseService
-from retroface.governance.roles import Role
-from retroface.governance.users import Principal, require_role
 from retroface.media.images import decode_image
-from retroface.search.index_manager import template_aad
 from retroface.search.matcher import Aggregate, Matcher
 from retroface.storage.blobstore import EncryptedBlobStore
-from retroface.storage.crypto import Cipher
+from retroface.storage.crypto import Cipher, template_aad
 from retroface.storage.db import Database
 from retroface.storage.tables import (
     Candidate,
@@ -32,12 +34,8 @@ from retroface.storage.tables import (
     SearchRecord,
     Subject,
     ThresholdRecord,
-    utcnow,
 )
 from retroface.vision.types import Face, FaceEngine
-
-LEAD_LABEL = "investigative lead — not an identification"
-AuditFn = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -252,7 +250,7 @@ class SearchService:
                 top_k=top_k,
                 probe_quality=probe_quality,
                 label=LEAD_LABEL,
-                review_status="pending" if matches else "no_candidates",
+                review_status=ReviewStatus.PENDING if matches else ReviewStatus.NO_CANDIDATES,
             )
             record.candidates = [
                 Candidate(
@@ -330,7 +328,7 @@ class SearchService:
             record = s.get(SearchRecord, search_id)
             if record is None:
                 raise NotFoundError(f"no search {search_id}")
-            case_ref = record.case_id and self._case_ref(s, record.case_id)
+            case_ref = self._case_ref(s, record.case_id) if record.case_id else None
             self.audit(
                 s,
                 actor=actor.username,
@@ -351,8 +349,8 @@ class SearchService:
             record = s.get(SearchRecord, search_id)
             if record is None:
                 raise NotFoundError(f"no search {search_id}")
-            case_ref = record.case_id and self._case_ref(s, record.case_id)
-            settled = record.review_status in ("agreed", "resolved")
+            case_ref = self._case_ref(s, record.case_id) if record.case_id else None
+            settled = ReviewStatus(record.review_status).settled
             reviews = (
                 [
                     {

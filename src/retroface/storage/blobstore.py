@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from retroface.errors import NotFoundError
+from retroface.core.errors import NotFoundError
 from retroface.storage.crypto import Cipher
 from retroface.storage.files import atomic_write
 

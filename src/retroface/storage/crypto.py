@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from retroface.errors import RetrofaceError
+from retroface.core.errors import RetrofaceError
 from retroface.storage.files import create_private_file, require_private
 
 NONCE_BYTES = 12
@@ -66,3 +66,9 @@ class Cipher:
             raise DecryptionError(
                 "decryption failed: wrong data key or the data was altered"
             ) from None
+
+
+def template_aad(content_hash: str, model_key: str) -> bytes:
+    """Associated data binding an encrypted template to its image and model: a template copied
+    onto another row fails to decrypt."""
+    return f"template:{content_hash}:{model_key}".encode()

@@ -52,7 +52,7 @@ def create_private_file(path: Path, data: bytes) -> bool:
 
 def require_private(path: Path) -> None:
     """Refuse a secret file that group or others can read."""
-    from retroface.errors import RetrofaceError
+    from retroface.core.errors import RetrofaceError
 
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:

@@ -25,9 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+from retroface.core.clock import utcnow
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from retroface.api.deps import Caller, Ctx
 from retroface.api.schemas import EnrolmentRequest, JobOut, Page
 from retroface.api.uploads import read_upload
-from retroface.errors import InvalidInputError, PermissionDeniedError
+from retroface.core.errors import InvalidInputError, PermissionDeniedError
 from retroface.gallery.enrol import EnrolItem
 
 router = APIRouter(prefix="/api/v1", tags=["gallery"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
-from retroface.errors import InvalidInputError
+from retroface.core.errors import InvalidInputError
 
 
 class Role(StrEnum):
