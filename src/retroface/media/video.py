@@ -494,8 +494,3 @@ def _ffmpeg_log() -> Iterator[list[tuple[int, str, str]]]:
 def open_video(path: Path | str, threads: int = 0) -> VideoReader:
     """Open a video file; raises :class:`VideoLoadError` naming the file if it is not one."""
     return VideoReader(path, threads=threads)
-
-
-def probe_video(path: Path | str) -> VideoInfo:
-    with open_video(path) as reader:
-        return reader.info
