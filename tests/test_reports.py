@@ -558,4 +558,8 @@ def test_cli_refuses_other_roles_and_bad_dates(cli: CliRunner, history: History)
     assert result.exit_code == 2 and "--to must not be before --from" in result.output
     result = invoke(cli, "aud", "transparency", "--from", "1/2/2025", "--to", "2025-01-01")
     assert result.exit_code == 2 and "YYYY-MM-DD" in result.output
-    assert _report_actions(history.app) == []  # refused attempts produce no report
+    # refused attempts produce no report, but each refusal is audited; bad input is not a refusal
+    assert [(a, who) for a, who, _ in _report_actions(history.app)] == [
+        ("report.dpia.refused", "olive"),
+        ("report.transparency.refused", "rita"),
+    ]

@@ -19,9 +19,11 @@ from retroface.core.clock import utcnow
 from retroface.gallery.enrol import Enroller
 from retroface.gallery.service import GalleryService
 from retroface.governance.cases import CaseService
+from retroface.governance.oversight import OversightService
 from retroface.governance.policy import DEFAULT_OFFENCE_CATEGORIES, GovernancePolicy
 from retroface.governance.retention import RetentionService
 from retroface.governance.review import ReviewService
+from retroface.governance.thresholds import ThresholdService
 from retroface.governance.users import UserService
 from retroface.jobs.local import LocalJobRunner
 from retroface.jobs.redis_queue import RedisJobRunner
@@ -178,6 +180,22 @@ class AppContext:
     @cached_property
     def reviews(self) -> ReviewService:
         return ReviewService(self.db, self.audit.record, clock=self.clock)
+
+    @cached_property
+    def oversight(self) -> OversightService:
+        return OversightService(
+            self.db,
+            self.audit,
+            self.gallery,
+            self.policy,
+            self.settings,
+            engine=lambda: self.engine,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def thresholds(self) -> ThresholdService:
+        return ThresholdService(self.db, self.audit.record, clock=self.clock)
 
     @cached_property
     def retention(self) -> RetentionService:

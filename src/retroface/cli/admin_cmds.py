@@ -121,8 +121,7 @@ def user_token(
 def audit_verify(json_out: bool = typer.Option(False, "--json")) -> None:
     """Check the hash chain and signed checkpoints; exit 1 and name the first bad record."""
     with user_errors():
-        require_role(state.principal(), Role.AUDITOR, Role.ADMIN)
-        result = state.ctx.audit.verify()
+        result = state.ctx.oversight.verify_audit(state.principal())
     if json_out:
         print_json(dataclasses.asdict(result))
     elif result.ok:
@@ -144,18 +143,7 @@ def audit_export(
 ) -> None:
     """Export the log for offline verification (`retroface audit verify-export`)."""
     with user_errors():
-        actor = state.principal()
-        require_role(actor, Role.AUDITOR, Role.ADMIN)
-        ctx = state.ctx
-        manifest = ctx.audit.export(out)
-        with ctx.db.session() as s:
-            ctx.audit.record(
-                s,
-                actor=actor.username,
-                action="audit.export",
-                object_id=str(out),
-                details={"records": manifest.get("records")},
-            )
+        manifest = state.ctx.oversight.export_audit(state.principal(), out)
     if json_out:
         print_json(manifest)
         return

@@ -459,16 +459,14 @@ def calibrate(
     Writes a new active ThresholdRecord (older active records of the model are deactivated)
     and its audit record in one transaction; searches then record the threshold they ran at.
     """
-    from retroface.core.access import require_role
-    from retroface.core.roles import Role
     from retroface.eval.dataset import resolve_protocol
     from retroface.eval.runner import calibrate as run_calibrate
     from retroface.eval.runner import searches_for
 
     with user_errors():
         actor = state.principal()
-        require_role(actor, Role.ADMIN)  # before minutes of work, not after
         ctx = state.ctx
+        ctx.thresholds.check_may_record(actor)  # before minutes of work, not after
         proto = resolve_protocol(dataset, protocol, limit)
         with _progress() as progress:
             ev = _evaluator(
@@ -481,7 +479,7 @@ def calibrate(
             )
             searches = searches_for(ev, proto)
         cal = run_calibrate(searches, proto, ev.model.key, target_fpir)
-        record_id = _store_threshold(ctx, cal, actor.username, ev.describe())
+        record_id = ctx.thresholds.record(actor, cal, ev.describe())
     data = {"threshold_record_id": record_id, "active": True, **cal.to_dict()}
     if json_out:
         print_json(data)
@@ -491,59 +489,6 @@ def calibrate(
         f"{_pct(cal.achieved_fpir)} (target {cal.target_fpir:g}) on {cal.n_nonmated:,} "
         f"non-mated searches, FNIR {_pct(cal.fnir)} on {cal.n_mated:,} mated searches"
     )
-
-
-def _store_threshold(ctx: Any, cal: Any, actor: str, model: dict[str, Any]) -> int:
-    """Deactivate the model's older records, add the new one and audit it: one transaction."""
-    from sqlalchemy import update
-
-    from retroface.storage.tables import ThresholdRecord
-
-    with ctx.db.session() as s:
-        previous = s.execute(
-            update(ThresholdRecord)
-            .where(ThresholdRecord.model_key == cal.model_key, ThresholdRecord.active.is_(True))
-            .values(active=False)
-            .returning(ThresholdRecord.id)
-        ).scalars()
-        deactivated = sorted(int(i) for i in previous)
-        record = ThresholdRecord(
-            model_key=cal.model_key,
-            threshold=cal.threshold,
-            target_fpir=cal.target_fpir,
-            achieved_fpir=cal.achieved_fpir,
-            fnir=cal.fnir,
-            dataset_hash=cal.dataset_hash,
-            dataset=cal.dataset[:500],
-            n_mated=cal.n_mated,
-            n_nonmated=cal.n_nonmated,
-            created_at=ctx.clock(),
-            created_by=actor,
-            active=True,
-        )
-        s.add(record)
-        s.flush()
-        ctx.audit.record(
-            s,
-            actor=actor,
-            action="threshold.calibrate",
-            object_type="threshold_record",
-            object_id=record.id,
-            details={
-                "model_key": cal.model_key,
-                "threshold": cal.threshold,
-                "target_fpir": cal.target_fpir,
-                "achieved_fpir": cal.achieved_fpir,
-                "fnir": cal.fnir,
-                "n_mated": cal.n_mated,
-                "n_nonmated": cal.n_nonmated,
-                "dataset": cal.dataset,
-                "dataset_hash": cal.dataset_hash,
-                "deactivated": deactivated,
-                "pipeline": {k: v for k, v in model.items() if k in ("det_size", "flip")},
-            },
-        )
-        return int(record.id)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,22 +1,21 @@
 """Oversight reports on the command line: transparency (per period) and DPIA facts.
 
 Only auditors and admins may produce them, and producing one is itself audited: a report reveals
-activity across every case, so who looked, and at what period, belongs in the trail.
+activity across every case, so who looked, and at what period, belongs in the trail. Both rules
+live in :class:`retroface.governance.oversight.OversightService`; this module only translates.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from retroface.cli.common import UserError, console, print_json, user_errors
 from retroface.cli.session import state
-from retroface.core.access import require_role
-from retroface.core.roles import Role
 
 if TYPE_CHECKING:
     from retroface.governance.reports import DpiaReport, TransparencyReport
@@ -42,29 +41,6 @@ def period(date_from: str, date_to: str) -> tuple[datetime, datetime]:
     return start, datetime.combine(last + timedelta(days=1), time(), UTC)
 
 
-def _write(html: str, out: Path) -> None:
-    from retroface.governance.reports import write_text
-
-    try:
-        write_text(html, out)
-    except OSError as exc:
-        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
-
-
-def _audit(action: str, actor: str, html: Path | None, details: dict[str, Any]) -> None:
-    ctx = state.ctx
-    with ctx.db.session() as s:
-        ctx.audit.record(
-            s,
-            actor=actor,
-            action=action,
-            object_type="report",
-            object_id=str(html) if html else None,
-            details={**details, "html": str(html) if html else None},
-            ts=ctx.clock(),
-        )
-
-
 @app.command()
 def transparency(
     date_from: str = typer.Option(..., "--from", help="First day of the period, YYYY-MM-DD."),
@@ -73,21 +49,10 @@ def transparency(
     html: Path | None = typer.Option(None, "--html", help=_HTML_HELP),
 ) -> None:
     """Searches, authorisations, reviews and deletions in a period (days in UTC)."""
-    from retroface.governance import reports
-
     with user_errors():
         actor = state.principal()
-        require_role(actor, Role.AUDITOR, Role.ADMIN)
         start, end = period(date_from, date_to)
-        report = reports.transparency(state.ctx, start, end)
-        if html is not None:
-            _write(reports.render_transparency_html(report), html)
-        _audit(
-            "report.transparency",
-            actor.username,
-            html,
-            {"start": report["period"]["start"], "end": report["period"]["end"]},
-        )
+        report = state.ctx.oversight.transparency(actor, start, end, html=html)
     if json_out:
         print_json(report)
     elif html is None:
@@ -102,15 +67,8 @@ def dpia(
     html: Path | None = typer.Option(None, "--html", help=_HTML_HELP),
 ) -> None:
     """Facts for the Data Protection Impact Assessment, read from the live system."""
-    from retroface.governance import reports
-
     with user_errors():
-        actor = state.principal()
-        require_role(actor, Role.AUDITOR, Role.ADMIN)
-        report = reports.dpia(state.ctx)
-        if html is not None:
-            _write(reports.render_dpia_html(report), html)
-        _audit("report.dpia", actor.username, html, {})
+        report = state.ctx.oversight.dpia(state.principal(), html=html)
     if json_out:
         print_json(report)
     elif html is None:

@@ -7,15 +7,16 @@ refused (or the window lapses) everything the use produced is deleted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from retroface.core.access import AuditFn, Principal, require_role
+from retroface.audit.guard import Guard
+from retroface.core.access import AuditFn, Principal
 from retroface.core.clock import utcnow
 from retroface.core.errors import (
     ConflictError,
@@ -30,6 +31,14 @@ from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.db import Database
 from retroface.storage.references import still_referenced
 from retroface.storage.tables import Case, Probe, SearchRecord
+
+
+class CaseNotSearchableError(PermissionDeniedError):
+    """No search may run under this case now (pending, refused, expired, lapsed urgent window).
+
+    A refusal like any other (code ``forbidden``); its own class so that the services running
+    searches can audit it as ``<action>.refused`` without catching unrelated errors.
+    """
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class CaseService:
         self.policy = policy
         self.audit = audit  # audit(session, actor=..., action=..., ...)
         self.clock = clock
+        self.guard = Guard(db, audit, clock)
 
     def get(self, s: Session, reference: str) -> Case:
         case = s.scalar(select(Case).where(Case.reference == reference))
@@ -92,7 +102,7 @@ class CaseService:
         urgent: bool = False,
         scope_gallery: str | None = None,
     ) -> dict[str, Any]:
-        require_role(actor, Role.OPERATOR)
+        self.guard.require(actor, Role.OPERATOR, action="case.open", case_ref=reference)
         self.policy.check_offence(offence_category)
         reference = reference.strip()
         if not reference:
@@ -141,18 +151,24 @@ class CaseService:
         note: str,
         valid_days: float | None = None,
     ) -> dict[str, Any]:
-        require_role(actor, Role.AUTHORISER)
+        action = "case.authorise"
+        self.guard.require(actor, Role.AUTHORISER, action=action, case_ref=reference)
         if not note.strip():
             raise InvalidInputError("an authorisation decision needs a note giving its reasons")
         now = self.clock()
         with self.db.session() as s:
             case = self.get(s, reference)
-            if case.opened_by == actor.id:
-                raise PermissionDeniedError(
-                    f"{actor.username} opened case {reference} and may not authorise it "
-                    "(separation of duties)"
-                )
-            if case.status not in ("pending",):
+            opened_by = case.opened_by
+        if opened_by == actor.id:
+            refusal = PermissionDeniedError(
+                f"{actor.username} opened case {reference} and may not authorise it "
+                "(separation of duties)"
+            )
+            self.refused(actor, action, refusal, reference)
+            raise refusal
+        with self.db.session() as s:
+            case = self.get(s, reference)
+            if case.status != CaseStatus.PENDING:
                 raise ConflictError(f"case {reference} is already {case.status}")
             case.decided_by = actor.id
             case.decided_at = now
@@ -160,8 +176,6 @@ class CaseService:
             if approve:
                 case.status = CaseStatus.APPROVED
                 days = valid_days or self.policy.authorisation_days
-                from datetime import timedelta
-
                 case.authorised_until = now + timedelta(days=days)
             else:
                 case.status = CaseStatus.REFUSED
@@ -187,12 +201,16 @@ class CaseService:
             return case_dict(self.get(s, reference))
 
     def require_searchable(self, s: Session, reference: str) -> Case:
-        """The case if a search may run under it now; otherwise a clear refusal."""
+        """The case if a search may run under it now; otherwise :class:`CaseNotSearchableError`.
+
+        Runs inside the caller's session and writes nothing: the caller audits the refusal once
+        its session is closed (see :meth:`check_searchable`), since SQLite allows one writer.
+        """
         case = self.get(s, reference)
         now = self.clock()
         if case.status == CaseStatus.APPROVED:
             if case.authorised_until and case.authorised_until < now:
-                raise PermissionDeniedError(
+                raise CaseNotSearchableError(
                     f"the authorisation of case {reference} expired on "
                     f"{case.authorised_until:%Y-%m-%d %H:%M} UTC; ask for a new one"
                 )
@@ -200,19 +218,50 @@ class CaseService:
         if case.status == CaseStatus.PENDING and case.urgent:
             if case.urgent_deadline and case.urgent_deadline >= now:
                 return case
-            raise PermissionDeniedError(
+            raise CaseNotSearchableError(
                 f"the urgent window of case {reference} ended without authorisation; "
                 "its material is deleted"
             )
         if case.status == CaseStatus.PENDING:
-            raise PermissionDeniedError(
+            raise CaseNotSearchableError(
                 f"case {reference} is awaiting authorisation: no search may run until an "
                 "authoriser approves it (or open it as urgent)"
             )
-        raise PermissionDeniedError(f"case {reference} is {case.status}: no search may run")
+        raise CaseNotSearchableError(f"case {reference} is {case.status}: no search may run")
 
-    def list_cases(self, actor: Principal, status: str | None = None) -> list[dict[str, Any]]:
-        require_role(actor, *Role)
+    def check_searchable(self, actor: Principal, reference: str, action: str) -> None:
+        """Return if a search may run under the case now; else audit ``<action>.refused`` and
+        raise. For callers that check before long work (a probe upload, a footage scan)."""
+        try:
+            with self.db.session() as s:
+                self.require_searchable(s, reference)
+        except CaseNotSearchableError as exc:
+            self.refused(actor, action, exc, reference)
+            raise
+
+    def refused(
+        self,
+        actor: Principal,
+        action: str,
+        error: PermissionDeniedError,
+        reference: str,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Audit a refusal to act under a case (called after the caller's session closed)."""
+        self.guard.refused(
+            actor,
+            action,
+            error,
+            case_ref=reference,
+            object_type="case",
+            object_id=reference,
+            details=details,
+        )
+
+    def list_cases(
+        self, actor: Principal, status: CaseStatus | str | None = None
+    ) -> list[dict[str, Any]]:
+        self.guard.require(actor, *Role, action="case.list")
         with self.db.session() as s:
             q = select(Case).order_by(Case.opened_at.desc())
             if status:
@@ -220,7 +269,7 @@ class CaseService:
             return [case_dict(c) for c in s.scalars(q)]
 
     def show(self, actor: Principal, reference: str) -> dict[str, Any]:
-        require_role(actor, *Role)
+        self.guard.require(actor, *Role, action="case.show", case_ref=reference)
         with self.db.session() as s:
             return case_dict(self.get(s, reference))
 
@@ -253,20 +302,3 @@ class CaseService:
             )
         deleted = sum(self.blobs.delete(h) for h in hashes - shared)
         return PurgeResult(reference, len(probes), len(searches), deleted)
-
-    def expire_urgent(self, actor: str = "system") -> list[PurgeResult]:
-        """Purge urgent cases whose authorisation window passed without a decision."""
-        now = self.clock()
-        with self.db.session() as s:
-            due = list(
-                s.scalars(
-                    select(Case.reference).where(
-                        Case.status == CaseStatus.PENDING,
-                        Case.urgent.is_(True),
-                        Case.urgent_deadline < now,
-                    )
-                )
-            )
-        return [
-            self.purge(ref, actor, "urgent window expired without authorisation") for ref in due
-        ]

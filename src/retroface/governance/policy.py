@@ -59,10 +59,6 @@ class GovernancePolicy:
         return timedelta(hours=self.urgent_window_hours)
 
     @property
-    def authorisation_period(self) -> timedelta:
-        return timedelta(days=self.authorisation_days)
-
-    @property
     def probe_retention(self) -> timedelta:
         return timedelta(days=self.probe_retention_days)
 

@@ -7,8 +7,9 @@ while search records, probes and reviews are deleted on refusal and at the end o
 transparency report therefore counts searches both ways and says so.
 
 The functions return plain JSON-ready dicts (timestamps as ISO 8601 text) so that ``--json``,
-HTML and tests all see exactly the same numbers. Access control is the caller's job: the CLI
-requires the auditor or admin role and audits every report it writes.
+HTML and tests all see exactly the same numbers. Access control and the audit record of each
+report are :class:`retroface.governance.oversight.OversightService`'s job, which the CLI and the
+API call; these functions only compute.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from retroface import __version__
 from retroface.core.errors import InvalidInputError
 from retroface.core.labels import LEAD_LABEL
 from retroface.core.roles import ROLE_DESCRIPTIONS, Role, parse_roles
+from retroface.core.status import CaseStatus, ReviewStatus
 from retroface.governance.review import DECISIONS
 from retroface.storage.tables import (
     AuditCheckpoint,
@@ -69,12 +71,19 @@ LEADS_NOTICE = (
 )
 DELETION_ACTIONS = ("case.purge", "gallery.erase")
 DELETION_PREFIX = "retention."
-REVIEW_STATUSES = ("pending", "in_review", "agreed", "disputed", "resolved", "no_candidates")
+REVIEW_STATUSES = (
+    ReviewStatus.PENDING,
+    ReviewStatus.IN_REVIEW,
+    ReviewStatus.AGREED,
+    ReviewStatus.DISPUTED,
+    ReviewStatus.RESOLVED,
+    ReviewStatus.NO_CANDIDATES,
+)
 NO_CASE = "(no case recorded)"
 
 
 class ReportSource(Protocol):
-    """What the transparency report reads; :class:`retroface.context.AppContext` provides it."""
+    """What the transparency report reads; ``OversightService`` (and the app context) provide it."""
 
     @property
     def db(self) -> Database: ...
@@ -234,18 +243,19 @@ def _authorisations(s: Session, start: datetime, end: datetime) -> dict[str, Any
     return {
         "requested": len(opened),
         "decided": len(decided),
-        "granted": sum(status == "approved" for status, _ in decided),
-        "refused": sum(status == "refused" for status, _ in decided),
-        "granted_urgent": sum(status == "approved" and u for status, u in decided),
-        "refused_urgent": sum(status == "refused" and u for status, u in decided),
-        "awaiting_decision": sum(status == "pending" for status, _ in opened),
+        "granted": sum(status == CaseStatus.APPROVED for status, _ in decided),
+        "refused": sum(status == CaseStatus.REFUSED for status, _ in decided),
+        "granted_urgent": sum(status == CaseStatus.APPROVED and u for status, u in decided),
+        "refused_urgent": sum(status == CaseStatus.REFUSED and u for status, u in decided),
+        "awaiting_decision": sum(status == CaseStatus.PENDING for status, _ in opened),
         "urgent": {
             "opened": sum(urgent.values()),
-            "authorised": urgent.get("approved", 0),
-            "refused": urgent.get("refused", 0),
-            "expired": urgent.get("expired", 0),
-            "refused_or_expired": urgent.get("refused", 0) + urgent.get("expired", 0),
-            "awaiting_decision": urgent.get("pending", 0),
+            "authorised": urgent.get(CaseStatus.APPROVED, 0),
+            "refused": urgent.get(CaseStatus.REFUSED, 0),
+            "expired": urgent.get(CaseStatus.EXPIRED, 0),
+            "refused_or_expired": urgent.get(CaseStatus.REFUSED, 0)
+            + urgent.get(CaseStatus.EXPIRED, 0),
+            "awaiting_decision": urgent.get(CaseStatus.PENDING, 0),
         },
     }
 
@@ -271,10 +281,10 @@ def _reviews(s: Session, start: datetime, end: datetime) -> dict[str, Any]:
     first_second = [(p["first"], p["second"]) for _, p in sorted(pairs.items()) if len(p) == 2]
     return {
         "searches": len(records),
-        "by_status": {st: status.get(st, 0) for st in REVIEW_STATUSES},
-        "agreed": status.get("agreed", 0),
-        "disputed": status.get("disputed", 0),
-        "resolved": status.get("resolved", 0),
+        "by_status": {st.value: status.get(st, 0) for st in REVIEW_STATUSES},
+        "agreed": status.get(ReviewStatus.AGREED, 0),
+        "disputed": status.get(ReviewStatus.DISPUTED, 0),
+        "resolved": status.get(ReviewStatus.RESOLVED, 0),
         "outcomes": {d: outcomes.get(d, 0) for d in DECISIONS},
         "outcomes_detail": dict(sorted(detail.items())),
         "agreement": cohen_kappa(first_second),

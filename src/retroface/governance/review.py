@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from retroface.core.access import AuditFn, Principal, require_role
+from retroface.audit.guard import Guard
+from retroface.core.access import AuditFn, Principal
 from retroface.core.clock import utcnow
 from retroface.core.errors import (
     ConflictError,
@@ -43,6 +44,7 @@ class ReviewService:
         self.db = db
         self.audit = audit
         self.clock = clock
+        self.guard = Guard(db, audit, clock)
 
     def _search(self, s: Session, search_id: int) -> SearchRecord:
         rec = s.get(SearchRecord, search_id)
@@ -52,11 +54,12 @@ class ReviewService:
 
     def queue(self, actor: Principal) -> list[dict[str, Any]]:
         """Searches awaiting this reviewer: not their own, not yet decided by them."""
-        require_role(actor, Role.REVIEWER)
+        self.guard.require(actor, Role.REVIEWER, action="review.queue")
+        open_statuses = (ReviewStatus.PENDING, ReviewStatus.IN_REVIEW, ReviewStatus.DISPUTED)
         with self.db.session() as s:
             recs = s.scalars(
                 select(SearchRecord)
-                .where(SearchRecord.review_status.in_(("pending", "in_review", "disputed")))
+                .where(SearchRecord.review_status.in_(open_statuses))
                 .order_by(SearchRecord.started_at)
             ).all()
             out = []
@@ -81,7 +84,14 @@ class ReviewService:
 
     def show(self, actor: Principal, search_id: int) -> dict[str, Any]:
         """The candidate list for review; other reviewers' decisions stay hidden until settled."""
-        require_role(actor, Role.REVIEWER, Role.AUDITOR)
+        self.guard.require(
+            actor,
+            Role.REVIEWER,
+            Role.AUDITOR,
+            action="review.view",
+            object_type="search",
+            object_id=search_id,
+        )
         with self.db.session() as s:
             rec = self._search(s, search_id)
             reviews = s.scalars(
@@ -137,22 +147,21 @@ class ReviewService:
         note: str,
         candidate_rank: int | None = None,
     ) -> dict[str, Any]:
-        require_role(actor, Role.REVIEWER)
+        action = "review.decide"
+        self.guard.require(
+            actor, Role.REVIEWER, action=action, object_type="search", object_id=search_id
+        )
         decision = decision.strip().lower().replace("_", " ")
         if decision not in DECISIONS:
             raise InvalidInputError(f"decision must be one of: {', '.join(DECISIONS)}")
         if decision == "possible match" and candidate_rank is None:
             raise InvalidInputError("a 'possible match' decision must name the candidate rank")
+        self._refuse_own_search(actor, search_id, action)
         now = self.clock()
         with self.db.session() as s:
             rec = s.get(SearchRecord, search_id, with_for_update=True)
             if rec is None:
                 raise NotFoundError(f"no search {search_id}")
-            if rec.user_id == actor.id:
-                raise PermissionDeniedError(
-                    f"{actor.username} ran search {search_id} and may not review it "
-                    "(separation of duties)"
-                )
             if candidate_rank is not None and not any(
                 c.rank == candidate_rank for c in rec.candidates
             ):
@@ -207,6 +216,27 @@ class ReviewService:
                 "status": rec.review_status,
                 "outcome": rec.review_outcome,
             }
+
+    def _refuse_own_search(self, actor: Principal, search_id: int, action: str) -> None:
+        """Separation of duties: whoever ran a search may not review it (refusal audited)."""
+        with self.db.session() as s:
+            rec = self._search(s, search_id)
+            ran_by, case = rec.user_id, s.get(Case, rec.case_id) if rec.case_id else None
+            case_ref = case.reference if case else None
+        if ran_by == actor.id:
+            refusal = PermissionDeniedError(
+                f"{actor.username} ran search {search_id} and may not review it "
+                "(separation of duties)"
+            )
+            self.guard.refused(
+                actor,
+                action,
+                refusal,
+                case_ref=case_ref,
+                object_type="search",
+                object_id=search_id,
+            )
+            raise refusal
 
     @staticmethod
     def _outcome(review: Review) -> str:

@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from retroface.core.access import AuditFn, Principal, require_role
+from retroface.audit.guard import Guard
+from retroface.core.access import AuditFn, Principal
 from retroface.core.clock import utcnow
 from retroface.core.errors import InvalidInputError, NoFaceError, NotFoundError
 from retroface.core.labels import LEAD_LABEL
 from retroface.core.roles import Role
 from retroface.core.status import ReviewStatus
-from retroface.governance.cases import CaseService
+from retroface.governance.cases import CaseNotSearchableError, CaseService
 from retroface.media.images import decode_image
 from retroface.search.matcher import Aggregate, Matcher
 from retroface.storage.blobstore import EncryptedBlobStore
@@ -29,8 +30,10 @@ from retroface.storage.crypto import Cipher, template_aad
 from retroface.storage.db import Database
 from retroface.storage.tables import (
     Candidate,
+    Case,
     Probe,
     ProbeFace,
+    Review,
     SearchRecord,
     Subject,
     ThresholdRecord,
@@ -50,15 +53,6 @@ class ProbeProvenance:
             raise InvalidInputError(
                 "a probe needs its provenance: source and how it was obtained (e.g. exhibit ref)"
             )
-
-
-def probe_face_dict(pf: ProbeFace) -> dict[str, Any]:
-    return {
-        "face": pf.face_index,
-        "box": pf.box.get("box"),
-        "det_score": round(pf.det_score, 4),
-        "quality": pf.quality,
-    }
 
 
 class SearchService:
@@ -83,6 +77,7 @@ class SearchService:
         self.audit = audit
         self.max_image_pixels = max_image_pixels
         self.clock = clock
+        self.guard = Guard(db, audit, clock)
 
     # ------------------------------------------------------------------ probes
 
@@ -97,14 +92,32 @@ class SearchService:
         media_type: str = "image",
     ) -> dict[str, Any]:
         """Store a probe image (encrypted) under a searchable case, with its detected faces."""
-        require_role(actor, Role.OPERATOR)
+        self.guard.require(actor, Role.OPERATOR, action="probe.add", case_ref=case_ref)
         provenance.check()
-        with self.db.session() as s:
-            self.cases.require_searchable(s, case_ref)
+        self.cases.check_searchable(actor, case_ref, "probe.add")  # before decoding, not after
         image = decode_image(data, name=name, max_pixels=self.max_image_pixels)
         if faces is None:
             faces = self.engine.analyse(image)
         digest = self.blobs.put(data)
+        try:
+            return self._store_probe(
+                actor, case_ref, digest, image.shape, name, provenance, faces, media_type
+            )
+        except CaseNotSearchableError as exc:  # the case changed while the faces were analysed
+            self.cases.refused(actor, "probe.add", exc, case_ref)
+            raise
+
+    def _store_probe(
+        self,
+        actor: Principal,
+        case_ref: str,
+        digest: str,
+        shape: tuple[int, ...],
+        name: str,
+        provenance: ProbeProvenance,
+        faces: list[Face],
+        media_type: str,
+    ) -> dict[str, Any]:
         model_key = self.engine.identity.key
         with self.db.session() as s:
             case = self.cases.require_searchable(s, case_ref)
@@ -115,8 +128,8 @@ class SearchService:
                 original_name=name,
                 source=provenance.source,
                 how_obtained=provenance.how_obtained,
-                width=int(image.shape[1]),
-                height=int(image.shape[0]),
+                width=int(shape[1]),
+                height=int(shape[0]),
                 uploaded_by=actor.id,
                 created_at=self.clock(),
             )
@@ -190,10 +203,39 @@ class SearchService:
         threshold: float | None = None,
         aggregate: Aggregate = "max",
     ) -> dict[str, Any]:
-        """Search one face of a probe; the candidate list is stored and returned."""
-        require_role(actor, Role.OPERATOR)
+        """Search one face of a probe; the candidate list is stored and returned.
+
+        A search refused for its case (not authorised, expired, refused, urgent window lapsed)
+        is audited as ``search.run.refused``, as is one by a caller who is not an operator.
+        """
+        self.guard.require(
+            actor,
+            Role.OPERATOR,
+            action="search.run",
+            case_ref=case_ref,
+            object_type="probe",
+            object_id=probe_id,
+        )
         if not 1 <= top_k <= 200:
             raise InvalidInputError("top-k must be between 1 and 200")
+        try:
+            return self._run_search(
+                actor, case_ref, probe_id, face_index, top_k, threshold, aggregate
+            )
+        except CaseNotSearchableError as exc:
+            self.cases.refused(actor, "search.run", exc, case_ref, details={"probe_id": probe_id})
+            raise
+
+    def _run_search(
+        self,
+        actor: Principal,
+        case_ref: str,
+        probe_id: int,
+        face_index: int | None,
+        top_k: int,
+        threshold: float | None,
+        aggregate: Aggregate,
+    ) -> dict[str, Any]:
         started = self.clock()
         # Three short steps, never one session around the match: the index manager reads the
         # gallery version in a session of its own, and SQLite serialises transactions.
@@ -323,7 +365,15 @@ class SearchService:
 
     def get_search(self, actor: Principal, search_id: int) -> dict[str, Any]:
         """A stored candidate list; viewing it is itself audited."""
-        require_role(actor, Role.OPERATOR, Role.REVIEWER, Role.AUDITOR)
+        self.guard.require(
+            actor,
+            Role.OPERATOR,
+            Role.REVIEWER,
+            Role.AUDITOR,
+            action="search.view",
+            object_type="search",
+            object_id=search_id,
+        )
         with self.db.session() as s:
             record = s.get(SearchRecord, search_id)
             if record is None:
@@ -342,9 +392,14 @@ class SearchService:
 
     def export(self, actor: Principal, search_id: int) -> dict[str, Any]:
         """A disclosure package: the search, its case, candidates and settled review; audited."""
-        from retroface.storage.tables import Review
-
-        require_role(actor, Role.OPERATOR, Role.AUDITOR)
+        self.guard.require(
+            actor,
+            Role.OPERATOR,
+            Role.AUDITOR,
+            action="search.export",
+            object_type="search",
+            object_id=search_id,
+        )
         with self.db.session() as s:
             record = s.get(SearchRecord, search_id)
             if record is None:
@@ -392,7 +447,5 @@ class SearchService:
 
     @staticmethod
     def _case_ref(s: Any, case_id: int) -> str | None:
-        from retroface.storage.tables import Case
-
         case = s.get(Case, case_id)
         return case.reference if case else None

@@ -18,8 +18,8 @@ router = APIRouter(prefix="/api/v1", tags=["oversight"])
 
 
 @router.get("/audit/verify", summary="Check the audit hash chain and signed checkpoints")
-def audit_verify(ctx: Ctx) -> dict[str, Any]:
-    return dataclasses.asdict(ctx.audit.verify())
+def audit_verify(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return dataclasses.asdict(ctx.oversight.verify_audit(caller))
 
 
 @router.get(
@@ -31,14 +31,7 @@ def audit_verify(ctx: Ctx) -> dict[str, Any]:
 def audit_export(ctx: Ctx, caller: Caller) -> Response:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "audit-export"
-        manifest = ctx.audit.export(folder)
-        with ctx.db.session() as s:
-            ctx.audit.record(
-                s,
-                actor=caller.username,
-                action="audit.export",
-                details={"records": manifest.get("records"), "via": "api"},
-            )
+        ctx.oversight.export_audit(caller, folder, via="api", destination="download")
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             for f in sorted(folder.iterdir()):
@@ -65,24 +58,9 @@ def transparency(
     start: Annotated[datetime, Query(alias="from")],
     end: Annotated[datetime, Query(alias="to")],
 ) -> dict[str, Any]:
-    from retroface.governance import reports
-
-    data = reports.transparency(ctx, start, end)
-    with ctx.db.session() as s:
-        ctx.audit.record(
-            s,
-            actor=caller.username,
-            action="report.transparency",
-            details={"from": start.isoformat(), "to": end.isoformat(), "via": "api"},
-        )
-    return dict(data)
+    return dict(ctx.oversight.transparency(caller, start, end, via="api"))
 
 
 @router.get("/reports/dpia", summary="DPIA facts from the live system")
 def dpia(ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    from retroface.governance import reports
-
-    data = reports.dpia(ctx)
-    with ctx.db.session() as s:
-        ctx.audit.record(s, actor=caller.username, action="report.dpia", details={"via": "api"})
-    return dict(data)
+    return dict(ctx.oversight.dpia(caller, via="api"))
