@@ -213,3 +213,27 @@ def test_workflow_through_the_cli(run: Run, data_dir: Path, database_url: str) -
     db.dispose()
     code, out = run("audit", "verify", user="aud")
     assert code == 1 and "3" in out and "TAMPERED" in out
+
+
+def test_who_acts_token_password_and_user(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RETROFACE_TOKEN decides who acts; a typed --user must name its owner; a refused
+    RETROFACE_PASSWORD says where the password came from (README "Using it")."""
+    assert run("init", "--admin", "admin")[0] == 0
+    assert run("user", "add", "olive", "--roles", "operator", user="admin")[0] == 0
+    code, token = run("user", "token", "--days", "1", user="olive")
+    assert code == 0 and token.startswith("rf_")
+
+    monkeypatch.setenv("RETROFACE_TOKEN", token.strip())
+    monkeypatch.setenv("RETROFACE_USER", "admin")  # the default password user; the token wins
+    code, out = run("user", "list")
+    assert code == 2 and "olive" in out and "admin" in out  # refused: olive is no admin
+    code, out = run("user", "list", user="admin")
+    assert code == 2 and "RETROFACE_TOKEN belongs to olive" in out
+    code, out = run("user", "token", "--days", "1", user="olive")
+    assert code == 0 and out.startswith("rf_")
+
+    monkeypatch.delenv("RETROFACE_TOKEN")
+    monkeypatch.setenv("RETROFACE_PASSWORD", "the admin's password, not olive's")
+    code, out = run("user", "token", user="olive")
+    assert code == 2 and "invalid username or password" in " ".join(out.split())
+    assert "RETROFACE_PASSWORD" in out

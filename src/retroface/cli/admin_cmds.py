@@ -37,7 +37,10 @@ def _new_password(prompt_for: str) -> str:
 def init(
     admin: str = typer.Option("admin", help="Name of the first administrator."),
 ) -> None:
-    """First run: create the data directory, keys, schema and the first admin account."""
+    """First run: create the data directory, keys, schema and the first admin account.
+
+    The admin's password comes from RETROFACE_NEW_PASSWORD if set (scripts, CI), else a prompt.
+    """
     with user_errors():
         ctx = state.ctx
         created = ctx.users.ensure_admin(admin, _new_password(admin))
@@ -58,7 +61,7 @@ def user_add(
     display_name: str | None = typer.Option(None),
     token_only: bool = typer.Option(False, help="No password; the account uses API tokens."),
 ) -> None:
-    """Create an account (admin only)."""
+    """Create an account (admin only); password: RETROFACE_NEW_PASSWORD if set, else a prompt."""
     with user_errors():
         actor = state.principal()
         require_role(actor, Role.ADMIN)
@@ -201,7 +204,7 @@ def serve(
     port: int = typer.Option(8000, min=1, max=65535),
     log_level: str = typer.Option("info"),
 ) -> None:
-    """Run the REST API (and web UI) with uvicorn."""
+    """Run the REST API with uvicorn (no web UI yet: interactive API docs at /api/v1/docs)."""
     import uvicorn
 
     from retroface.api.app import create_app

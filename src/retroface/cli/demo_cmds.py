@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 from pathlib import Path
 
 import typer
@@ -35,20 +36,35 @@ def demo(
         pw = secrets.token_urlsafe(12)
         users = ctx.users
         users.ensure_admin("admin", pw)
-        for name, roles in (
+        team = (
             ("olive", "operator"),
             ("arthur", "authoriser"),
             ("rita", "reviewer"),
             ("rob", "reviewer"),
             ("aud", "auditor"),
-        ):
+        )
+        for name, roles in team:
             try:
                 users.add(name, roles, pw, actor="admin")
             except Exception:
                 users.set_password(name, pw, actor="admin")
         users.set_password("admin", pw, actor="admin")
         who = {n: users.authenticate_password(n, pw) for n in ("olive", "arthur", "rita", "rob")}
-        console.print(Panel(f"data directory {ctx.home}\nusers' password this run: {pw}"))
+        names = ", ".join(f"{n} ({r})" for n, r in (("admin", "admin"), *team))
+        console.print(
+            Panel(
+                f"data directory {ctx.home}\nusers: {names}\nthe users' password this run: {pw}",
+                highlight=False,
+            )
+        )
+        # outside the panel and unwrapped, so that it can be copied as one command
+        console.print(
+            f"act as one of them: RETROFACE_HOME={shlex.quote(str(ctx.home))} "
+            f"RETROFACE_PASSWORD={shlex.quote(pw)} "
+            "retroface --user aud audit verify",
+            highlight=False,
+            soft_wrap=True,
+        )
 
         folders = [p for p in sorted(people.iterdir()) if p.is_dir() and not p.name.startswith("_")]
         lfw = sorted(p for p in (data / "lfw").iterdir() if p.is_dir())[:distractors]

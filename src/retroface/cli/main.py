@@ -29,10 +29,15 @@ app = typer.Typer(
 @app.callback()
 def main(
     user: str | None = typer.Option(
-        None, "--user", envvar="RETROFACE_USER", help="Act as this user."
+        None,
+        "--user",
+        help="Act as this user (default: RETROFACE_USER), signing in with RETROFACE_PASSWORD or "
+        "a prompt; with RETROFACE_TOKEN set it must name the token's owner.",
     ),
 ) -> None:
     """retroface: every search needs a case and an authorisation; results are leads for review."""
+    # No envvar= here: the session reads RETROFACE_USER itself, so that only a --user typed on
+    # the command line is checked against RETROFACE_TOKEN's owner.
     state.user = user
 
 

@@ -1,8 +1,13 @@
 """Who the CLI acts as, and the application context it acts on.
 
-Identity comes from ``--user`` (or ``RETROFACE_USER``) with ``RETROFACE_TOKEN`` or a password
-(``RETROFACE_PASSWORD``, else a prompt). Every command that touches casework or the gallery acts
-as that authenticated user, and the domain services check that user's roles.
+Identity comes from ``RETROFACE_TOKEN`` if set, else from ``--user`` (or ``RETROFACE_USER``)
+with a password (``RETROFACE_PASSWORD``, else a prompt). Every command that touches casework or the
+gallery acts as that authenticated user, and the domain services check that user's roles.
+
+A token decides who acts, so one shell can play several people (``RETROFACE_TOKEN=$olive
+retroface ...``) while ``RETROFACE_USER`` names the default password user; a ``--user`` given on
+the command line must name the token's owner, so a leftover token never acts silently for someone
+else.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from functools import cached_property
 from retroface.cli.common import UserError
 from retroface.context import AppContext
 from retroface.core.access import Principal
+from retroface.core.errors import PermissionDeniedError
 
 
 @dataclass
@@ -33,7 +39,13 @@ class CliState:
             return self._principal
         token = self.token or os.environ.get("RETROFACE_TOKEN")
         if token:
-            self._principal = self.ctx.users.authenticate_token(token)
+            principal = self.ctx.users.authenticate_token(token)
+            if self.user and self.user.strip().lower() != principal.username:
+                raise UserError(
+                    f"--user {self.user} but RETROFACE_TOKEN belongs to {principal.username}: "
+                    "drop --user or unset RETROFACE_TOKEN"
+                )
+            self._principal = principal
             return self._principal
         user = self.user or os.environ.get("RETROFACE_USER")
         if not user:
@@ -48,6 +60,17 @@ class CliState:
                     f"no password for {user}: set RETROFACE_PASSWORD or RETROFACE_TOKEN"
                 )
             password = getpass.getpass(f"Password for {user}: ")
+        elif self.user:
+            # RETROFACE_PASSWORD is tried for whichever user is named: say so, since an admin's
+            # exported password used with `--user olive` otherwise reads as a plain refusal.
+            try:
+                self._principal = self.ctx.users.authenticate_password(user, password)
+            except PermissionDeniedError as exc:
+                raise UserError(
+                    f"{exc.message} (the password came from RETROFACE_PASSWORD, used for "
+                    f"--user {user}; give each user their own, or use RETROFACE_TOKEN)"
+                ) from None
+            return self._principal
         self._principal = self.ctx.users.authenticate_password(user, password)
         return self._principal
 
