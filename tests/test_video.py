@@ -372,6 +372,10 @@ def test_search_a_track_needs_a_searchable_case(
     app.cases.open(olive, "V2", "robbery", "identify the speaker", "not yet approved by anyone")
     with pytest.raises(PermissionDeniedError, match="awaiting authorisation"):
         app.footage.search_track(olive, "V2", hamilton_scan, 1, PROV)
+    # the whole video search refuses before scanning, and says so in the audit log
+    with pytest.raises(PermissionDeniedError, match="awaiting authorisation"):
+        app.footage.search_video(olive, "V2", hamilton_scan.path, 1, PROV)
+    assert _actions(app)[-1] == "video.search.refused"
 
 
 def test_find_a_person_in_footage(
