@@ -229,3 +229,16 @@ def test_no_api_route_is_a_coroutine() -> None:
                     coroutines.append(f"{path.name}:{node.name}")
     assert len(routes) > 30 and "add_probe" in routes and "enrol_image" in routes
     assert coroutines == []
+
+
+def test_media_decodes_tracks_and_exports_only() -> None:
+    """Casework on footage (cases, searches, audit) lives in ``search.footage``: ``media``
+    builds on ``vision`` and ``core`` and nothing that knows about cases or the gallery."""
+    graph = _graph()
+    reached = {
+        e.split(".")[1]
+        for m, edges in graph.items()
+        if m.startswith("retroface.media")
+        for e in edges
+    }
+    assert reached <= {"core", "vision", "media"}
