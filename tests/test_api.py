@@ -253,3 +253,72 @@ def test_batch_enrolment_job(app: AppContext, client: TestClient, data_dir: Path
     job = client.get(f"/api/v1/jobs/{job_id}", headers=admin).json()
     assert job["status"] == "succeeded", job
     assert job["progress"] == job["total"] == 4 and job["result"]["enrolled"] == 4
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_health_answers_while_a_probe_upload_is_in_progress(
+    app: AppContext, client: TestClient, data_dir: Path, database_url: str
+) -> None:
+    """A probe upload does blocking work (database, face analysis); it must not hold the event
+    loop. To make "while" deterministic, another connection holds an exclusive lock on the cases
+    table, so the upload provably blocks inside its route until the test lets it go; /health is
+    asked meanwhile. (Were the route a coroutine, that blocking call would stall the loop and
+    /health with it; tests/test_architecture.py checks no route is one.)"""
+    import threading
+
+    from sqlalchemy import create_engine, text
+
+    op = token_for(app, "olive", "operator")
+    auth = token_for(app, "arthur", "authoriser")
+    case = {
+        "reference": "C1",
+        "offence_category": "robbery",
+        "purpose": "identify the suspect",
+        "justification": "serious offence, the only lead available",
+    }
+    assert client.post("/api/v1/cases", headers=op, json=case).status_code == 201
+    decision = {"approve": True, "note": "ok"}
+    client.post("/api/v1/cases/C1/decision", headers=auth, json=decision)
+    image = next((data_dir / "people" / "barack_obama").iterdir()).read_bytes()
+
+    locker = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    upload: dict[str, int] = {}
+
+    def post_probe() -> None:
+        r = client.post(
+            "/api/v1/cases/C1/probes",
+            headers=op,
+            data={"source": "CCTV", "how_obtained": "exhibit AB/1"},
+            files={"file": ("probe.jpg", image, "image/jpeg")},
+        )
+        upload["status"] = r.status_code
+
+    health: dict[str, int] = {}
+
+    def get_health() -> None:
+        health["status"] = client.get("/api/v1/health").status_code
+
+    try:
+        with locker.connect() as conn, conn.begin():
+            conn.execute(text("LOCK TABLE cases IN ACCESS EXCLUSIVE MODE"))
+            uploader = threading.Thread(target=post_probe, daemon=True)
+            uploader.start()
+            # wait until the upload is inside its route, queued behind the lock
+            waiting = text(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'cases'::regclass"
+            )
+            for _ in range(6000):
+                if conn.execute(waiting).scalar():
+                    break
+                threading.Event().wait(0.01)
+            else:
+                pytest.fail("the upload never reached the cases table")
+            checker = threading.Thread(target=get_health, daemon=True)
+            checker.start()
+            checker.join(60)  # only a stalled event loop makes this wait
+            assert health.get("status") == 200
+            assert uploader.is_alive() and "status" not in upload  # still held by the lock
+        uploader.join(120)
+    finally:
+        locker.dispose()
+    assert upload["status"] == 201

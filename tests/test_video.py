@@ -22,13 +22,7 @@ from retroface.context import AppContext
 from retroface.core.access import Principal
 from retroface.core.errors import NotFoundError, PermissionDeniedError
 from retroface.gallery.enrol import EnrolItem, items_from_paths
-from retroface.media.footage import (
-    VideoScan,
-    export_best_shots,
-    find_in_footage,
-    scan_video,
-    search_track,
-)
+from retroface.media.footage import VideoScan, export_best_shots, scan_video
 from retroface.media.images import load_image
 from retroface.media.tracking import FaceTracker, assign, iou_matrix, shot_score
 from retroface.media.video import VideoLoadError, list_videos, open_video, orient
@@ -352,8 +346,8 @@ def test_search_a_track_under_a_case(
     main = max(hamilton_scan.tracks, key=lambda t: t.n_faces)
     results = {}
     for template in ("best", "fused"):
-        result = search_track(
-            app.searches, olive, "V1", hamilton_scan, main.id, PROV, template=template
+        result = app.footage.search_track(
+            olive, "V1", hamilton_scan, main.id, PROV, template=template
         )
         assert result["candidates"][0]["subject"] == SUBJECT
         assert result["label"] == "investigative lead — not an identification"
@@ -377,7 +371,11 @@ def test_search_a_track_needs_a_searchable_case(
     olive = casework["olive"]
     app.cases.open(olive, "V2", "robbery", "identify the speaker", "not yet approved by anyone")
     with pytest.raises(PermissionDeniedError, match="awaiting authorisation"):
-        search_track(app.searches, olive, "V2", hamilton_scan, 1, PROV)
+        app.footage.search_track(olive, "V2", hamilton_scan, 1, PROV)
+    # the whole video search refuses before scanning, and says so in the audit log
+    with pytest.raises(PermissionDeniedError, match="awaiting authorisation"):
+        app.footage.search_video(olive, "V2", hamilton_scan.path, 1, PROV)
+    assert _actions(app)[-1] == "video.search.refused"
 
 
 def test_find_a_person_in_footage(
@@ -395,10 +393,14 @@ def test_find_a_person_in_footage(
     videos = [data_dir / HAMILTON, data_dir / WALKING, broken]
     app.cases.open(olive, "V2", "robbery", "find the speaker", "not yet approved by anyone")
     with pytest.raises(PermissionDeniedError):
-        find_in_footage(app, olive, "V2", probe, videos)
+        app.footage.find(olive, "V2", probe, videos)
     assert "video.find" not in _actions(app)
+    assert _actions(app)[-1] == "video.find.refused"  # the refusal is audited
+    with pytest.raises(PermissionDeniedError):
+        app.footage.find(casework["arthur"], "V1", probe, videos)  # not an operator
+    assert _actions(app)[-1] == "video.find.refused"
 
-    result = find_in_footage(app, olive, "V1", probe, videos, probe_ref={"name": "lmm.png"})
+    result = app.footage.find(olive, "V1", probe, videos, probe_ref={"name": "lmm.png"})
     hamilton, walking, bad = result["videos"]
     assert walking["matches"] == [] and walking["tracks"] == 2
     assert "exhibit3.mp4" in bad["error"]
@@ -443,7 +445,7 @@ def test_best_shot_against_fused_template_with_500_distractors(
     main = max(hamilton_scan.tracks, key=lambda t: t.n_faces)
     margins = {}
     for template in ("best", "fused"):
-        r = search_track(app.searches, olive, "V1", hamilton_scan, main.id, PROV, template=template)
+        r = app.footage.search_track(olive, "V1", hamilton_scan, main.id, PROV, template=template)
         top = r["candidates"]
         assert top[0]["subject"] == SUBJECT
         margins[template] = top[0]["similarity"] - top[1]["similarity"]

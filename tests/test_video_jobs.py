@@ -28,9 +28,10 @@ from retroface.cli import video_cmds
 from retroface.cli.session import state
 from retroface.config import Settings
 from retroface.context import AppContext
+from retroface.jobs.handlers import register_handlers
 from retroface.jobs.local import LocalJobRunner
 from retroface.jobs.redis_queue import RedisJobRunner
-from retroface.jobs.video import register_video_jobs, scan_batch
+from retroface.jobs.video import scan_batch
 from retroface.vision.types import FaceEngine
 
 REDIS_URL = os.environ.get("RETROFACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -64,14 +65,14 @@ def _redis_available() -> bool:
 
 @pytest.fixture
 def runner(app: AppContext) -> Iterator[RedisJobRunner]:
-    """A Redis runner on a queue of its own, with the video handlers bound to ``app``."""
+    """A Redis runner on a queue of its own, with the job handlers bound to ``app``'s services."""
     if not _importable("rq"):
         _need("rq", "not installed (pip install 'retroface[redis]')")
     if not _redis_available():
         _need("Redis", f"not reachable at {REDIS_URL}")
     queue = f"retroface-test-{uuid.uuid4().hex[:8]}"
     r = RedisJobRunner(app.job_store, REDIS_URL, queue, checkpoint_root=app.home / "jobs")
-    register_video_jobs(r, app)
+    register_handlers(r, app.job_services)
     yield r
     from rq import Worker
 
@@ -85,7 +86,7 @@ def runner(app: AppContext) -> Iterator[RedisJobRunner]:
 
 def test_local_runner_scans_a_video(app: AppContext, data_dir: Path, tmp_path: Path) -> None:
     local = LocalJobRunner(app.job_store)
-    register_video_jobs(local, app)
+    register_handlers(local, app.job_services)
     job = local.submit(
         "video.scan", {"path": str(data_dir / WALKING), "export_dir": str(tmp_path)}, "olive"
     )
@@ -281,3 +282,22 @@ def test_scan_batch_on_a_two_node_ray_cluster(
     local = scan_batch(sorted(folder.iterdir()), engine=engine, fps=5.0)
     assert [_comparable(v) for v in videos[:3]] == [_comparable(v) for v in local["videos"][:3]]
     assert videos[3]["error"] == local["videos"][3]["error"]
+
+
+# ------------------------------------------------------------------------------ wiring
+
+
+def test_every_job_kind_is_registered_once_by_the_context(
+    app: AppContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The context registers the handlers (one module binds them); ``redis_url`` reads the
+    settings it is given, never the environment."""
+    from retroface.jobs.base import JobRunner
+    from retroface.jobs.redis_queue import DEFAULT_URL, redis_url
+
+    runner: JobRunner = app.jobs
+    assert isinstance(runner, LocalJobRunner)
+    assert set(runner.handlers) == {"gallery.enrol", "video.scan", "video.scan_batch"}
+    monkeypatch.setenv("RETROFACE_REDIS_URL", "redis://elsewhere:1/0")
+    assert redis_url(Settings(home=app.home, redis_url=None)) == DEFAULT_URL
+    assert redis_url(Settings(home=app.home, redis_url=REDIS_URL)) == REDIS_URL

@@ -168,3 +168,23 @@ def test_model_folder_errors(tmp_path: Path) -> None:
 def test_unknown_backend() -> None:
     with pytest.raises(ValueError, match="unknown backend"):
         create_engine("nope")
+
+
+def test_one_engine_builder_for_settings_options_and_overrides(tmp_path: Path) -> None:
+    """``build_engine`` is the one builder: from settings, from options (what Ray and
+    evaluation workers get) or through ``create_engine``, the same choices give the same key."""
+    from retroface.config import Settings
+    from retroface.vision.engines import EngineOptions, build_engine, engine_options
+
+    settings = Settings(home=tmp_path, det_size=1280, flip=True)
+    opts = engine_options(settings, det_size=640)
+    assert opts == EngineOptions(det_size=640, flip=True)
+    assert EngineOptions.from_dict(opts.to_dict() | {"ignored": 1}) == opts
+    from_settings = build_engine(settings, det_size=640, threads=1)
+    from_options = build_engine(opts, threads=1)
+    direct = create_engine("arcface", flip=True, threads=1)
+    assert from_settings.identity.key == from_options.identity.key == direct.identity.key
+    assert "+flip" in direct.identity.name
+    assert build_engine(settings, flip=False, threads=1).identity.name == (
+        create_engine("arcface", threads=1).identity.name
+    )

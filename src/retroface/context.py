@@ -1,7 +1,9 @@
 """The composition root: one object that wires settings to storage, crypto and the face engine.
 
-The CLI, the API and tests build one :class:`AppContext`; domain services receive what they need
-from it and never read the environment themselves.
+The CLI, the API, the RQ worker (:mod:`retroface.jobs.worker`) and tests build one
+:class:`AppContext`; domain services receive what they need from it in their constructors and
+never read the environment themselves. It is wiring only: no module below the CLI and the API
+imports it (``tests/test_architecture.py`` checks), so it holds no rules of its own.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 from retroface.audit.log import AuditLog
 from retroface.config import Settings, get_settings
@@ -25,17 +26,19 @@ from retroface.governance.retention import RetentionService
 from retroface.governance.review import ReviewService
 from retroface.governance.thresholds import ThresholdService
 from retroface.governance.users import UserService
+from retroface.jobs.base import JobRunner
+from retroface.jobs.handlers import JobServices, register_handlers
 from retroface.jobs.local import LocalJobRunner
 from retroface.jobs.redis_queue import RedisJobRunner
 from retroface.jobs.store import JobStore
-from retroface.jobs.video import register_video_jobs
+from retroface.search.footage import FootageSearch
 from retroface.search.index_manager import IndexManager
 from retroface.search.matcher import Matcher
 from retroface.search.service import SearchService
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.crypto import Cipher, load_or_create_key
 from retroface.storage.db import Database
-from retroface.vision.engines import engine_from_settings
+from retroface.vision.engines import build_engine, engine_options
 from retroface.vision.types import FaceEngine
 
 
@@ -74,7 +77,7 @@ class AppContext:
     def engine(self) -> FaceEngine:
         """The interactive engine: one search at a time, using every core."""
         if self._engine is None:
-            self._engine = engine_from_settings(self.settings)
+            self._engine = build_engine(self.settings)
         return self._engine
 
     @cached_property
@@ -86,7 +89,7 @@ class AppContext:
         """
         if self._engine_injected:
             return self.engine
-        return engine_from_settings(self.settings, threads=1)
+        return build_engine(self.settings, threads=1)
 
     @property
     def batch_workers(self) -> int:
@@ -178,6 +181,19 @@ class AppContext:
         )
 
     @cached_property
+    def footage(self) -> FootageSearch:
+        """Search a video's face track, find a person in footage: casework on recorded video."""
+        return FootageSearch(
+            self.db,
+            self.searches,
+            self.cases,
+            self.engine,
+            self.audit.record,
+            match_threshold=self.settings.match_threshold,
+            clock=self.clock,
+        )
+
+    @cached_property
     def reviews(self) -> ReviewService:
         return ReviewService(self.db, self.audit.record, clock=self.clock)
 
@@ -216,9 +232,24 @@ class AppContext:
         return JobStore(self.db, clock=self.clock)
 
     @cached_property
-    def jobs(self) -> LocalJobRunner | RedisJobRunner:
-        """Redis (RQ) workers when ``RETROFACE_REDIS_URL`` is set, else a thread in this process."""
-        runner: LocalJobRunner | RedisJobRunner
+    def job_services(self) -> JobServices:
+        """What the job handlers are bound to (the engine is built when a job first needs it)."""
+        return JobServices(
+            engine=lambda: self.engine,
+            engine_options=engine_options(self.settings),
+            enroller=self.enroller,
+            import_dir=self.settings.import_dir,
+            checkpoint_root=self.home / "jobs",
+        )
+
+    @cached_property
+    def jobs(self) -> JobRunner:
+        """Redis (RQ) workers when ``RETROFACE_REDIS_URL`` is set, else a thread in this process.
+
+        Every job kind is registered here, once; RQ worker processes build a context too
+        (:mod:`retroface.jobs.worker`) and so get the same handlers.
+        """
+        runner: JobRunner
         if self.settings.redis_url:
             runner = RedisJobRunner(
                 self.job_store,
@@ -228,36 +259,8 @@ class AppContext:
             )
         else:
             runner = LocalJobRunner(self.job_store)
-        runner.register("gallery.enrol", self._enrol_job)
-        register_video_jobs(runner, self)
+        register_handlers(runner, self.job_services)
         return runner
-
-    def _enrol_job(
-        self, payload: dict[str, Any], progress: Callable[[int, int], None]
-    ) -> dict[str, Any]:
-        """Batch enrolment from the import folder, as a job (the API's batch route)."""
-        from dataclasses import replace
-
-        from retroface.gallery.enrol import items_from_paths
-
-        root = self.settings.import_dir
-        if root is None:
-            raise RuntimeError("RETROFACE_IMPORT_DIR is not set")
-        actor = str(payload["actor"])
-        items = [
-            replace(
-                i,
-                inclusion_reason=payload.get("inclusion_reason"),
-                source=payload.get("source"),
-            )
-            for i in items_from_paths([root / p for p in payload["paths"]])
-        ]
-        enroller = self.enroller(
-            actor=actor,
-            require_quality=not payload.get("allow_low_quality", False),
-            multi_face=str(payload.get("multi_face", "reject")),
-        )
-        return enroller.run(items, progress=progress).to_dict()
 
     def close(self) -> None:
         if "jobs" in self.__dict__:

@@ -11,10 +11,16 @@ class UploadTooLargeError(RetrofaceError):
     code = "upload_too_large"
 
 
-async def read_upload(file: UploadFile, limit: int) -> bytes:
+def read_upload(file: UploadFile, limit: int) -> bytes:
+    """The upload's bytes, refusing more than ``limit``.
+
+    Synchronous on purpose: the routes that take uploads then analyse faces, so they are plain
+    ``def`` routes run in FastAPI's thread pool, where reading the spooled file cannot stall the
+    event loop (Starlette has already received the whole body by the time a route runs).
+    """
     chunks: list[bytes] = []
     size = 0
-    while chunk := await file.read(1 << 20):
+    while chunk := file.file.read(1 << 20):
         size += len(chunk)
         if size > limit:
             raise UploadTooLargeError(f"upload is larger than the limit of {limit:,} bytes")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
 
-from retroface.cli.common import console, fail, print_json, user_errors
+from retroface.cli.common import console, fail, print_json, print_search_result, user_errors
 from retroface.cli.session import state
 from retroface.search.service import ProbeProvenance
 
@@ -105,23 +104,6 @@ def case_categories() -> None:
         console.print(c)
 
 
-def _print_result(data: dict[str, Any]) -> None:
-    console.print(f"[bold]Search {data['search_id']}[/] — [yellow]{data['label']}[/]")
-    warnings = data["probe"]["warnings"]
-    if warnings:
-        console.print("[yellow]probe quality warnings:[/] " + "; ".join(warnings))
-    if not data["candidates"]:
-        console.print("no candidates" + (" above the threshold" if data["threshold"] else ""))
-        return
-    table = Table()
-    for col in ("rank", "subject", "similarity", "image"):
-        table.add_column(col)
-    for c in data["candidates"]:
-        table.add_row(str(c["rank"]), c["subject"], f"{c['similarity']:.3f}", str(c["image_id"]))
-    console.print(table)
-    console.print(f"gallery version {data['gallery_version']}, model {data['model']}")
-
-
 def search(
     image: Path | None = typer.Argument(None, help="Probe image (omit with --probe or --video)."),
     case: str = typer.Option(..., "--case", help="The authorised case this search serves."),
@@ -179,7 +161,7 @@ def search(
     if json_out:
         print_json(result)
         return
-    _print_result(result)
+    print_search_result(result)
 
 
 @review_app.command("queue")

@@ -45,10 +45,31 @@ def user_errors() -> Iterator[None]:
 @lru_cache(maxsize=1)
 def engine() -> Any:
     """The face engine from settings, built once per process."""
-    from retroface.vision.engines import engine_from_settings
+    from retroface.config import get_settings
+    from retroface.vision.engines import build_engine
 
     with user_errors():
-        return engine_from_settings()
+        return build_engine(get_settings())
+
+
+def print_search_result(data: dict[str, Any]) -> None:
+    """A candidate list as a table (``retroface search``, image or video probe)."""
+    from rich.table import Table
+
+    console.print(f"[bold]Search {data['search_id']}[/] — [yellow]{data['label']}[/]")
+    warnings = data["probe"]["warnings"]
+    if warnings:
+        console.print("[yellow]probe quality warnings:[/] " + "; ".join(warnings))
+    if not data["candidates"]:
+        console.print("no candidates" + (" above the threshold" if data["threshold"] else ""))
+        return
+    table = Table()
+    for col in ("rank", "subject", "similarity", "image"):
+        table.add_column(col)
+    for c in data["candidates"]:
+        table.add_row(str(c["rank"]), c["subject"], f"{c['similarity']:.3f}", str(c["image_id"]))
+    console.print(table)
+    console.print(f"gallery version {data['gallery_version']}, model {data['model']}")
 
 
 def with_status(message: str, fn: Callable[[], Any], quiet: bool = False) -> Any:

@@ -79,19 +79,14 @@ def _progress() -> Iterator[ProgressFn]:
 
 
 def _spec(backend: str | None, det_size: int | None, flip: bool | None) -> EngineSpec:
-    from retroface.vision.engines import BACKENDS
+    from retroface.vision.engines import BACKENDS, engine_options
 
     s = state.ctx.settings
     name = backend or s.backend
     if name not in BACKENDS:
         fail(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    return EngineSpec(
-        backend=name,
-        det_size=det_size or s.det_size,
-        det_threshold=s.det_threshold,
-        flip=s.flip if flip is None else flip,
-        models_dir=str(s.models_dir) if s.models_dir and name == "arcface" else None,
-    )
+    opts = engine_options(s, backend=name, det_size=det_size, flip=flip)
+    return EngineSpec(**opts.to_dict())
 
 
 def _cache_dir(no_cache: bool) -> Path | None:

@@ -23,7 +23,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from retroface.cli.common import console, err_console, fail, print_json, user_errors
+from retroface.cli.common import (
+    console,
+    err_console,
+    fail,
+    print_json,
+    print_search_result,
+    user_errors,
+)
 from retroface.cli.session import state
 from retroface.media.footage import ScanProgress
 from retroface.vision.types import FaceEngine
@@ -43,10 +50,10 @@ def _engine(det_size: int | None) -> FaceEngine:
         return ctx.engine
     if det_size not in DET_SIZES:
         fail(f"--det-size must be one of {', '.join(map(str, DET_SIZES))}")
-    from retroface.jobs.video import build_engine, engine_options
+    from retroface.vision.engines import build_engine
 
     with user_errors():
-        return build_engine(engine_options(ctx, det_size), threads=ctx.settings.threads or None)
+        return build_engine(ctx.settings, det_size=det_size)
 
 
 def _fps(fps: float, every_frame: bool) -> float | None:
@@ -170,9 +177,9 @@ def scan_batch(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Scan every video in FOLDER, here or on a Ray cluster. Stores nothing."""
-    from retroface.jobs.video import engine_options
     from retroface.jobs.video import scan_batch as run_batch
     from retroface.media.video import list_videos
+    from retroface.vision.engines import engine_options
 
     with user_errors():
         videos = list_videos(folder)
@@ -185,7 +192,7 @@ def scan_batch(
             result = run_batch(
                 videos,
                 engine=eng,
-                engine_opts=engine_options(state.ctx, det_size),
+                engine_opts=engine_options(state.ctx.settings, det_size=det_size),
                 fps=_fps(fps, False),
                 ray_address=ray,
                 progress=lambda done, total: p.update(task, completed=done, total=total),
@@ -230,8 +237,6 @@ def run_video_search(
 
     Shared by ``retroface video search`` and ``retroface search --video``.
     """
-    from retroface.cli.casework_cmds import _print_result
-    from retroface.media.footage import require_searchable_case, scan_video, search_track
     from retroface.search.service import ProbeProvenance
 
     if template not in ("best", "fused"):
@@ -241,22 +246,19 @@ def run_video_search(
     ctx = state.ctx
     with user_errors():
         actor = state.principal()
-        provenance = ProbeProvenance(source, how_obtained)
-        provenance.check()
-        require_searchable_case(ctx, actor, case)  # before the slow scan, not after
         with _progress(f"Scanning {video.name}") as progress:
-            scan = scan_video(video, ctx.engine, fps=_fps(fps, False), progress=progress)
-        result = search_track(
-            ctx.searches,
-            actor,
-            case,
-            scan,
-            track,
-            provenance,
-            template="fused" if template == "fused" else "best",
-            top_k=top,
-            threshold=threshold,
-        )
+            result = ctx.footage.search_video(
+                actor,
+                case,
+                video,
+                track,
+                ProbeProvenance(source, how_obtained),
+                fps=_fps(fps, False),
+                template="fused" if template == "fused" else "best",
+                top_k=top,
+                threshold=threshold,
+                progress=progress,
+            )
     if json_out:
         print_json(result)
         return
@@ -265,7 +267,7 @@ def run_video_search(
         f"{video.name} track {track}: {t['faces']} faces, {_ts(t['first_s'])}–{_ts(t['last_s'])},"
         f" probe = best shot at {_ts(t['best_shot']['t'])}, template {template}"
     )
-    _print_result(result)
+    print_search_result(result)
 
 
 @app.command("search")
@@ -302,14 +304,14 @@ def find(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Find when the person in PROBE appears in VIDEOS (a case is needed; audited)."""
-    from retroface.media.footage import file_sha256, find_in_footage, require_searchable_case
+    from retroface.media.footage import file_sha256
     from retroface.media.images import load_image
     from retroface.vision.engines import primary_face
 
     ctx = state.ctx
     with user_errors():
         actor = state.principal()
-        require_searchable_case(ctx, actor, case)
+        ctx.footage.require_searchable_case(actor, case, action="video.find")
         image = load_image(probe, max_pixels=ctx.settings.max_image_pixels)
         faces = ctx.engine.analyse(image)
         if not faces:
@@ -328,8 +330,7 @@ def find(
         ref = {"name": probe.name, "sha256": file_sha256(probe), "face": face or 0}
         bars = _progress("Searching footage")
         with bars as progress:
-            result = find_in_footage(
-                ctx,
+            result = ctx.footage.find(
                 actor,
                 case,
                 chosen.embedding,

@@ -127,13 +127,14 @@ def compare(
 
 def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Backends, weight files, licences and hashes."""
-    from retroface.vision.engines import BACKENDS, create_engine
+    from retroface.vision.engines import BACKENDS, build_engine
 
     s = get_settings()
     rows = []
     for name in BACKENDS:
         try:
-            eng = create_engine(name, models_dir=s.models_dir if name == "arcface" else None)
+            # the weights as listed before: without the flip suffix RETROFACE_FLIP adds to the key
+            eng = build_engine(s, backend=name, flip=False)
             rows.append(
                 {
                     "backend": name,

@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from retroface.core.errors import RetrofaceError
 from retroface.eval.degrade import DegradeSpec, degrade_image
 from retroface.media.images import load_image
-from retroface.vision.engines import create_engine, primary_face
+from retroface.vision.engines import EngineOptions, primary_face
 from retroface.vision.types import FaceEngine, ModelIdentity
 
 CACHE_DIRNAME = "eval-cache"
@@ -48,24 +48,9 @@ ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
-class EngineSpec:
-    """How to build the engine under test, picklable so worker processes can build it too."""
-
-    backend: str = "arcface"
-    det_size: int = 640
-    det_threshold: float = 0.5
-    flip: bool = False
-    models_dir: str | None = None
-
-    def build(self, threads: int | None = None) -> FaceEngine:
-        return create_engine(
-            self.backend,
-            models_dir=Path(self.models_dir) if self.models_dir else None,
-            det_size=self.det_size,
-            det_threshold=self.det_threshold,
-            threads=threads,
-            flip=self.flip,
-        )
+class EngineSpec(EngineOptions):
+    """The engine under test: options that worker processes can build the same engine from
+    (``build`` is :func:`~retroface.vision.engines.build_engine`)."""
 
     def settings(self) -> dict[str, Any]:
         """Pipeline settings outside the model key that still change embeddings."""

@@ -5,19 +5,18 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from retroface.core.status import JobStatus
+from retroface.jobs.base import Handler
 from retroface.jobs.store import JobCancelled, JobStore
 
 log = logging.getLogger(__name__)
 
-#: A job handler gets its payload and a progress callback (done, total) and returns a result.
-Handler = Callable[[dict[str, Any], Callable[[int, int], None]], dict[str, Any]]
-
 
 class LocalJobRunner:
+    """A :class:`~retroface.jobs.base.JobRunner` on one daemon thread of this process."""
+
     def __init__(self, store: JobStore) -> None:
         self.store = store
         self.handlers: dict[str, Handler] = {}
@@ -35,6 +34,10 @@ class LocalJobRunner:
         self._ensure_worker()
         self._queue.put(job_id)
         return job_id
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        """The handler notices at its next progress report (``JobStore.progress`` raises)."""
+        return self.store.cancel(job_id)
 
     def _ensure_worker(self) -> None:
         with self._lock:

@@ -14,24 +14,24 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from retroface.core.errors import InvalidInputError
+from retroface.vision.engines import EngineOptions, build_engine
+from retroface.vision.types import FaceEngine
 
-_ENGINES: dict[str, Any] = {}
-
-
-def _engine(options: dict[str, Any]) -> Any:
-    from retroface.jobs.video import build_engine
-
-    key = repr(sorted(options.items()))
-    if key not in _ENGINES:
-        _ENGINES[key] = build_engine(options, threads=1)
-    return _ENGINES[key]
+#: This worker process's engines, by the options they were built from (built once, then kept).
+_ENGINES: dict[EngineOptions, FaceEngine] = {}
 
 
-def scan_task(path: str, fps: float | None, options: dict[str, Any]) -> dict[str, Any]:
+def _engine(options: EngineOptions) -> FaceEngine:
+    if options not in _ENGINES:
+        _ENGINES[options] = build_engine(options, threads=1)
+    return _ENGINES[options]
+
+
+def scan_task(path: str, fps: float | None, options: EngineOptions) -> dict[str, Any]:
     """Runs on a Ray worker: one video's summary, labelled with the node that scanned it."""
     import ray
 
-    from retroface.jobs.video import scan_summary
+    from retroface.media.footage import scan_summary
 
     result = scan_summary(path, _engine(options), fps)
     result["worker"] = {
@@ -57,7 +57,7 @@ def scan_many_ray(
     address: str,
     *,
     fps: float | None,
-    engine_opts: dict[str, Any],
+    engine_opts: EngineOptions,
     on_result: Callable[[int, dict[str, Any]], None],
     heartbeat: Callable[[], None] | None = None,
 ) -> None:

@@ -10,30 +10,34 @@ A job whose worker died (killed, out of memory, machine lost) stays ``running`` 
 :meth:`RedisJobRunner.resume` queues it again; handlers that checkpoint (the video batch does,
 under ``RETROFACE_HOME/jobs/<id>/``) carry on without redoing finished work.
 
-Run workers with ``python -m retroface.jobs.redis_queue`` (or ``rq worker`` on the same queue);
-they read the same ``RETROFACE_*`` settings as the application.
+Run workers with ``python -m retroface.jobs.redis_queue`` (or ``python -m retroface.jobs.worker``,
+or ``rq worker`` on the same queue); they read the same ``RETROFACE_*`` settings as the
+application. The worker entry point lives in :mod:`retroface.jobs.worker`, a composition root
+like the CLI: this module never builds the application context, and what RQ runs is named by
+string (:data:`EXECUTE`), so the runner does not import the module that wires it.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import shutil
 import signal
 import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
 from retroface.core.errors import ConflictError
 from retroface.core.status import JobStatus
-from retroface.jobs.local import Handler
+from retroface.jobs.base import Handler
 from retroface.jobs.store import JobCancelled, JobStore
 from retroface.storage.tables import Job
+
+if TYPE_CHECKING:
+    from retroface.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +46,22 @@ DEFAULT_QUEUE = "retroface"
 #: A job may run this long before RQ stops it (it is then ``failed`` and can be resumed).
 DEFAULT_JOB_TIMEOUT_S = 24 * 3600
 
-#: Runners working in this process, by queue name: ``execute`` uses their handlers.
-_RUNNERS: dict[str, RedisJobRunner] = {}
+#: What RQ runs for each job (``retroface.jobs.worker.execute``): it finds this process's runner
+#: for the queue in :data:`RUNNERS`, or wires one from the settings when ``rq worker`` started it.
+EXECUTE = "retroface.jobs.worker.execute"
+
+#: Runners working in this process, by queue name: :data:`EXECUTE` uses their handlers.
+RUNNERS: dict[str, RedisJobRunner] = {}
 
 
-def redis_url(settings: Any = None) -> str:
-    """``RETROFACE_REDIS_URL`` (or the ``redis_url`` setting), else the local default."""
-    return (
-        getattr(settings, "redis_url", None) or os.environ.get("RETROFACE_REDIS_URL") or DEFAULT_URL
-    )
+def redis_url(settings: Settings) -> str:
+    """The ``redis_url`` setting (``RETROFACE_REDIS_URL``), else the local default."""
+    return settings.redis_url or DEFAULT_URL
 
 
 class RedisJobRunner:
+    """A :class:`~retroface.jobs.base.JobRunner` whose jobs RQ workers run, here or elsewhere."""
+
     def __init__(
         self,
         store: JobStore,
@@ -87,7 +95,7 @@ class RedisJobRunner:
 
     def _enqueue(self, job_id: int) -> None:
         self.queue.enqueue(
-            execute,
+            EXECUTE,
             self.queue.name,
             job_id,
             job_id=f"{self.queue.name}-{job_id}-{uuid.uuid4().hex[:8]}",
@@ -208,7 +216,7 @@ class RedisJobRunner:
         """Process the queue in this process (``burst``: until it is empty)."""
         from rq import SimpleWorker
 
-        _RUNNERS[self.queue.name] = self
+        RUNNERS[self.queue.name] = self
         saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             worker = SimpleWorker([self.queue], connection=self.redis)
@@ -224,60 +232,9 @@ def _aware(value: Any) -> Any:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def register_default_handlers(runner: Any, ctx: Any) -> None:
-    """Every job kind the application knows: batch enrolment and the video jobs."""
-    from retroface.jobs.video import register_video_jobs
-
-    runner.register("gallery.enrol", ctx._enrol_job)
-    register_video_jobs(runner, ctx)
-
-
-def runner_from_settings(queue: str = DEFAULT_QUEUE, url: str | None = None) -> RedisJobRunner:
-    """A worker's runner, wired from the ``RETROFACE_*`` environment like the application."""
-    from retroface.context import AppContext
-
-    ctx = AppContext()
-    runner = RedisJobRunner(
-        ctx.job_store,
-        url or redis_url(ctx.settings),
-        queue,
-        checkpoint_root=ctx.home / "jobs",
-    )
-    register_default_handlers(runner, ctx)
-    return runner
-
-
-def execute(queue: str, job_id: int) -> None:
-    """What RQ runs: the job, with the handlers of this process's runner for ``queue``."""
-    runner = _RUNNERS.get(queue)
-    if runner is None:
-        runner = _RUNNERS[queue] = runner_from_settings(queue)
-    runner.run_one(job_id)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run retroface background jobs from Redis.")
-    parser.add_argument("--url", default=None, help="Redis URL (default RETROFACE_REDIS_URL)")
-    parser.add_argument("--queue", default=DEFAULT_QUEUE)
-    parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
-    parser.add_argument(
-        "--resume-after",
-        type=float,
-        default=None,
-        help="first resume jobs left running and silent for this many seconds",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    runner = runner_from_settings(args.queue, args.url)
-    if args.resume_after is not None:
-        resumed = runner.resume_abandoned(args.resume_after)
-        if resumed:
-            log.info("resumed jobs %s", resumed)
-    runner.work(burst=args.burst)
-
-
 if __name__ == "__main__":
-    # run the imported module's main, so that RQ's ``execute`` finds this process's runner
-    from retroface.jobs.redis_queue import main as imported_main
+    # kept as the documented worker command; the worker wires the application, so it lives in a
+    # composition root of its own (imported only when this file is run as a program)
+    from retroface.jobs.worker import main
 
-    imported_main()
+    main()

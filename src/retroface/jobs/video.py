@@ -1,4 +1,7 @@
-"""Video work as background jobs: one scan, or a batch that resumes where it was killed.
+"""Video work for background jobs: one scan, or a batch that resumes where it was killed.
+
+The job kinds themselves (``video.scan``, ``video.scan_batch``) are bound to an engine and
+folders in :mod:`retroface.jobs.handlers`; this module is the work they do.
 
 A batch checkpoints each finished video's result under ``RETROFACE_HOME/jobs/<job id>/`` as soon
 as it is done, so a worker killed half-way (deploy, out of memory, a pulled plug) resumes without
@@ -13,65 +16,19 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from retroface.core.errors import InvalidInputError
-from retroface.media.footage import export_best_shots, scan_video
-from retroface.media.video import VideoLoadError, list_videos
+from retroface.jobs.base import Progress
+from retroface.media.footage import scan_summary
+from retroface.media.video import list_videos
+from retroface.vision.engines import EngineOptions
 from retroface.vision.types import FaceEngine
 
-if TYPE_CHECKING:
-    from retroface.context import AppContext
-    from retroface.jobs.local import Handler
-
-Progress = Callable[[int, int], None]
 #: How often a long scan reports progress (and so notices a cancel), seconds.
 HEARTBEAT_S = 1.0
-
-
-class Registry(Protocol):
-    def register(self, kind: str, handler: Handler) -> None: ...
-
-
-def engine_options(ctx: AppContext, det_size: int | None = None) -> dict[str, Any]:
-    """What another process (a Ray worker) needs to build the same engine as ``ctx``."""
-    s = ctx.settings
-    return {
-        "backend": s.backend,
-        "models_dir": str(s.models_dir) if s.models_dir else None,
-        "det_size": int(det_size or s.det_size),
-        "det_threshold": float(s.det_threshold),
-        "flip": bool(s.flip),
-    }
-
-
-def build_engine(options: dict[str, Any], threads: int | None = None) -> FaceEngine:
-    from retroface.vision.engines import create_engine
-
-    return create_engine(
-        str(options.get("backend", "arcface")),
-        models_dir=Path(options["models_dir"]) if options.get("models_dir") else None,
-        det_size=int(options.get("det_size", 640)),
-        det_threshold=float(options.get("det_threshold", 0.5)),
-        threads=threads,
-        flip=bool(options.get("flip", False)),
-    )
-
-
-def scan_summary(
-    path: Path | str,
-    engine: FaceEngine,
-    fps: float | None,
-    heartbeat: Callable[[float, float | None], None] | None = None,
-) -> dict[str, Any]:
-    """One video's batch result: its scan as JSON, or the reason it could not be read."""
-    try:
-        scan = scan_video(path, engine, fps=fps, progress=heartbeat)
-    except VideoLoadError as exc:
-        return {"path": str(path), "error": str(exc)}
-    return {"path": str(path), **scan.to_dict()}
 
 
 class Checkpoints:
@@ -117,7 +74,7 @@ def scan_batch(
     paths: Sequence[Path | str],
     *,
     engine: FaceEngine | None = None,
-    engine_opts: dict[str, Any] | None = None,
+    engine_opts: EngineOptions | None = None,
     fps: float | None = 5.0,
     ray_address: str | None = None,
     checkpoints: Checkpoints | None = None,
@@ -160,7 +117,7 @@ def scan_batch(
             todo,
             ray_address,
             fps=fps,
-            engine_opts=engine_opts or {},
+            engine_opts=engine_opts or EngineOptions(),
             on_result=record,
             heartbeat=(lambda: progress(finished, total)) if progress else None,
         )
@@ -188,13 +145,13 @@ def scan_batch(
     }
 
 
-def _paths(ctx: AppContext, payload: dict[str, Any]) -> list[Path]:
+def payload_paths(import_dir: Path | None, payload: dict[str, Any]) -> list[Path]:
     """Videos named in a payload: a ``folder`` or ``paths``.
 
     With ``RETROFACE_IMPORT_DIR`` set (as for the API), every path must lie inside it, relative
     ones being taken from there, so a job can never be pointed at other files on the server.
     """
-    root = ctx.settings.import_dir
+    root = import_dir
 
     def resolve(p: str) -> Path:
         path = Path(p)
@@ -210,56 +167,3 @@ def _paths(ctx: AppContext, payload: dict[str, Any]) -> list[Path]:
     if payload.get("folder"):
         return list_videos(resolve(str(payload["folder"])))
     return [resolve(str(p)) for p in payload.get("paths", [])]
-
-
-def video_handlers(ctx: AppContext) -> dict[str, Handler]:
-    """The ``video.scan`` and ``video.scan_batch`` job handlers, bound to ``ctx``."""
-
-    def scan_job(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
-        paths = _paths(ctx, {"paths": [payload["path"]]})
-        fps = payload.get("fps", 5.0)
-        last = [0.0]
-
-        def beat(t: float, duration: float | None) -> None:
-            if time.monotonic() - last[0] >= HEARTBEAT_S:
-                last[0] = time.monotonic()
-                progress(min(999, int(1000 * t / duration)) if duration else 0, 1000)
-
-        scan = scan_video(
-            paths[0],
-            ctx.engine,
-            fps=None if fps is None else float(fps),
-            start=payload.get("start"),
-            end=payload.get("end"),
-            progress=beat,
-        )
-        result = scan.to_dict()
-        if payload.get("export_dir"):
-            written = export_best_shots(scan, Path(str(payload["export_dir"])))
-            result["exported"] = [str(p) for p in written]
-        progress(1000, 1000)
-        return result
-
-    def batch_job(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
-        job_id = payload.get("job_id")
-        checkpoints = Checkpoints(ctx.home / "jobs" / str(job_id)) if job_id else None
-        fps = payload.get("fps", 5.0)
-        ray = payload.get("ray")
-        result = scan_batch(
-            _paths(ctx, payload),
-            engine=None if ray else ctx.engine,
-            engine_opts=engine_options(ctx, payload.get("det_size")),
-            fps=None if fps is None else float(fps),
-            ray_address=str(ray) if ray else None,
-            checkpoints=checkpoints,
-            progress=progress,
-        )
-        # checkpoints stay until the runner has stored the result (RedisJobRunner removes them)
-        return result
-
-    return {"video.scan": scan_job, "video.scan_batch": batch_job}
-
-
-def register_video_jobs(runner: Registry, ctx: AppContext) -> None:
-    for kind, handler in video_handlers(ctx).items():
-        runner.register(kind, handler)

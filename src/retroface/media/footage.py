@@ -1,10 +1,8 @@
-"""Faces in recorded footage: scan a video into tracks, search one track, find a person.
+"""Faces in recorded footage: scan a video into face tracks with best shots, export them.
 
-``scan_video`` stores nothing: like ``detect`` it only looks. Anything that compares a face with
-the gallery or with a probe runs under an authorised case and leaves an audit record:
-``search_track`` stores the track's best-shot frame as a probe and searches through
-:class:`~retroface.search.service.SearchService` (the one place searches happen), and
-``find_in_footage`` checks the case and records what was looked for and where it was found.
+Decoding, tracking and export only: ``scan_video`` stores nothing and, like ``detect``, only
+looks. Comparing faces from footage with the gallery or a probe is casework (a case, a role, an
+audit record) and lives in :mod:`retroface.search.footage`.
 """
 
 from __future__ import annotations
@@ -13,23 +11,15 @@ import hashlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from functools import partial
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import numpy as np
+from typing import Any, TypeVar
 
 from retroface.core.errors import InvalidInputError, NotFoundError
-from retroface.media.tracking import FaceTracker, TemplateKind, Track, TrackerConfig
+from retroface.media.tracking import FaceTracker, Track, TrackerConfig
 from retroface.media.video import DecodeReport, VideoInfo, VideoLoadError, open_video
-from retroface.vision.types import FaceEngine, FloatArray, ImageArray
-
-if TYPE_CHECKING:
-    from retroface.context import AppContext
-    from retroface.core.access import Principal
-    from retroface.search.service import ProbeProvenance, SearchService
+from retroface.vision.types import FaceEngine, ImageArray
 
 #: Called with (seconds decoded so far, duration in seconds or None if unknown).
 ScanProgress = Callable[[float, float | None], None]
@@ -173,6 +163,20 @@ def scan_video(
     )
 
 
+def scan_summary(
+    path: Path | str,
+    engine: FaceEngine,
+    fps: float | None,
+    heartbeat: ScanProgress | None = None,
+) -> dict[str, Any]:
+    """One video's batch result: its scan as JSON, or the reason it could not be read."""
+    try:
+        scan = scan_video(path, engine, fps=fps, progress=heartbeat)
+    except VideoLoadError as exc:
+        return {"path": str(path), "error": str(exc)}
+    return {"path": str(path), **scan.to_dict()}
+
+
 def export_best_shots(scan: VideoScan, folder: Path, quality: int = 95) -> list[Path]:
     """Write each track's best shot (face with context) as ``<video>_track<id>.jpg``."""
     import cv2
@@ -205,187 +209,3 @@ def encode_jpeg(image: ImageArray, quality: int = 95) -> bytes:
     if not ok:
         raise InvalidInputError("could not encode the best-shot frame")
     return bytes(buf.tobytes())
-
-
-def require_searchable_case(ctx: AppContext, actor: Principal, case_ref: str) -> None:
-    """Refuse before the slow part: scanning footage for a search needs a searchable case."""
-    from retroface.core.access import require_role
-    from retroface.core.roles import Role
-
-    require_role(actor, Role.OPERATOR)
-    with ctx.db.session() as s:
-        ctx.cases.require_searchable(s, case_ref)
-
-
-def search_track(
-    searches: SearchService,
-    actor: Principal,
-    case_ref: str,
-    scan: VideoScan,
-    track_id: int,
-    provenance: ProbeProvenance,
-    *,
-    template: TemplateKind = "fused",
-    fuse_best: int = 10,
-    top_k: int = 20,
-    threshold: float | None = None,
-    video_sha256: str | None = None,
-) -> dict[str, Any]:
-    """Search one track against the gallery under a case, as any other probe would be.
-
-    The probe image is the track's best-shot frame and its face the best shot; with
-    ``template="fused"`` that face carries the fused embedding of the best ``fuse_best`` faces.
-    Which video, track and time the probe came from goes with the probe face.
-    """
-    track = scan.track(track_id)
-    best = track.best
-    if best.frame is None:
-        raise InvalidInputError(f"track {track_id} kept no frame for its best shot")
-    sha = video_sha256 or file_sha256(scan.path)
-    origin = {
-        "video": scan.path.name,
-        "video_sha256": sha,
-        "track": track.id,
-        "t": round(best.sighting.t, 3),
-        "frame": best.sighting.frame_index,
-        "track_first_s": round(track.first_s, 3),
-        "track_last_s": round(track.last_s, 3),
-        "sampling_fps": scan.fps,
-        "template": template,
-    }
-    if template == "fused":
-        origin["fused_faces"] = min(fuse_best, track.n_faces)
-    face = replace(
-        best.face,
-        embedding=track.template(template, fuse_best),
-        extra={**best.face.extra, **origin},
-    )
-    name = f"{scan.path.name}@{best.sighting.t:.2f}s_track{track.id}.jpg"
-    added = searches.add_probe(
-        actor,
-        case_ref,
-        encode_jpeg(best.frame),
-        name,
-        provenance,
-        faces=[face],
-        media_type="video",
-    )
-    result = searches.search(actor, case_ref, added["probe_id"], 0, top_k, threshold)
-    return result | {"video": origin, "track": track.to_dict()}
-
-
-def find_in_footage(
-    ctx: AppContext,
-    actor: Principal,
-    case_ref: str,
-    probe: FloatArray,
-    videos: Sequence[Path],
-    *,
-    threshold: float | None = None,
-    fps: float | None = 5.0,
-    probe_ref: dict[str, Any] | None = None,
-    engine: FaceEngine | None = None,
-    config: TrackerConfig | None = None,
-    progress: Callable[[Path, float, float | None], None] | None = None,
-) -> dict[str, Any]:
-    """Where one person appears in a set of videos, under an authorised case; audited.
-
-    A track matches when its fused template, or any single face in it, reaches ``threshold``
-    (default: the configured ``compare`` threshold). Matches are leads for a person to check,
-    with the time spans to look at. Unreadable videos are reported, not fatal.
-    """
-    from retroface.core.labels import LEAD_LABEL
-
-    require_searchable_case(ctx, actor, case_ref)
-    if not videos:
-        raise InvalidInputError("give at least one video to search")
-    limit = ctx.settings.match_threshold if threshold is None else float(threshold)
-    probe = np.asarray(probe, np.float32)
-    eng = engine or ctx.engine
-    out: list[dict[str, Any]] = []
-    for path in videos:
-        entry: dict[str, Any] = {"video": Path(path).name, "path": str(path)}
-        try:
-            entry["sha256"] = file_sha256(Path(path))
-            step = None if progress is None else partial(progress, Path(path))
-            scan = scan_video(path, eng, fps=fps, config=config, progress=step)
-        except (VideoLoadError, OSError) as exc:
-            entry["error"] = str(exc)
-            out.append(entry)
-            continue
-        matches = []
-        for track in scan.tracks:
-            sims = track.similarities(probe)
-            fused = float(track.template("fused", (config or TrackerConfig()).fuse_best) @ probe)
-            peak = int(np.argmax(sims))
-            if fused >= limit or float(sims[peak]) >= limit:
-                matches.append(
-                    {
-                        "track": track.id,
-                        "start_s": round(track.first_s, 3),
-                        "end_s": round(track.last_s, 3),
-                        "similarity_fused": round(fused, 4),
-                        "similarity_max": round(float(sims[peak]), 4),
-                        "peak_t": round(track.sightings[peak].t, 3),
-                        "faces": track.n_faces,
-                        "faces_above": int((sims >= limit).sum()),
-                    }
-                )
-        matches.sort(key=lambda m: -max(m["similarity_fused"], m["similarity_max"]))
-        entry |= {
-            "duration_s": scan.info.duration_s,
-            "end_s": scan.info.end_s,
-            "decode": scan.report.to_dict(),
-            "tracks": len(scan.tracks),
-            "matches": matches,
-            "spans": _spans([(m["start_s"], m["end_s"]) for m in matches]),
-        }
-        out.append(entry)
-    with ctx.db.session() as s:
-        ctx.cases.require_searchable(s, case_ref)  # may have changed during a long scan
-        ctx.audit.record(
-            s,
-            actor=actor.username,
-            action="video.find",
-            case_ref=case_ref,
-            object_type="video",
-            object_id=",".join(e.get("sha256", "?")[:16] for e in out)[:200],
-            details={
-                "probe": probe_ref or {},
-                "threshold": limit,
-                "sampling_fps": fps,
-                "model": eng.identity.key,
-                "videos": [
-                    {
-                        "name": e["video"],
-                        "sha256": e.get("sha256"),
-                        "error": e.get("error"),
-                        "spans": e.get("spans", []),
-                        "matches": [
-                            [m["track"], m["similarity_fused"], m["similarity_max"]]
-                            for m in e.get("matches", [])
-                        ],
-                    }
-                    for e in out
-                ],
-            },
-            ts=ctx.clock(),
-        )
-    return {
-        "case": case_ref,
-        "label": LEAD_LABEL,
-        "threshold": limit,
-        "probe": probe_ref or {},
-        "videos": out,
-    }
-
-
-def _spans(spans: list[tuple[float, float]], gap: float = 1.0) -> list[list[float]]:
-    """Overlapping or nearly touching time spans joined, in time order."""
-    merged: list[list[float]] = []
-    for a, b in sorted(spans):
-        if merged and a <= merged[-1][1] + gap:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    return merged

@@ -1,9 +1,17 @@
-"""Concrete engines and the factory that picks one by name."""
+"""Concrete engines and :func:`build_engine`, the one place an engine is built.
+
+Everything that needs an engine (the application context, the CLI's detect and compare, video
+scans with another detector size, Ray and evaluation workers in other processes) calls
+:func:`build_engine` with settings or :class:`EngineOptions` plus overrides, so the choice of
+backend, weights and detector settings, and thus the model key, is made in one way only.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -79,6 +87,111 @@ class ArcFaceEngine:
         return faces
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """What picks and configures an engine, apart from threads: plain values, so a Ray or
+    process-pool worker given the same options builds the same engine (same model key)."""
+
+    backend: str = "arcface"
+    det_size: int = 640
+    det_threshold: float = 0.5
+    flip: bool = False
+    #: A folder of replacement ONNX weights (arcface only), as a string so it pickles anywhere.
+    models_dir: str | None = None
+
+    def build(self, threads: int | None = None) -> FaceEngine:
+        return build_engine(self, threads=threads)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EngineOptions:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def engine_options(
+    settings: Settings | None = None,
+    *,
+    backend: str | None = None,
+    det_size: int | None = None,
+    det_threshold: float | None = None,
+    flip: bool | None = None,
+    models_dir: Path | str | None = None,
+) -> EngineOptions:
+    """The configured engine's options (``RETROFACE_*``), with any given value overriding."""
+    from retroface.config import get_settings
+
+    s = settings or get_settings()
+    name = backend or s.backend
+    folder = models_dir if models_dir is not None else s.models_dir
+    return EngineOptions(
+        backend=name,
+        det_size=int(det_size or s.det_size),
+        det_threshold=float(s.det_threshold if det_threshold is None else det_threshold),
+        flip=bool(s.flip if flip is None else flip),
+        # only the arcface backend reads a weights folder
+        models_dir=str(folder) if folder and name == "arcface" else None,
+    )
+
+
+def build_engine(
+    source: Settings | EngineOptions | None = None,
+    *,
+    threads: int | None = None,
+    backend: str | None = None,
+    det_size: int | None = None,
+    det_threshold: float | None = None,
+    flip: bool | None = None,
+    models_dir: Path | str | None = None,
+    quality_policy: QualityPolicy | None = None,
+) -> FaceEngine:
+    """The one place an engine is built: from settings (default: ``RETROFACE_*``) or options,
+    with overrides. ``threads`` is onnxruntime's intra-op thread count; unset, it is the
+    settings' ``RETROFACE_THREADS`` (0 = all cores) or, for bare options, all cores.
+
+    Raises ``ModelUnavailableError`` with a clear message when weights are missing.
+    """
+    if isinstance(source, EngineOptions):
+        overrides: dict[str, Any] = {
+            "backend": backend,
+            "det_size": det_size,
+            "det_threshold": det_threshold,
+            "flip": flip,
+            "models_dir": None if models_dir is None else str(models_dir),
+        }
+        opts = replace(source, **{k: v for k, v in overrides.items() if v is not None})
+    else:
+        from retroface.config import get_settings
+
+        s = source or get_settings()
+        opts = engine_options(
+            s,
+            backend=backend,
+            det_size=det_size,
+            det_threshold=det_threshold,
+            flip=flip,
+            models_dir=models_dir,
+        )
+        threads = threads or s.threads or None
+    if opts.backend == "arcface":
+        models = folder_model_set(Path(opts.models_dir)) if opts.models_dir else None
+        return ArcFaceEngine(
+            models,
+            det_size=opts.det_size,
+            det_threshold=opts.det_threshold,
+            threads=threads,
+            flip=opts.flip,
+            quality_policy=quality_policy,
+        )
+    if opts.backend == "dlib":
+        from retroface.vision.dlib_backend import DlibEngine
+
+        return DlibEngine(quality_policy=quality_policy, threads=threads)
+    raise ValueError(f"unknown backend {opts.backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
 def create_engine(
     backend: str = "arcface",
     *,
@@ -89,39 +202,15 @@ def create_engine(
     flip: bool = False,
     quality_policy: QualityPolicy | None = None,
 ) -> FaceEngine:
-    """Build the named backend; raises ``ModelUnavailableError`` with a clear message."""
-    if backend == "arcface":
-        models = folder_model_set(models_dir) if models_dir else None
-        return ArcFaceEngine(
-            models,
-            det_size=det_size,
-            det_threshold=det_threshold,
-            threads=threads,
-            flip=flip,
-            quality_policy=quality_policy,
-        )
-    if backend == "dlib":
-        from retroface.vision.dlib_backend import DlibEngine
-
-        return DlibEngine(quality_policy=quality_policy, threads=threads)
-    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-
-
-def engine_from_settings(
-    settings: Settings | None = None, threads: int | None = None
-) -> FaceEngine:
-    """The configured engine; ``threads`` overrides ``RETROFACE_THREADS`` (0 = all cores)."""
-    from retroface.config import get_settings
-
-    s = settings or get_settings()
-    return create_engine(
-        s.backend,
-        models_dir=s.models_dir,
-        det_size=s.det_size,
-        det_threshold=s.det_threshold,
-        threads=threads or s.threads or None,
-        flip=s.flip,
+    """:func:`build_engine` with explicit values and no settings (scripts, benchmarks, tests)."""
+    opts = EngineOptions(
+        backend=backend,
+        det_size=det_size,
+        det_threshold=det_threshold,
+        flip=flip,
+        models_dir=str(models_dir) if models_dir else None,
     )
+    return build_engine(opts, threads=threads, quality_policy=quality_policy)
 
 
 def prominence(face: Face, image_shape: tuple[int, ...]) -> float:

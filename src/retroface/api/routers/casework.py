@@ -68,7 +68,7 @@ def decide_case(ref: str, body: CaseDecision, ctx: Ctx, caller: Caller) -> dict[
     status_code=201,
     summary="Submit a probe image with its provenance; returns the faces found",
 )
-async def add_probe(
+def add_probe(
     ref: str,
     ctx: Ctx,
     caller: Caller,
@@ -78,7 +78,7 @@ async def add_probe(
         str, Form(min_length=1, max_length=500, examples=["exported from DVR, exhibit AB/1"])
     ],
 ) -> dict[str, Any]:
-    data = await read_upload(file, ctx.settings.max_upload_bytes)
+    data = read_upload(file, ctx.settings.max_upload_bytes)
     return ctx.searches.add_probe(
         caller, ref, data, file.filename or "upload", ProbeProvenance(source, how_obtained)
     )

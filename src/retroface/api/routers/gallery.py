@@ -36,7 +36,7 @@ def show_subject(ref: str, ctx: Ctx) -> dict[str, Any]:
     status_code=201,
     summary="Enrol one reference image for a subject (created if new)",
 )
-async def enrol_image(
+def enrol_image(
     ref: str,
     ctx: Ctx,
     caller: Caller,
@@ -45,7 +45,7 @@ async def enrol_image(
     source: Annotated[str | None, Form(max_length=200)] = None,
     face: Annotated[int | None, Form(ge=0, le=1000)] = None,
 ) -> dict[str, Any]:
-    data = await read_upload(file, ctx.settings.max_upload_bytes)
+    data = read_upload(file, ctx.settings.max_upload_bytes)
     name = Path(file.filename or "upload").name or "upload"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name

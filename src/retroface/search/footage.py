@@ -1,0 +1,291 @@
+"""Casework on recorded video: search one face track, find a person in footage.
+
+Anything that compares a face from footage with the gallery or with a probe runs under an
+authorised case and leaves an audit record, so it lives here, on top of
+:class:`~retroface.search.service.SearchService` (the one place gallery searches happen), and
+not in :mod:`retroface.media`, which only decodes, tracks and exports.
+:meth:`FootageSearch.search_track` stores the track's best-shot frame as a probe and searches it
+like any other; :meth:`FootageSearch.find` checks the case and records what was looked for and
+where it was found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retroface.audit.guard import Guard
+from retroface.core.access import AuditFn, Principal
+from retroface.core.clock import utcnow
+from retroface.core.errors import InvalidInputError, PermissionDeniedError
+from retroface.core.labels import LEAD_LABEL
+from retroface.core.roles import Role
+from retroface.governance.cases import CaseService
+from retroface.media.footage import (
+    ScanProgress,
+    VideoScan,
+    encode_jpeg,
+    file_sha256,
+    scan_video,
+)
+from retroface.media.tracking import TemplateKind, TrackerConfig
+from retroface.media.video import VideoLoadError
+from retroface.search.service import ProbeProvenance, SearchService
+from retroface.storage.db import Database
+from retroface.vision.types import FaceEngine, FloatArray
+
+
+class FootageSearch:
+    """Video casework for an acting :class:`Principal`: role and case checked, every run audited."""
+
+    def __init__(
+        self,
+        db: Database,
+        searches: SearchService,
+        cases: CaseService,
+        engine: FaceEngine,
+        audit: AuditFn,
+        *,
+        match_threshold: float = 0.36,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.searches = searches
+        self.cases = cases
+        self.engine = engine
+        self.audit = audit
+        self.match_threshold = match_threshold
+        self.clock = clock
+        self.guard = Guard(db, audit, clock)
+
+    def require_searchable_case(
+        self, actor: Principal, case_ref: str, action: str = "video.search"
+    ) -> None:
+        """Refuse before the slow part: scanning footage for a search needs a searchable case.
+
+        A refusal (no operator role, a case that may not be searched) is audited as
+        ``<action>.refused``.
+        """
+        self.guard.require(actor, Role.OPERATOR, action=action, case_ref=case_ref)
+        try:
+            with self.db.session() as s:
+                self.cases.require_searchable(s, case_ref)
+        except PermissionDeniedError as exc:
+            self.guard.refused(actor, action, exc, case_ref=case_ref)
+            raise
+
+    def search_track(
+        self,
+        actor: Principal,
+        case_ref: str,
+        scan: VideoScan,
+        track_id: int,
+        provenance: ProbeProvenance,
+        *,
+        template: TemplateKind = "fused",
+        fuse_best: int = 10,
+        top_k: int = 20,
+        threshold: float | None = None,
+        video_sha256: str | None = None,
+    ) -> dict[str, Any]:
+        """Search one track against the gallery under a case, as any other probe would be.
+
+        The probe image is the track's best-shot frame and its face the best shot; with
+        ``template="fused"`` that face carries the fused embedding of the best ``fuse_best``
+        faces. Which video, track and time the probe came from goes with the probe face. The
+        search service checks the role and the case, and audits the probe and the search.
+        """
+        track = scan.track(track_id)
+        best = track.best
+        if best.frame is None:
+            raise InvalidInputError(f"track {track_id} kept no frame for its best shot")
+        sha = video_sha256 or file_sha256(scan.path)
+        origin = {
+            "video": scan.path.name,
+            "video_sha256": sha,
+            "track": track.id,
+            "t": round(best.sighting.t, 3),
+            "frame": best.sighting.frame_index,
+            "track_first_s": round(track.first_s, 3),
+            "track_last_s": round(track.last_s, 3),
+            "sampling_fps": scan.fps,
+            "template": template,
+        }
+        if template == "fused":
+            origin["fused_faces"] = min(fuse_best, track.n_faces)
+        face = replace(
+            best.face,
+            embedding=track.template(template, fuse_best),
+            extra={**best.face.extra, **origin},
+        )
+        name = f"{scan.path.name}@{best.sighting.t:.2f}s_track{track.id}.jpg"
+        added = self.searches.add_probe(
+            actor,
+            case_ref,
+            encode_jpeg(best.frame),
+            name,
+            provenance,
+            faces=[face],
+            media_type="video",
+        )
+        result = self.searches.search(actor, case_ref, added["probe_id"], 0, top_k, threshold)
+        return result | {"video": origin, "track": track.to_dict()}
+
+    def search_video(
+        self,
+        actor: Principal,
+        case_ref: str,
+        video: Path,
+        track_id: int,
+        provenance: ProbeProvenance,
+        *,
+        fps: float | None = 5.0,
+        template: TemplateKind = "fused",
+        top_k: int = 20,
+        threshold: float | None = None,
+        progress: ScanProgress | None = None,
+    ) -> dict[str, Any]:
+        """Scan ``video`` and search one of its tracks; provenance and case checked first."""
+        provenance.check()
+        self.require_searchable_case(actor, case_ref)  # before the slow scan, not after
+        scan = scan_video(video, self.engine, fps=fps, progress=progress)
+        return self.search_track(
+            actor,
+            case_ref,
+            scan,
+            track_id,
+            provenance,
+            template=template,
+            top_k=top_k,
+            threshold=threshold,
+        )
+
+    def find(
+        self,
+        actor: Principal,
+        case_ref: str,
+        probe: FloatArray,
+        videos: Sequence[Path],
+        *,
+        threshold: float | None = None,
+        fps: float | None = 5.0,
+        probe_ref: dict[str, Any] | None = None,
+        engine: FaceEngine | None = None,
+        config: TrackerConfig | None = None,
+        progress: Callable[[Path, float, float | None], None] | None = None,
+    ) -> dict[str, Any]:
+        """Where one person appears in a set of videos, under an authorised case; audited.
+
+        A track matches when its fused template, or any single face in it, reaches
+        ``threshold`` (default: the configured ``compare`` threshold). Matches are leads for a
+        person to check, with the time spans to look at. Unreadable videos are reported, not
+        fatal.
+        """
+        self.require_searchable_case(actor, case_ref, action="video.find")
+        if not videos:
+            raise InvalidInputError("give at least one video to search")
+        limit = self.match_threshold if threshold is None else float(threshold)
+        probe = np.asarray(probe, np.float32)
+        eng = engine or self.engine
+        fuse_best = (config or TrackerConfig()).fuse_best
+        out: list[dict[str, Any]] = []
+        for path in videos:
+            entry: dict[str, Any] = {"video": Path(path).name, "path": str(path)}
+            try:
+                entry["sha256"] = file_sha256(Path(path))
+                step = None if progress is None else partial(progress, Path(path))
+                scan = scan_video(path, eng, fps=fps, config=config, progress=step)
+            except (VideoLoadError, OSError) as exc:
+                entry["error"] = str(exc)
+                out.append(entry)
+                continue
+            matches = _matching_tracks(scan, probe, limit, fuse_best)
+            entry |= {
+                "duration_s": scan.info.duration_s,
+                "end_s": scan.info.end_s,
+                "decode": scan.report.to_dict(),
+                "tracks": len(scan.tracks),
+                "matches": matches,
+                "spans": _spans([(m["start_s"], m["end_s"]) for m in matches]),
+            }
+            out.append(entry)
+        with self.db.session() as s:
+            self.cases.require_searchable(s, case_ref)  # may have changed during a long scan
+            self.audit(
+                s,
+                actor=actor.username,
+                action="video.find",
+                case_ref=case_ref,
+                object_type="video",
+                object_id=",".join(e.get("sha256", "?")[:16] for e in out)[:200],
+                details={
+                    "probe": probe_ref or {},
+                    "threshold": limit,
+                    "sampling_fps": fps,
+                    "model": eng.identity.key,
+                    "videos": [
+                        {
+                            "name": e["video"],
+                            "sha256": e.get("sha256"),
+                            "error": e.get("error"),
+                            "spans": e.get("spans", []),
+                            "matches": [
+                                [m["track"], m["similarity_fused"], m["similarity_max"]]
+                                for m in e.get("matches", [])
+                            ],
+                        }
+                        for e in out
+                    ],
+                },
+                ts=self.clock(),
+            )
+        return {
+            "case": case_ref,
+            "label": LEAD_LABEL,
+            "threshold": limit,
+            "probe": probe_ref or {},
+            "videos": out,
+        }
+
+
+def _matching_tracks(
+    scan: VideoScan, probe: FloatArray, limit: float, fuse_best: int
+) -> list[dict[str, Any]]:
+    """Tracks whose fused template or best single face reaches ``limit``, best first."""
+    matches = []
+    for track in scan.tracks:
+        sims = track.similarities(probe)
+        fused = float(track.template("fused", fuse_best) @ probe)
+        peak = int(np.argmax(sims))
+        if fused >= limit or float(sims[peak]) >= limit:
+            matches.append(
+                {
+                    "track": track.id,
+                    "start_s": round(track.first_s, 3),
+                    "end_s": round(track.last_s, 3),
+                    "similarity_fused": round(fused, 4),
+                    "similarity_max": round(float(sims[peak]), 4),
+                    "peak_t": round(track.sightings[peak].t, 3),
+                    "faces": track.n_faces,
+                    "faces_above": int((sims >= limit).sum()),
+                }
+            )
+    matches.sort(key=lambda m: -max(m["similarity_fused"], m["similarity_max"]))
+    return matches
+
+
+def _spans(spans: list[tuple[float, float]], gap: float = 1.0) -> list[list[float]]:
+    """Overlapping or nearly touching time spans joined, in time order."""
+    merged: list[list[float]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1] + gap:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return merged
