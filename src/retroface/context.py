@@ -110,9 +110,7 @@ class AppContext:
     def matcher(self) -> Matcher:
         return Matcher(self.index)
 
-    def enroller(
-        self, actor: str = "system", require_quality: bool = True, multi_face: str = "reject"
-    ) -> Enroller:
+    def enroller(self, require_quality: bool = True, multi_face: str = "reject") -> Enroller:
         return Enroller(
             self.db,
             self.blobs,
@@ -123,7 +121,6 @@ class AppContext:
             require_quality=require_quality,
             multi_face=multi_face,
             max_image_pixels=self.settings.max_image_pixels,
-            actor=actor,
             audit=self.audit.record,
             clock=self.clock,
         )
@@ -225,7 +222,7 @@ class AppContext:
         root = self.settings.import_dir
         if root is None:
             raise RuntimeError("RETROFACE_IMPORT_DIR is not set")
-        actor = str(payload["actor"])
+        principal = self.users.principal_for(str(payload["actor"]))  # its roles as of now
         items = [
             replace(
                 i,
@@ -235,11 +232,10 @@ class AppContext:
             for i in items_from_paths([root / p for p in payload["paths"]])
         ]
         enroller = self.enroller(
-            actor=actor,
             require_quality=not payload.get("allow_low_quality", False),
             multi_face=str(payload.get("multi_face", "reject")),
         )
-        return enroller.run(items, progress=progress).to_dict()
+        return enroller.run(principal, items, progress=progress).to_dict()
 
     def close(self) -> None:
         if "jobs" in self.__dict__:
