@@ -43,10 +43,10 @@ def seed(home: Path, identities: int, database_url: str | None) -> None:
     ctx = AppContext(Settings(home=home, database_url=database_url))
     people = sorted(p for p in (DATA / "lfw").iterdir() if p.is_dir())[:identities]
     items = [EnrolItem(sorted(p.glob("*.jpg"))[0], p.name) for p in people]
-    ctx.enroller(require_quality=False, multi_face="main").run(items)
-    ctx.users.ensure_admin("admin", PASSWORD)
-    op = ctx.users.add("olive", "operator", PASSWORD, actor="admin")
-    auth = ctx.users.add("arthur", "authoriser", PASSWORD, actor="admin")
+    admin = ctx.users.ensure_admin("admin", PASSWORD) or ctx.users.principal_for("admin")
+    ctx.enroller(require_quality=False, multi_face="main").run(admin, items)
+    op = ctx.users.add(admin, "olive", "operator", PASSWORD)
+    auth = ctx.users.add(admin, "arthur", "authoriser", PASSWORD)
     ctx.cases.open(op, "LOAD-1", "robbery", "load test case", "load test on loopback only")
     ctx.cases.authorise(auth, "LOAD-1", True, "load test", valid_days=1)
     ctx.close()

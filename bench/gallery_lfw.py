@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -66,9 +67,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(home=Path(home), database_url=args.database_url)
         ctx = AppContext(settings)
+        admin = ctx.users.ensure_admin("admin", secrets.token_urlsafe(16))
+        assert admin is not None  # a fresh home
         bound = model_bound([g.path for g in gallery])
         with console.status(f"Enrolling {len(gallery)} images…"):
-            summary = ctx.enroller(require_quality=False, multi_face="main").run(gallery)
+            enroller = ctx.enroller(require_quality=False, multi_face="main")
+            summary = enroller.run(admin, gallery)
         rate = (summary.enrolled + len(summary.rejected)) / summary.seconds
         for r in summary.rejected[:20]:
             console.print(f"rejected {r['path']}: {r['reason']}")

@@ -24,6 +24,7 @@ from sqlalchemy import create_engine, text
 from retroface.config import Settings
 from retroface.context import AppContext
 from retroface.core.access import Principal
+from retroface.core.roles import Role
 from retroface.storage.db import Database
 from retroface.vision.types import FaceEngine
 
@@ -150,10 +151,15 @@ def app(make_app: Callable[..., AppContext]) -> AppContext:
     return make_app()
 
 
+#: An administrator as authentication would yield one, for tests that enrol, erase or manage
+#: accounts through the services directly (the services check roles, not the users table).
+ADMIN = Principal(id=1, username="admin", roles=frozenset({Role.ADMIN}))
+
+
 def add_team(app: AppContext, roles: dict[str, str], password: str) -> dict[str, Principal]:
     """Accounts with the given roles (``admin`` is the first administrator), logged in."""
     app.users.ensure_admin("admin", password)
     for name, role in roles.items():
         if name != "admin":
-            app.users.add(name, role, password, actor="admin")
+            app.users.add(ADMIN, name, role, password)
     return {n: app.users.authenticate_password(n, password) for n in roles}

@@ -27,8 +27,9 @@ def client(app: AppContext) -> Iterator[TestClient]:
 
 def token_for(app: AppContext, username: str, roles: str) -> dict[str, str]:
     app.users.ensure_admin("root", PASSWORD)
-    app.users.add(username, roles, PASSWORD, actor="root")
-    return {"Authorization": "Bearer " + app.users.issue_token(username, actor="root")}
+    root = app.users.principal_for("root")
+    app.users.add(root, username, roles, PASSWORD)
+    return {"Authorization": "Bearer " + app.users.issue_token(root, username)}
 
 
 def routes(client: TestClient) -> list[tuple[str, str]]:

@@ -38,16 +38,17 @@ PASSWORD = "a long test password"
 _home = Path(tempfile.mkdtemp(prefix="retroface-contract-"))
 _ctx = AppContext(Settings(home=_home))
 _ctx.users.ensure_admin("root", PASSWORD)
-_ctx.users.add("everyone", "admin,operator,reviewer,authoriser,auditor", PASSWORD, actor="root")
-_TOKEN = _ctx.users.issue_token("everyone", actor="root")
+_root = _ctx.users.principal_for("root")
+_ctx.users.add(_root, "everyone", "admin,operator,reviewer,authoriser,auditor", PASSWORD)
+_TOKEN = _ctx.users.issue_token(_root, "everyone")
 _app = create_app(_ctx)
 schema = schemathesis.openapi.from_asgi("/api/v1/openapi.json", _app)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _seed() -> None:
-    _ctx.enroller().run(list(items_from_paths([DATA_DIR / "people" / "joe_biden"])))
-    opener = _ctx.users.add("opener", "operator", PASSWORD, actor="root")
+    _ctx.enroller().run(_root, list(items_from_paths([DATA_DIR / "people" / "joe_biden"])))
+    opener = _ctx.users.add(_root, "opener", "operator", PASSWORD)
     _ctx.cases.open(opener, "C1", "robbery", "identify the suspect", "the only lead we have here")
     boss = _ctx.users.authenticate_password("everyone", PASSWORD)
     _ctx.cases.authorise(boss, "C1", True, "proportionate")

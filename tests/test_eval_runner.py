@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import typer
 from sqlalchemy import select
+from tests.conftest import ADMIN
 from typer.testing import CliRunner
 
 from retroface.cli import eval_cmds
@@ -296,7 +297,7 @@ def test_calibrate_writes_threshold_and_audit(
     cli: Run, app: AppContext, small_lfw: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app.users.ensure_admin("admin", PASSWORD)
-    app.users.add("op", "operator", PASSWORD, None, actor="admin")
+    app.users.add(ADMIN, "op", "operator", PASSWORD, None)
     monkeypatch.setenv("RETROFACE_PASSWORD", PASSWORD)
     # 3 protocol + 16 leave-one-out non-mated searches: enough for FPIR 20% (needs 15)
     args = ["eval", "calibrate", str(small_lfw), "--target-fpir", "0.2", "--json"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import func, select
+from tests.conftest import ADMIN
 
 from retroface.context import AppContext
 from retroface.core.errors import InvalidInputError, NotFoundError
@@ -39,10 +40,10 @@ def subject_refs(app: AppContext) -> dict[int, str]:
 
 def test_enrol_search_idempotent(app: AppContext, data_dir: Path) -> None:
     items = people_items(data_dir)
-    first = app.enroller().run(items)
+    first = app.enroller().run(ADMIN, items)
     assert first.enrolled >= 10 and first.subjects == 4
     assert {r["path"] for r in first.rejected} <= {str(i.path) for i in items}
-    again = app.enroller().run(items)
+    again = app.enroller().run(ADMIN, items)
     assert again.enrolled == 0 and again.skipped == first.enrolled
     assert len(again.rejected) == len(first.rejected)  # rejects are re-tried, and fail again
     with app.db.session() as s:
@@ -51,7 +52,7 @@ def test_enrol_search_idempotent(app: AppContext, data_dir: Path) -> None:
     key = app.engine.identity.key
     probe = embedding_of(app, data_dir / "people/_multi_face_scenes/obama_and_biden.jpg")
     matches, version = app.matcher.match(probe, key, top_k=4)
-    assert version == app.gallery.stats()["gallery_version"] > 0
+    assert version == app.gallery.stats(ADMIN)["gallery_version"] > 0
     # each subject ranked once, best first
     assert len({m.subject_id for m in matches}) == len(matches) == 4
     assert [m.rank for m in matches] == [1, 2, 3, 4]
@@ -59,7 +60,7 @@ def test_enrol_search_idempotent(app: AppContext, data_dir: Path) -> None:
 
 
 def test_search_ranks_the_right_subject(app: AppContext, data_dir: Path) -> None:
-    app.enroller().run(people_items(data_dir))
+    app.enroller().run(ADMIN, people_items(data_dir))
     refs = subject_refs(app)
     key = app.engine.identity.key
     img = load_image(data_dir / "people/_multi_face_scenes/obama_and_biden.jpg")
@@ -80,7 +81,7 @@ def test_rejections_have_reasons(app: AppContext, data_dir: Path, tmp_path: Path
     Image.new("RGB", (300, 300), (120, 120, 120)).save(blank)
     group = data_dir / "people/_multi_face_scenes/kit_with_rose.jpg"
     summary = app.enroller().run(
-        [EnrolItem(bad, "s1"), EnrolItem(blank, "s2"), EnrolItem(group, "s3")]
+        ADMIN, [EnrolItem(bad, "s1"), EnrolItem(blank, "s2"), EnrolItem(group, "s3")]
     )
     reasons = {Path(r["path"]).name: r["reason"] for r in summary.rejected}
     assert summary.enrolled == 0
@@ -88,7 +89,7 @@ def test_rejections_have_reasons(app: AppContext, data_dir: Path, tmp_path: Path
     assert reasons["blank.png"] == "no face found"
     assert "choose one with the manifest's 'face' column" in reasons["kit_with_rose.jpg"]
     # the manifest's face column picks one explicitly
-    chosen = app.enroller().run([EnrolItem(group, "s3", face=0)])
+    chosen = app.enroller().run(ADMIN, [EnrolItem(group, "s3", face=0)])
     assert chosen.enrolled == 1
 
 
@@ -122,7 +123,7 @@ def test_manifest(tmp_path: Path, data_dir: Path) -> None:
 
 def test_store_is_encrypted(app: AppContext, data_dir: Path) -> None:
     items = people_items(data_dir)[:3]
-    app.enroller().run(items)
+    app.enroller().run(ADMIN, items)
     files = list((app.home / "images").rglob("*.enc"))
     assert len(files) == 3
     originals = [i.path.read_bytes() for i in items]
@@ -143,14 +144,14 @@ def test_store_is_encrypted(app: AppContext, data_dir: Path) -> None:
 
 
 def test_erase_makes_subject_unfindable(app: AppContext, data_dir: Path) -> None:
-    app.enroller().run(people_items(data_dir))
+    app.enroller().run(ADMIN, people_items(data_dir))
     key = app.engine.identity.key
     probe = embedding_of(app, data_dir / "people/joe_biden/biden2.jpg")
     refs = subject_refs(app)
     top, _ = app.matcher.match(probe, key, top_k=1)
     assert refs[top[0].subject_id] == "joe_biden"
     before = set((app.home / "images").rglob("*.enc"))
-    result = app.gallery.erase("joe_biden")
+    result = app.gallery.erase(ADMIN, "joe_biden")
     assert result.images == result.files_deleted == 2
     after = set((app.home / "images").rglob("*.enc"))
     assert len(before - after) == 2
@@ -160,17 +161,17 @@ def test_erase_makes_subject_unfindable(app: AppContext, data_dir: Path) -> None
     fresh = AppContext(app.settings, engine=app.engine)
     matches, _ = fresh.matcher.match(probe, key, top_k=10)
     assert all(m.subject_id != top[0].subject_id for m in matches)
-    assert fresh.gallery.check(key)["index_matches_database"]
+    assert fresh.gallery.check(ADMIN, key)["index_matches_database"]
     fresh.close()
     with pytest.raises(NotFoundError):
-        app.gallery.erase("joe_biden")
+        app.gallery.erase(ADMIN, "joe_biden")
 
 
 def test_index_rebuilt_when_missing_stale_or_corrupt(
     make_app: Callable[..., AppContext], data_dir: Path
 ) -> None:
     a = make_app()
-    a.enroller().run(people_items(data_dir)[:4])
+    a.enroller().run(ADMIN, people_items(data_dir)[:4])
     key = a.engine.identity.key
     path = a.index.path_for(key)
     assert path.exists()
@@ -188,9 +189,9 @@ def test_index_rebuilt_when_missing_stale_or_corrupt(
     assert d.index.get(key).rebuilt
 
     # a change made elsewhere makes a loaded index stale: it follows the database
-    a.enroller().run(people_items(data_dir)[4:6])
+    a.enroller().run(ADMIN, people_items(data_dir)[4:6])
     assert d.index.get(key).index.count() == 6
-    assert d.gallery.check(key)["index_matches_database"]
+    assert d.gallery.check(ADMIN, key)["index_matches_database"]
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
@@ -198,7 +199,7 @@ def test_approximate_index_matches_flat(
     make_app: Callable[..., AppContext], data_dir: Path, kind: str
 ) -> None:
     flat = make_app()
-    flat.enroller().run(people_items(data_dir))
+    flat.enroller().run(ADMIN, people_items(data_dir))
     hnsw = make_app(index_kind=kind)
     key = flat.engine.identity.key
     probe = embedding_of(flat, data_dir / "people/kit_harington/john2.jpeg")
@@ -213,21 +214,21 @@ def test_stats_show_list(app: AppContext, data_dir: Path) -> None:
         EnrolItem(i.path, i.subject, inclusion_reason="custody image", source="force A")
         for i in people_items(data_dir)
     ]
-    app.enroller().run(items)
-    stats = app.gallery.stats()
+    app.enroller().run(ADMIN, items)
+    stats = app.gallery.stats(ADMIN)
     assert stats["subjects"] == 4 and stats["subjects_by_inclusion_reason"] == {"custody image": 4}
-    assert [r["reference"] for r in app.gallery.list_subjects()] == sorted(PEOPLE)
-    shown = app.gallery.show("kit_harington")
+    assert [r["reference"] for r in app.gallery.list_subjects(ADMIN)] == sorted(PEOPLE)
+    shown = app.gallery.show(ADMIN, "kit_harington")
     assert shown["images"] == len(shown["reference_images"]) >= 2
 
 
 def test_orphan_files_detected_and_repaired(app: AppContext, data_dir: Path) -> None:
-    app.enroller().run(people_items(data_dir)[:2])
+    app.enroller().run(ADMIN, people_items(data_dir)[:2])
     app.blobs.put(b"left behind by a crash")
     key = app.engine.identity.key
-    assert app.gallery.check(key)["orphan_files"] == 1
-    app.gallery.check(key, repair=True)
-    assert app.gallery.check(key)["orphan_files"] == 0
+    assert app.gallery.check(ADMIN, key)["orphan_files"] == 1
+    app.gallery.check(ADMIN, key, repair=True)
+    assert app.gallery.check(ADMIN, key)["orphan_files"] == 0
 
 
 def test_kill_9_during_enrolment_then_rerun(app: AppContext, data_dir: Path) -> None:
@@ -276,7 +277,7 @@ def test_kill_9_during_enrolment_then_rerun(app: AppContext, data_dir: Path) -> 
     assert 0 < at_crash < 160
 
     summary = app.enroller(require_quality=False, multi_face="main").run(
-        list(items_from_paths([Path(p) for p in paths]))
+        ADMIN, list(items_from_paths([Path(p) for p in paths]))
     )
     assert summary.skipped == at_crash
     with app.db.session() as s:
@@ -288,7 +289,7 @@ def test_kill_9_during_enrolment_then_rerun(app: AppContext, data_dir: Path) -> 
     assert hashes == set(app.blobs.digests())  # no orphans, nothing missing
     key = app.engine.identity.key
     fresh = AppContext(app.settings, engine=app.engine)
-    report = fresh.gallery.check(key)
+    report = fresh.gallery.check(ADMIN, key)
     assert report["index_matches_database"] and report["orphan_files"] == 0
     assert not list((app.home / "images").rglob(".tmp-*"))
     fresh.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from tests.conftest import Clock, add_team
+from tests.conftest import ADMIN, Clock, add_team
 
 from retroface.context import AppContext
 from retroface.core.access import Principal
@@ -34,7 +34,7 @@ def team(app: AppContext, data_dir: Path) -> dict[str, Principal]:
     }
     team = add_team(app, users, PASSWORD)
     people = ("barack_obama", "joe_biden", "kit_harington", "rose_leslie")
-    app.enroller(actor="admin").run(items_from_paths([data_dir / "people" / p for p in people]))
+    app.enroller().run(ADMIN, items_from_paths([data_dir / "people" / p for p in people]))
     return team
 
 
@@ -107,7 +107,7 @@ def test_roles_are_enforced_by_the_services(
 
 
 def test_no_self_authorisation(app: AppContext, team: dict[str, Principal]) -> None:
-    both = app.users.add("bea", "operator,authoriser", PASSWORD, actor="admin")
+    both = app.users.add(ADMIN, "bea", "operator,authoriser", PASSWORD)
     open_case(app, both)
     with pytest.raises(PermissionDeniedError, match="separation of duties"):
         app.cases.authorise(both, "C1", True, "I approve my own request")
@@ -189,7 +189,7 @@ def test_urgent_window_lapses(
     clock.advance(hours=49)
     with pytest.raises(PermissionDeniedError, match="urgent window"):
         app.searches.search(team["olive"], "U2", probe["probe_id"])
-    report = app.retention.run(actor="admin")
+    report = app.retention.run(ADMIN)
     assert report.urgent_cases_expired == ["U2"]
     with app.db.session() as s:
         assert s.scalar(select(func.count()).select_from(Probe)) == 0
@@ -214,11 +214,11 @@ def test_retention_with_moved_clock(
     fresh = app.searches.add_probe(team["olive"], "C1", fresh_bytes, "b.jpg", PROV)
     clock.advance(days=40)  # old probe is 100 days old (> 90), the fresh one 40
 
-    due = app.retention.run(actor="admin", dry_run=True)
+    due = app.retention.run(ADMIN, dry_run=True)
     assert due.probes == [old["probe"]["probe_id"]] and due.subjects == ["rose_leslie"]
     assert old_file.exists()  # dry run deletes nothing
 
-    report = app.retention.run(actor="admin")
+    report = app.retention.run(ADMIN)
     assert report.to_dict()["probes_deleted"] == 1
     with app.db.session() as s:
         assert list(s.scalars(select(Probe.id))) == [fresh["probe_id"]]
@@ -231,7 +231,7 @@ def test_retention_with_moved_clock(
     with app.db.session() as s:
         assert s.scalar(select(func.count()).select_from(SearchRecord)) == 1
     clock.advance(days=300)
-    assert app.retention.run(actor="admin").to_dict()["searches_deleted"] == 1
+    assert app.retention.run(ADMIN).to_dict()["searches_deleted"] == 1
     assert {"retention.probe_delete", "retention.subject_erase", "retention.search_delete"} <= set(
         actions(app)
     )
@@ -246,8 +246,8 @@ def test_every_action_is_audited(
     app.searches.get_search(team["aud"], sid)
     app.reviews.decide(team["rita"], sid, "no match", "n")
     app.audit.export(tmp_path / "export")
-    app.gallery.erase("joe_biden", actor="admin", reason="acquitted")
-    app.users.issue_token("olive", actor="admin")
+    app.gallery.erase(ADMIN, "joe_biden", reason="acquitted")
+    app.users.issue_token(ADMIN, "olive")
     logged = set(actions(app))
     for action in (
         "user.add",

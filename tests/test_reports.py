@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from PIL import Image
 from sqlalchemy import func, select
-from tests.conftest import Clock, add_team
+from tests.conftest import ADMIN, Clock, add_team
 from typer.testing import CliRunner, Result
 
 from retroface.cli import report_cmds
@@ -118,10 +118,10 @@ def history(
         )
         for item in items_from_paths([data_dir / "people" / p for p in REFERENCES])
     ]
-    assert app.enroller(actor="admin").run(items).enrolled == len(REFERENCES)
+    assert app.enroller().run(ADMIN, items).enrolled == len(REFERENCES)
     erased = {"images": 0, "templates": 0}
     for ref in ("kit_harington", "rose_leslie"):
-        images = app.gallery.show(ref)["reference_images"]
+        images = app.gallery.show(ADMIN, ref)["reference_images"]
         erased["images"] += len(images)
         erased["templates"] += sum(len(img["templates"]) for img in images)
 
@@ -169,9 +169,9 @@ def history(
         kit = s.scalars(select(Subject).where(Subject.reference == "kit_harington")).one()
         kit.retention_until = t1 + timedelta(hours=1)
     clock.advance(hours=49)
-    report = app.retention.run(actor="admin")
+    report = app.retention.run(ADMIN)
     assert report.urgent_cases_expired == ["U2"] and report.subjects == ["kit_harington"]
-    app.gallery.erase("rose_leslie", actor="admin", reason="found safe")
+    app.gallery.erase(ADMIN, "rose_leslie", reason="found safe")
 
     # After the period: another search and a refusal (excluded from every count).
     clock.advance(days=10)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import select
+from tests.conftest import ADMIN
 
 from retroface.audit import AuditLog
 from retroface.core.access import Principal, require_role
@@ -25,6 +26,9 @@ from retroface.storage.db import Database
 from retroface.storage.tables import ApiToken, AuditRecord, User
 
 PASSWORD = "correct horse battery"
+#: Administrators as authentication would yield them (the service checks roles, not the table).
+ROOT = Principal(id=1, username="root", roles=frozenset({Role.ADMIN}))
+ADMIN2 = Principal(id=3, username="admin2", roles=frozenset({Role.ADMIN}))
 #: Cheap argon2 parameters keep the tests fast; production uses the library defaults.
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
@@ -79,7 +83,7 @@ def test_roles_parse_and_format() -> None:
 
 
 def test_add_stores_an_argon2_hash_not_the_password(users: UserService, db: Database) -> None:
-    p = users.add("Alice", ["operator", Role.REVIEWER], PASSWORD, "Alice A.", actor="root")
+    p = users.add(ROOT, "Alice", ["operator", Role.REVIEWER], PASSWORD, "Alice A.")
     assert p == Principal(
         id=p.id, username="alice", roles=frozenset({Role.OPERATOR, Role.REVIEWER})
     )
@@ -100,30 +104,30 @@ def test_add_stores_an_argon2_hash_not_the_password(users: UserService, db: Data
 
 
 def test_add_validates(users: UserService, db: Database) -> None:
-    users.add("alice", "operator", PASSWORD, actor="root")
+    users.add(ROOT, "alice", "operator", PASSWORD)
     with pytest.raises(ConflictError):
-        users.add("ALICE", "operator", PASSWORD, actor="root")
+        users.add(ROOT, "ALICE", "operator", PASSWORD)
     with pytest.raises(InvalidInputError, match="unknown role"):
-        users.add("bob", "superuser", PASSWORD, actor="root")
+        users.add(ROOT, "bob", "superuser", PASSWORD)
     with pytest.raises(InvalidInputError, match="at least one role"):
-        users.add("bob", "", PASSWORD, actor="root")
+        users.add(ROOT, "bob", "", PASSWORD)
     with pytest.raises(InvalidInputError, match="at least 12"):
-        users.add("bob", "operator", "short", actor="root")
+        users.add(ROOT, "bob", "operator", "short")
     with pytest.raises(InvalidInputError, match="username"):
-        users.add("bob smith", "operator", PASSWORD, actor="root")
+        users.add(ROOT, "bob smith", "operator", PASSWORD)
     assert [a for a, _, _ in actions(db)] == ["user.add"]  # refusals change nothing
 
 
 def test_list_and_get(users: UserService) -> None:
-    users.add("carol", "auditor", actor="root")
-    users.add("bob", "reviewer,authoriser", PASSWORD, actor="root")
-    listed = users.list()
+    users.add(ROOT, "carol", "auditor")
+    users.add(ROOT, "bob", "reviewer,authoriser", PASSWORD)
+    listed = users.list(ROOT)
     assert [u.username for u in listed] == ["bob", "carol"]
     assert listed[0].roles == {Role.REVIEWER, Role.AUTHORISER} and listed[0].has_password
     assert not listed[1].has_password and listed[1].active
-    assert users.get("Carol").username == "carol"
+    assert users.get(ROOT, "Carol").username == "carol"
     with pytest.raises(NotFoundError):
-        users.get("nobody")
+        users.get(ROOT, "nobody")
 
 
 def test_ensure_admin_only_on_first_run(users: UserService, db: Database) -> None:
@@ -134,7 +138,7 @@ def test_ensure_admin_only_on_first_run(users: UserService, db: Database) -> Non
 
 
 def test_ensure_admin_refuses_an_existing_non_admin(users: UserService) -> None:
-    users.add("alice", "operator", actor="root")
+    users.add(ROOT, "alice", "operator")
     with pytest.raises(ConflictError):
         users.ensure_admin("alice", PASSWORD)
 
@@ -143,7 +147,7 @@ def test_ensure_admin_refuses_an_existing_non_admin(users: UserService) -> None:
 
 
 def test_password_login(users: UserService, db: Database) -> None:
-    added = users.add("alice", "operator", PASSWORD, actor="root")
+    added = users.add(ROOT, "alice", "operator", PASSWORD)
     assert users.authenticate_password(" Alice ", PASSWORD) == added
     assert actions(db)[-1] == ("login", "alice", "alice")
 
@@ -160,8 +164,8 @@ def test_password_login(users: UserService, db: Database) -> None:
 def test_refused_logins_look_alike_and_are_audited(
     users: UserService, db: Database, username: str, password: str, reason: str
 ) -> None:
-    users.add("alice", "operator", PASSWORD, actor="root")
-    users.add("tokenonly", "operator", actor="root")
+    users.add(ROOT, "alice", "operator", PASSWORD)
+    users.add(ROOT, "tokenonly", "operator")
     with pytest.raises(AuthenticationError) as info:
         users.authenticate_password(username, password)
     assert isinstance(info.value, PermissionDeniedError)
@@ -171,35 +175,35 @@ def test_refused_logins_look_alike_and_are_audited(
 
 
 def test_disabled_user_is_refused(users: UserService, db: Database) -> None:
-    users.add("admin", "admin", PASSWORD, actor="root")
-    users.add("alice", "operator", PASSWORD, actor="root")
-    token = users.issue_token("alice", "laptop")
-    assert users.disable("alice", actor="admin") is True
-    assert users.disable("alice", actor="admin") is False  # no change, no record
+    users.add(ROOT, "admin", "admin", PASSWORD)
+    alice = users.add(ROOT, "alice", "operator", PASSWORD)
+    token = users.issue_token(alice, "alice", "laptop")
+    assert users.disable(ADMIN, "alice") is True
+    assert users.disable(ADMIN, "alice") is False  # no change, no record
     with pytest.raises(AuthenticationError):
         users.authenticate_password("alice", PASSWORD)
     assert last_details(db) == {"method": "password", "reason": "account disabled"}
     with pytest.raises(AuthenticationError):
         users.authenticate_token(token)
-    assert users.list_tokens("alice")[0].revoked
+    assert users.list_tokens(ADMIN, "alice")[0].revoked
     assert [a for a, _, _ in actions(db)].count("user.disable") == 1
     # Re-enabling restores password login, not the revoked tokens.
-    assert users.enable("alice", actor="admin")
+    assert users.enable(ADMIN, "alice")
     assert users.authenticate_password("alice", PASSWORD).username == "alice"
     with pytest.raises(AuthenticationError):
         users.authenticate_token(token)
 
 
 def test_last_admin_cannot_be_disabled(users: UserService) -> None:
-    users.add("admin", "admin", PASSWORD, actor="root")
+    users.add(ROOT, "admin", "admin", PASSWORD)
     with pytest.raises(ConflictError, match="last active admin"):
-        users.disable("admin", actor="admin")
-    users.add("admin2", "admin", PASSWORD, actor="admin")
-    assert users.disable("admin", actor="admin2")
+        users.disable(ADMIN, "admin")
+    users.add(ADMIN, "admin2", "admin", PASSWORD)
+    assert users.disable(ADMIN2, "admin")
 
 
 def test_outdated_hash_is_upgraded_on_login(db: Database, audit: AuditLog) -> None:
-    UserService(db, audit, hasher=FAST).add("alice", "operator", PASSWORD, actor="root")
+    UserService(db, audit, hasher=FAST).add(ROOT, "alice", "operator", PASSWORD)
     stronger = PasswordHasher(time_cost=2, memory_cost=2048, parallelism=1)
     service = UserService(db, audit, hasher=stronger)
     service.authenticate_password("alice", PASSWORD)
@@ -212,8 +216,8 @@ def test_outdated_hash_is_upgraded_on_login(db: Database, audit: AuditLog) -> No
 
 
 def test_set_password(users: UserService, db: Database) -> None:
-    users.add("alice", "operator", PASSWORD, actor="root")
-    users.set_password("alice", "another long passphrase", actor="admin")
+    users.add(ROOT, "alice", "operator", PASSWORD)
+    users.set_password(ADMIN, "alice", "another long passphrase")
     assert actions(db)[-1] == ("user.password", "admin", "alice")
     with pytest.raises(AuthenticationError):
         users.authenticate_password("alice", PASSWORD)
@@ -224,8 +228,8 @@ def test_set_password(users: UserService, db: Database) -> None:
 
 
 def test_token_is_stored_hashed(users: UserService, db: Database) -> None:
-    alice = users.add("alice", "operator", actor="root")
-    token = users.issue_token("alice", "ci", ttl=None)
+    alice = users.add(ROOT, "alice", "operator")
+    token = users.issue_token(alice, "alice", "ci", ttl=None)
     assert token.startswith("rf_") and len(token) > 40
     with db.session() as s:
         row = s.scalars(select(ApiToken)).one()
@@ -237,8 +241,8 @@ def test_token_is_stored_hashed(users: UserService, db: Database) -> None:
 
 
 def test_expired_token_is_refused(users: UserService, db: Database, clock: Clock) -> None:
-    users.add("alice", "operator", actor="root")
-    token = users.issue_token("alice", "ci", ttl=timedelta(hours=1), actor="admin")
+    users.add(ROOT, "alice", "operator")
+    token = users.issue_token(ADMIN, "alice", "ci", ttl=timedelta(hours=1))
     assert actions(db)[-1][:2] == ("token.issue", "admin")
     clock.now += timedelta(minutes=59)
     users.authenticate_token(token)
@@ -250,26 +254,26 @@ def test_expired_token_is_refused(users: UserService, db: Database, clock: Clock
 
 
 def test_revoked_token_is_refused(users: UserService, db: Database) -> None:
-    users.add("alice", "operator", actor="root")
-    by_id = users.issue_token("alice", "one")
-    by_value = users.issue_token("alice", "two")
-    first = users.list_tokens("alice")[0]
-    assert users.revoke_token(first.id, actor="admin").revoked
-    assert users.revoke_token(by_value, actor="alice").name == "two"
-    users.revoke_token(by_value, actor="alice")  # idempotent
+    alice = users.add(ROOT, "alice", "operator")
+    by_id = users.issue_token(alice, "alice", "one")
+    by_value = users.issue_token(alice, "alice", "two")
+    first = users.list_tokens(alice, "alice")[0]
+    assert users.revoke_token(ADMIN, first.id).revoked
+    assert users.revoke_token(alice, by_value).name == "two"
+    users.revoke_token(alice, by_value)  # idempotent
     for token in (by_id, by_value):
         with pytest.raises(AuthenticationError):
             users.authenticate_token(token)
     assert [a for a, _, _ in actions(db)].count("token.revoke") == 2
     assert last_details(db) == {"method": "token", "reason": "revoked"}
     with pytest.raises(NotFoundError):
-        users.revoke_token("rf_unknown", actor="admin")
+        users.revoke_token(ADMIN, "rf_unknown")
 
 
 def test_unknown_token_is_refused_without_flooding_the_log(
     users: UserService, db: Database
 ) -> None:
-    users.add("alice", "operator", actor="root")
+    users.add(ROOT, "alice", "operator")
     before = actions(db)
     for garbage in ("", "Bearer x", "rf_" + "A" * 43, "rf_" + "x" * 500):
         with pytest.raises(AuthenticationError):
@@ -278,12 +282,12 @@ def test_unknown_token_is_refused_without_flooding_the_log(
 
 
 def test_token_for_a_disabled_user_cannot_be_issued(users: UserService) -> None:
-    users.add("alice", "operator", actor="root")
-    users.disable("alice", actor="admin")
+    users.add(ROOT, "alice", "operator")
+    users.disable(ADMIN, "alice")
     with pytest.raises(ConflictError):
-        users.issue_token("alice", "ci")
+        users.issue_token(ADMIN, "alice", "ci")
     with pytest.raises(InvalidInputError):
-        users.issue_token("admin", "ci", ttl=timedelta(0))
+        users.issue_token(ADMIN, "admin", "ci", ttl=timedelta(0))
 
 
 # --------------------------------------------------------------------------- roles & audit
@@ -305,13 +309,13 @@ def test_every_change_is_audited_and_the_log_verifies(
     users: UserService, audit: AuditLog, db: Database
 ) -> None:
     users.ensure_admin("admin", PASSWORD)
-    users.add("alice", "operator", PASSWORD, actor="admin")
-    token = users.issue_token("alice", "laptop")
+    alice = users.add(ADMIN, "alice", "operator", PASSWORD)
+    token = users.issue_token(alice, "alice", "laptop")
     users.authenticate_password("alice", PASSWORD)
     with pytest.raises(AuthenticationError):
         users.authenticate_password("alice", "not the password")
-    users.revoke_token(token, actor="alice")
-    users.disable("alice", actor="admin")
+    users.revoke_token(alice, token)
+    users.disable(ADMIN, "alice")
     assert [a for a, _, _ in actions(db)] == [
         "user.add",
         "user.add",

@@ -13,6 +13,7 @@ import av
 import numpy as np
 import pytest
 from sqlalchemy import select
+from tests.conftest import ADMIN
 from typer.testing import CliRunner
 
 from retroface.cli import video_cmds
@@ -318,14 +319,14 @@ def casework(app: AppContext, data_dir: Path) -> dict[str, Principal]:
     """Users, a gallery (the six people plus LFW distractors) and an authorised case V1."""
     app.users.ensure_admin("admin", PASSWORD)
     for name, roles in (("olive", "operator"), ("arthur", "authoriser")):
-        app.users.add(name, roles, PASSWORD, actor="admin")
+        app.users.add(ADMIN, name, roles, PASSWORD)
     people = [p for p in sorted((data_dir / "people").iterdir()) if not p.name.startswith("_")]
     names = sorted(p.name for p in (data_dir / "lfw").iterdir())[::97][:30]
     lfw = [
         EnrolItem(path=sorted((data_dir / "lfw" / n).iterdir())[0], subject=f"lfw_{n}")
         for n in names
     ]
-    app.enroller(actor="admin").run([*items_from_paths(people), *lfw])
+    app.enroller().run(ADMIN, [*items_from_paths(people), *lfw])
     team = {n: app.users.authenticate_password(n, PASSWORD) for n in ("olive", "arthur")}
     app.cases.open(
         team["olive"], "V1", "robbery", "identify the speaker", "serious offence; footage only lead"
@@ -428,8 +429,8 @@ def test_best_shot_against_fused_template_with_500_distractors(
 ) -> None:
     """The measurement in docs/video.md: people/* plus 500 LFW identities."""
     app.users.ensure_admin("admin", PASSWORD)
-    app.users.add("olive", "operator", PASSWORD, actor="admin")
-    app.users.add("arthur", "authoriser", PASSWORD, actor="admin")
+    app.users.add(ADMIN, "olive", "operator", PASSWORD)
+    app.users.add(ADMIN, "arthur", "authoriser", PASSWORD)
     olive = app.users.authenticate_password("olive", PASSWORD)
     people = [p for p in sorted((data_dir / "people").iterdir()) if not p.name.startswith("_")]
     names = sorted(p.name for p in (data_dir / "lfw").iterdir())
@@ -437,7 +438,7 @@ def test_best_shot_against_fused_template_with_500_distractors(
         EnrolItem(path=sorted((data_dir / "lfw" / n).iterdir())[0], subject=f"lfw_{n}")
         for n in names[:: len(names) // 500][:500]
     ]
-    app.enroller(actor="admin").run([*items_from_paths(people), *lfw])
+    app.enroller().run(ADMIN, [*items_from_paths(people), *lfw])
     app.cases.open(olive, "V1", "robbery", "identify the speaker", "serious; footage only lead")
     app.cases.authorise(
         app.users.authenticate_password("arthur", PASSWORD), "V1", True, "proportionate"
@@ -500,10 +501,11 @@ def test_cli_search_and_find(
 ) -> None:
     ctx: AppContext = state.ctx
     ctx.users.ensure_admin("admin", PASSWORD)
-    ctx.users.add("olive", "operator", PASSWORD, actor="admin")
-    ctx.users.add("arthur", "authoriser", PASSWORD, actor="admin")
-    ctx.enroller(actor="admin").run(
-        items_from_paths([data_dir / "people" / p for p in (SUBJECT, "barack_obama", "joe_biden")])
+    ctx.users.add(ADMIN, "olive", "operator", PASSWORD)
+    ctx.users.add(ADMIN, "arthur", "authoriser", PASSWORD)
+    ctx.enroller().run(
+        ADMIN,
+        items_from_paths([data_dir / "people" / p for p in (SUBJECT, "barack_obama", "joe_biden")]),
     )
     olive = ctx.users.authenticate_password("olive", PASSWORD)
     ctx.cases.open(olive, "V1", "robbery", "identify the speaker", "serious; footage only lead")

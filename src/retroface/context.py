@@ -115,9 +115,7 @@ class AppContext:
     def matcher(self) -> Matcher:
         return Matcher(self.index)
 
-    def enroller(
-        self, actor: str = "system", require_quality: bool = True, multi_face: str = "reject"
-    ) -> Enroller:
+    def enroller(self, require_quality: bool = True, multi_face: str = "reject") -> Enroller:
         return Enroller(
             self.db,
             self.blobs,
@@ -128,7 +126,6 @@ class AppContext:
             require_quality=require_quality,
             multi_face=multi_face,
             max_image_pixels=self.settings.max_image_pixels,
-            actor=actor,
             audit=self.audit.record,
             clock=self.clock,
         )
@@ -238,6 +235,7 @@ class AppContext:
             engine=lambda: self.engine,
             engine_options=engine_options(self.settings),
             enroller=self.enroller,
+            principal_for=self.users.principal_for,
             import_dir=self.settings.import_dir,
             checkpoint_root=self.home / "jobs",
         )

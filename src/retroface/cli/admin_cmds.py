@@ -14,8 +14,6 @@ from rich.table import Table
 
 from retroface.cli.common import console, fail, print_json, user_errors
 from retroface.cli.session import state
-from retroface.core.access import require_role
-from retroface.core.roles import Role
 
 user_app = typer.Typer(help="User accounts: add, list, disable, token.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident audit log: verify, export.", no_args_is_help=True)
@@ -64,9 +62,8 @@ def user_add(
     """Create an account (admin only); password: RETROFACE_NEW_PASSWORD if set, else a prompt."""
     with user_errors():
         actor = state.principal()
-        require_role(actor, Role.ADMIN)
         password = None if token_only else _new_password(username)
-        p = state.ctx.users.add(username, roles, password, display_name, actor=actor.username)
+        p = state.ctx.users.add(actor, username, roles, password, display_name)
     console.print(f"user {p.username} added with roles {', '.join(sorted(p.roles))}")
 
 
@@ -74,8 +71,7 @@ def user_add(
 def user_list(json_out: bool = typer.Option(False, "--json")) -> None:
     """All accounts."""
     with user_errors():
-        require_role(state.principal(), Role.ADMIN, Role.AUDITOR)
-        users = state.ctx.users.list()
+        users = state.ctx.users.list(state.principal())
     if json_out:
         print_json({"users": [dataclasses.asdict(u) | {"roles": sorted(u.roles)} for u in users]})
         return
@@ -96,9 +92,7 @@ def user_list(json_out: bool = typer.Option(False, "--json")) -> None:
 def user_disable(username: str) -> None:
     """Disable an account and revoke its tokens."""
     with user_errors():
-        actor = state.principal()
-        require_role(actor, Role.ADMIN)
-        changed = state.ctx.users.disable(username, actor=actor.username)
+        changed = state.ctx.users.disable(state.principal(), username)
     console.print(f"user {username} " + ("disabled" if changed else "was already disabled"))
 
 
@@ -111,11 +105,8 @@ def user_token(
     """Issue an API token (shown once; stored only as a hash)."""
     with user_errors():
         actor = state.principal()
-        target = username or actor.username
-        if target != actor.username:
-            require_role(actor, Role.ADMIN)
         token = state.ctx.users.issue_token(
-            target, name, timedelta(days=days), actor=actor.username
+            actor, username or actor.username, name, timedelta(days=days)
         )
     typer.echo(token)
 
@@ -184,9 +175,7 @@ def retention_run(
 ) -> None:
     """Delete probes, results, expired urgent cases and subjects whose retention has ended."""
     with user_errors():
-        actor = state.principal()
-        require_role(actor, Role.ADMIN)
-        report = state.ctx.retention.run(actor=actor.username, dry_run=dry_run)
+        report = state.ctx.retention.run(state.principal(), dry_run=dry_run)
     data = report.to_dict()
     if json_out:
         print_json(data)

@@ -36,6 +36,7 @@ def demo(
         pw = secrets.token_urlsafe(12)
         users = ctx.users
         users.ensure_admin("admin", pw)
+        admin = users.principal_for("admin")  # the demo owns its home and acts as its admin
         team = (
             ("olive", "operator"),
             ("arthur", "authoriser"),
@@ -45,10 +46,10 @@ def demo(
         )
         for name, roles in team:
             try:
-                users.add(name, roles, pw, actor="admin")
+                users.add(admin, name, roles, pw)
             except Exception:
-                users.set_password(name, pw, actor="admin")
-        users.set_password("admin", pw, actor="admin")
+                users.set_password(admin, name, pw)
+        users.set_password(admin, "admin", pw)
         who = {n: users.authenticate_password(n, pw) for n in ("olive", "arthur", "rita", "rob")}
         names = ", ".join(f"{n} ({r})" for n, r in (("admin", "admin"), *team))
         console.print(
@@ -68,15 +69,16 @@ def demo(
 
         folders = [p for p in sorted(people.iterdir()) if p.is_dir() and not p.name.startswith("_")]
         lfw = sorted(p for p in (data / "lfw").iterdir() if p.is_dir())[:distractors]
-        enroller = ctx.enroller(actor="admin", multi_face="main")
+        enroller = ctx.enroller(multi_face="main")
         with console.status("Enrolling the reference gallery…"):
             summary = enroller.run(
+                admin,
                 [i for i in items_from_paths(folders) if "partial" not in i.path.name]
-                + [next(items_from_paths([p])) for p in lfw]
+                + [next(items_from_paths([p])) for p in lfw],
             )
         console.print(
             f"gallery: {summary.enrolled} enrolled now, {summary.skipped} already there, "
-            f"{len(summary.rejected)} rejected; {ctx.gallery.stats()['subjects']} subjects"
+            f"{len(summary.rejected)} rejected; {ctx.gallery.stats(admin)['subjects']} subjects"
         )
         for r in summary.rejected:
             console.print(f"  [yellow]rejected[/] {Path(r['path']).name}: {r['reason']}")

@@ -12,8 +12,6 @@ from rich.table import Table
 
 from retroface.cli.common import console, err_console, print_json, user_errors
 from retroface.cli.session import state
-from retroface.core.access import require_role
-from retroface.core.roles import Role
 from retroface.gallery.enrol import items_from_manifest, items_from_paths
 
 app = typer.Typer(
@@ -43,7 +41,6 @@ def enrol(
     """Enrol reference images; re-running skips what is done (by content hash)."""
     with user_errors():
         actor = state.principal()
-        require_role(actor, Role.ADMIN)
         ctx = state.ctx
         items = list(items_from_manifest(manifest)) if manifest else []
         items += list(items_from_paths(paths or []))
@@ -60,9 +57,7 @@ def enrol(
                 )
                 for i in items
             ]
-        enroller = ctx.enroller(
-            actor=actor.username, require_quality=not allow_low_quality, multi_face=multi_face
-        )
+        enroller = ctx.enroller(require_quality=not allow_low_quality, multi_face=multi_face)
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -72,7 +67,9 @@ def enrol(
             disable=json_out,
         ) as bar:
             task = bar.add_task("Enrolling", total=len(items))
-            summary = enroller.run(items, progress=lambda d, t: bar.update(task, completed=d))
+            summary = enroller.run(
+                actor, items, progress=lambda d, t: bar.update(task, completed=d)
+            )
     data = summary.to_dict()
     if json_out:
         print_json(data)
@@ -96,8 +93,7 @@ def list_(
 ) -> None:
     """Subjects in the gallery."""
     with user_errors():
-        require_role(state.principal(), Role.ADMIN, Role.AUDITOR)
-        rows = state.ctx.gallery.list_subjects(offset, limit)
+        rows = state.ctx.gallery.list_subjects(state.principal(), offset, limit)
     if json_out:
         print_json({"subjects": rows, "offset": offset, "limit": limit})
         return
@@ -115,8 +111,7 @@ def list_(
 def show(subject: str, json_out: bool = typer.Option(False, "--json")) -> None:
     """One subject with its reference images and templates."""
     with user_errors():
-        require_role(state.principal(), Role.ADMIN, Role.AUDITOR)
-        data = state.ctx.gallery.show(subject)
+        data = state.ctx.gallery.show(state.principal(), subject)
     if json_out:
         print_json(data)
         return
@@ -139,10 +134,7 @@ def remove(
 ) -> None:
     """Erase a subject: images, templates, files and index entries."""
     with user_errors():
-        actor = state.principal()
-        require_role(actor, Role.ADMIN)
-        ctx = state.ctx
-        result = ctx.gallery.erase(subject, actor=actor.username, reason=reason)
+        result = state.ctx.gallery.erase(state.principal(), subject, reason=reason)
     if json_out:
         print_json(result.to_dict())
         return
@@ -156,8 +148,7 @@ def remove(
 def stats(json_out: bool = typer.Option(False, "--json")) -> None:
     """Gallery size by inclusion reason, source and model."""
     with user_errors():
-        require_role(state.principal(), Role.ADMIN, Role.AUDITOR)
-        data = state.ctx.gallery.stats()
+        data = state.ctx.gallery.stats(state.principal())
     if json_out:
         print_json(data)
         return
@@ -180,9 +171,8 @@ def check(
 ) -> None:
     """Compare stored files, database rows and the index."""
     with user_errors():
-        require_role(state.principal(), Role.ADMIN)
         ctx = state.ctx
-        data = ctx.gallery.check(ctx.engine.identity.key, repair=repair)
+        data = ctx.gallery.check(state.principal(), ctx.engine.identity.key, repair=repair)
     if json_out:
         print_json(data)
         return

@@ -1,17 +1,23 @@
-"""Gallery administration: what is enrolled, and erasure that leaves nothing behind."""
+"""Gallery administration: what is enrolled, and erasure that leaves nothing behind.
+
+Every public action takes the acting :class:`Principal` first and checks its roles here, not in
+the CLI or API: reading the gallery needs admin or auditor, changing it needs admin. A refusal is
+audited as ``<action>.refused``; an erasure is audited in the transaction that erases.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from retroface.core.clock import utcnow
+from retroface.audit.guard import Guard
+from retroface.core.access import SYSTEM, AuditFn, Principal
+from retroface.core.clock import Clock, utcnow
 from retroface.core.errors import NotFoundError
+from retroface.core.roles import Role
 from retroface.search.index_manager import IndexManager
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.db import Database
@@ -46,22 +52,32 @@ def subject_dict(subject: Subject, n_images: int | None = None) -> dict[str, Any
     }
 
 
+#: Who may read the gallery (list, show, stats, check) and who may change it (enrol, erase,
+#: repair): the same rules as the API's access matrix, enforced here for every front end.
+READERS = (Role.ADMIN, Role.AUDITOR)
+WRITERS = (Role.ADMIN,)
+
+
 class GalleryService:
     def __init__(
         self,
         db: Database,
         blobs: EncryptedBlobStore,
         index: IndexManager,
-        audit: Callable[..., object] | None = None,
-        clock: Callable[[], datetime] = utcnow,
+        audit: AuditFn,
+        clock: Clock = utcnow,
     ) -> None:
         self.clock = clock
         self.db = db
         self.blobs = blobs
         self.index = index
-        self.audit = audit  # audit(session, actor=..., action=..., ...) in the same transaction
+        self.audit = audit  # written in the same transaction as the change it records
+        self.guard = Guard(db, audit, clock)
 
-    def list_subjects(self, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    def list_subjects(
+        self, principal: Principal, offset: int = 0, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        self.guard.require(principal, *READERS, action="gallery.list")
         with self.db.session() as s:
             rows = s.execute(
                 select(Subject, func.count(ReferenceImage.id))
@@ -79,7 +95,10 @@ class GalleryService:
             raise NotFoundError(f"no subject {reference!r} in the gallery")
         return subject
 
-    def show(self, reference: str) -> dict[str, Any]:
+    def show(self, principal: Principal, reference: str) -> dict[str, Any]:
+        self.guard.require(
+            principal, *READERS, action="gallery.show", object_type="subject", object_id=reference
+        )
         with self.db.session() as s:
             subject = self._get(s, reference)
             data = subject_dict(subject)
@@ -106,17 +125,32 @@ class GalleryService:
             return data
 
     def erase(
-        self,
-        reference: str,
-        actor: str = "system",
-        reason: str | None = None,
-        action: str = "gallery.erase",
+        self, principal: Principal, reference: str, reason: str | None = None
     ) -> ErasureResult:
-        """Remove a subject's images, templates, files and index entries.
+        """Remove a subject's images, templates, files and index entries (admin)."""
+        self.guard.require(
+            principal, *WRITERS, action="gallery.erase", object_type="subject", object_id=reference
+        )
+        return self._erase(principal, reference, reason, "gallery.erase")
 
-        Rows go first in one transaction (with the version bump, so no search sees a half-erased
-        subject); files follow once that has committed.
+    def expire(self, principal: Principal, reference: str) -> ErasureResult:
+        """Erase a subject whose retention period has ended: the retention run's erasure.
+
+        Allowed to an admin and to the system itself (:data:`SYSTEM`, a scheduled retention run),
+        and audited as ``retention.subject_erase`` so the log tells it from a decision to erase.
         """
+        action = "retention.subject_erase"
+        if principal != SYSTEM:
+            self.guard.require(
+                principal, *WRITERS, action=action, object_type="subject", object_id=reference
+            )
+        return self._erase(principal, reference, "retention period ended", action)
+
+    def _erase(
+        self, principal: Principal, reference: str, reason: str | None, action: str
+    ) -> ErasureResult:
+        """Rows go first in one transaction (with the version bump, so no search sees a
+        half-erased subject, and with the audit record); files follow once that has committed."""
         with self.db.session() as s:
             subject = self._get(s, reference)
             images = list(subject.images)
@@ -126,56 +160,36 @@ class GalleryService:
             s.delete(subject)
             s.flush()
             version = bump_gallery_version(s)
-            if self.audit:
-                self.audit(
-                    s,
-                    actor=actor,
-                    action=action,
-                    object_type="subject",
-                    object_id=reference,
-                    justification=reason,
-                    details={"images": len(images), "templates": len(template_ids)},
-                    ts=self.clock(),
-                )
+            self.audit(
+                s,
+                actor=principal.username,
+                action=action,
+                object_type="subject",
+                object_id=reference,
+                justification=reason,
+                details={"images": len(images), "templates": len(template_ids)},
+                ts=self.clock(),
+            )
             still_used = still_referenced(s, hashes)
         deleted = sum(self.blobs.delete(h) for h in set(hashes) - still_used)
         for key in model_keys:
             self.index.apply(key, version, removed=template_ids, save=True)
         return ErasureResult(reference, len(images), len(template_ids), deleted, version)
 
-    def stats(self) -> dict[str, Any]:
-        with self.db.session() as s:
-            by_reason = dict(
-                s.execute(
-                    select(Subject.inclusion_reason, func.count(Subject.id)).group_by(
-                        Subject.inclusion_reason
-                    )
-                ).all()
-            )
-            by_source: dict[str, int] = {}
-            for src, n in s.execute(
-                select(Subject.source, func.count(Subject.id)).group_by(Subject.source)
-            ).all():
-                by_source[src or "unspecified"] = by_source.get(src or "unspecified", 0) + n
-            by_model = dict(
-                s.execute(
-                    select(FaceTemplate.model_key, func.count(FaceTemplate.id)).group_by(
-                        FaceTemplate.model_key
-                    )
-                ).all()
-            )
-            return {
-                "subjects": s.scalar(select(func.count(Subject.id))) or 0,
-                "images": s.scalar(select(func.count(ReferenceImage.id))) or 0,
-                "templates": s.scalar(select(func.count(FaceTemplate.id))) or 0,
-                "templates_by_model": by_model,
-                "subjects_by_inclusion_reason": by_reason,
-                "subjects_by_source": by_source,
-                "gallery_version": gallery_version(s),
-            }
+    def stats(self, principal: Principal) -> dict[str, Any]:
+        self.guard.require(principal, *READERS, action="gallery.stats")
+        return gallery_stats(self.db)
 
-    def check(self, model_key: str, repair: bool = False) -> dict[str, Any]:
-        """Compare files, rows and the index; with ``repair`` delete orphan files."""
+    def check(self, principal: Principal, model_key: str, repair: bool = False) -> dict[str, Any]:
+        """Compare files, rows and the index; with ``repair`` (admin) delete orphan files.
+
+        A repair is audited (``gallery.repair``) because it deletes files; a plain check only
+        reads, like :meth:`stats`.
+        """
+        if repair:
+            self.guard.require(principal, *WRITERS, action="gallery.repair")
+        else:
+            self.guard.require(principal, *READERS, action="gallery.check")
         with self.db.session() as s:
             referenced = set(s.scalars(select(ReferenceImage.content_hash))) | set(
                 s.scalars(select(Probe.content_hash))
@@ -189,6 +203,16 @@ class GalleryService:
         loaded = self.index.get(model_key)
         index_ids = set(loaded.subject_of)
         if repair:
+            # recorded before the files go, as with erasure: a crash leaves a record of a repair
+            # the next run finishes, never a deletion nobody recorded
+            with self.db.session() as s:
+                self.audit(
+                    s,
+                    actor=principal.username,
+                    action="gallery.repair",
+                    details={"orphan_files": len(orphans)},
+                    ts=self.clock(),
+                )
             for digest in orphans:
                 self.blobs.delete(digest)
         return {
@@ -199,4 +223,41 @@ class GalleryService:
             "index_matches_database": index_ids == template_ids
             and loaded.index.count() == len(template_ids),
             "repaired": repair,
+        }
+
+
+def gallery_stats(db: Database) -> dict[str, Any]:
+    """Gallery size by inclusion reason, source and model: aggregate counts, no personal data.
+
+    For callers that have already checked their own roles (the transparency and DPIA reports);
+    everyone else asks :meth:`GalleryService.stats`, which checks the caller's.
+    """
+    with db.session() as s:
+        by_reason = dict(
+            s.execute(
+                select(Subject.inclusion_reason, func.count(Subject.id)).group_by(
+                    Subject.inclusion_reason
+                )
+            ).all()
+        )
+        by_source: dict[str, int] = {}
+        for src, n in s.execute(
+            select(Subject.source, func.count(Subject.id)).group_by(Subject.source)
+        ).all():
+            by_source[src or "unspecified"] = by_source.get(src or "unspecified", 0) + n
+        by_model = dict(
+            s.execute(
+                select(FaceTemplate.model_key, func.count(FaceTemplate.id)).group_by(
+                    FaceTemplate.model_key
+                )
+            ).all()
+        )
+        return {
+            "subjects": s.scalar(select(func.count(Subject.id))) or 0,
+            "images": s.scalar(select(func.count(ReferenceImage.id))) or 0,
+            "templates": s.scalar(select(func.count(FaceTemplate.id))) or 0,
+            "templates_by_model": by_model,
+            "subjects_by_inclusion_reason": by_reason,
+            "subjects_by_source": by_source,
+            "gallery_version": gallery_version(s),
         }

@@ -34,6 +34,7 @@ from retroface.core.errors import InvalidInputError
 from retroface.core.labels import LEAD_LABEL
 from retroface.core.roles import ROLE_DESCRIPTIONS, Role, parse_roles
 from retroface.core.status import CaseStatus, ReviewStatus
+from retroface.gallery.service import gallery_stats
 from retroface.governance.review import DECISIONS
 from retroface.storage.tables import (
     AuditCheckpoint,
@@ -165,7 +166,7 @@ def transparency(app: ReportSource, start: datetime, end: datetime) -> Transpare
         "authorisations": authorisations,
         "reviews": reviews,
         "deletions": deletions,
-        "gallery": _jsonable(app.gallery.stats()),
+        "gallery": _jsonable(gallery_stats(app.db)),
     }
 
 
@@ -440,7 +441,7 @@ def dpia(app: DpiaSource) -> DpiaReport:
         "generated_at": _iso(app.clock()),
         "notice": LEADS_NOTICE,
         "data_categories": _data_categories(counts, no_retention_date, policy),
-        "gallery": _jsonable(app.gallery.stats()),
+        "gallery": _jsonable(gallery_stats(app.db)),
         "retention": policy.to_dict(),
         "roles": [
             {"role": r.value, "duties": ROLE_DESCRIPTIONS[r], "active_users": active_roles[r]}

@@ -4,19 +4,24 @@ Data classes and their clocks: probe images and their faces run from upload; sea
 (candidate lists and reviews) from the search; reference subjects from their ``retention_until``;
 urgent cases that were never authorised from their deadline. Audit records are kept (at least six
 months, by policy); deleting one would break the hash chain, so they are exported, not trimmed.
+
+Who may run it: an admin (on demand, CLI or API) or the system itself (:data:`SYSTEM`, for a
+scheduled run with nobody logged in). Both are checked here; a refused run, dry or not, is audited
+as ``retention.run.refused``. A dry run changes nothing and, as before, writes no record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 
-from retroface.core.access import AuditFn
-from retroface.core.clock import utcnow
+from retroface.audit.guard import Guard
+from retroface.core.access import SYSTEM, AuditFn, Principal
+from retroface.core.clock import Clock, utcnow
+from retroface.core.roles import Role
 from retroface.core.status import CaseStatus
 from retroface.gallery.service import GalleryService
 from retroface.governance.cases import CaseService
@@ -58,7 +63,7 @@ class RetentionService:
         cases: CaseService,
         gallery: GalleryService,
         audit: AuditFn,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Clock = utcnow,
     ) -> None:
         self.db = db
         self.blobs = blobs
@@ -67,8 +72,13 @@ class RetentionService:
         self.gallery = gallery
         self.audit = audit
         self.clock = clock
+        self.guard = Guard(db, audit, clock)
 
-    def run(self, actor: str = "system", dry_run: bool = False) -> RetentionReport:
+    def run(self, principal: Principal, dry_run: bool = False) -> RetentionReport:
+        """Delete what is due (admin, or :data:`SYSTEM` for a scheduled run)."""
+        if principal != SYSTEM:
+            self.guard.require(principal, Role.ADMIN, action="retention.run")
+        actor = principal.username
         now = self.clock()
         report = RetentionReport(dry_run=dry_run, now=now)
         with self.db.session() as s:
@@ -109,10 +119,7 @@ class RetentionService:
         self._delete_searches(report.searches, actor)
         report.files_deleted += self._delete_probes(report.probes, actor)
         for ref in report.subjects:
-            result = self.gallery.erase(
-                ref, actor=actor, reason="retention period ended", action="retention.subject_erase"
-            )
-            report.files_deleted += result.files_deleted
+            report.files_deleted += self.gallery.expire(principal, ref).files_deleted
         return report
 
     def _delete_searches(self, ids: list[int], actor: str) -> None:

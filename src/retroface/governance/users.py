@@ -7,6 +7,12 @@ random bits, so a fast hash suffices and lets a token be looked up by its digest
 
 Callers get frozen :class:`Principal` / :class:`UserInfo` values, never ORM rows, so nothing
 outside this module can change an account without going through (and being audited by) it.
+
+Every account action takes the acting :class:`Principal` first and checks it here: managing
+accounts needs admin; reading them needs admin or auditor; anyone may manage their own password
+and tokens and read their own account. A refusal is audited as ``<action>.refused``. Only the
+first-run :meth:`UserService.ensure_admin` acts without a principal (as the system), and
+authentication, which is how a principal comes to exist.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from retroface.audit.guard import Guard
 from retroface.audit.log import AuditLog
-from retroface.core.access import SYSTEM_ACTOR, Principal
+from retroface.core.access import SYSTEM, SYSTEM_ACTOR, Principal
 from retroface.core.clock import utcnow
 from retroface.core.errors import (
     ConflictError,
@@ -47,6 +54,9 @@ MAX_PASSWORD_LENGTH = 1024
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,99}")
 _LOGIN_FAILED = "invalid username or password"
 _TOKEN_FAILED = "invalid, expired or revoked API token"
+#: Who may change accounts, and who may read them (the API's access matrix says the same).
+MANAGERS = (Role.ADMIN,)
+READERS = (Role.ADMIN, Role.AUDITOR)
 
 
 class AuthenticationError(PermissionDeniedError):
@@ -95,6 +105,7 @@ class UserService:
         self.audit = audit
         self.hasher = hasher or PasswordHasher()
         self.clock = clock
+        self.guard = Guard(db, audit.record, clock)
 
     @cached_property
     def _dummy_hash(self) -> str:
@@ -105,14 +116,26 @@ class UserService:
 
     def add(
         self,
+        principal: Principal,
         username: str,
         roles: str | Iterable[Role | str],
         password: str | None = None,
         display_name: str | None = None,
-        *,
-        actor: str,
     ) -> Principal:
-        """Create an account; without a password it can only use API tokens."""
+        """Create an account (admin); without a password it can only use API tokens."""
+        self.guard.require(
+            principal, *MANAGERS, action="user.add", object_type="user", object_id=username[:200]
+        )
+        return self._add(principal.username, username, roles, password, display_name)
+
+    def _add(
+        self,
+        actor: str,
+        username: str,
+        roles: str | Iterable[Role | str],
+        password: str | None,
+        display_name: str | None,
+    ) -> Principal:
         name = _check_username(username)
         role_set = parse_roles(roles)
         if not role_set:
@@ -150,19 +173,39 @@ class UserService:
         except IntegrityError:
             raise ConflictError(f"user {name!r} already exists") from None
 
-    def get(self, username: str) -> UserInfo:
+    def get(self, principal: Principal, username: str) -> UserInfo:
+        """One account (admin, auditor, or the account's own user)."""
+        self._require_self_or(principal, username, READERS, action="user.show")
         with self.db.session() as s:
             return _info(self._user(s, username))
 
-    def list(self) -> builtins.list[UserInfo]:
+    def principal_for(self, username: str) -> Principal:
+        """The principal of an active account, as it is now, without its credentials.
+
+        For work a user started that runs later (a queued job re-checks its submitter's roles
+        when it runs, so disabling the account or removing the role stops it) and for setting up
+        a home its owner controls (``retroface demo``). Not a login: nothing is audited.
+        """
+        with self.db.session() as s:
+            user = self._user(s, username)
+            if not user.active:
+                raise AuthenticationError(f"user {user.username!r} is disabled")
+            return _principal(user)
+
+    def list(self, principal: Principal) -> builtins.list[UserInfo]:
+        """All accounts (admin or auditor)."""
+        self.guard.require(principal, *READERS, action="user.list")
         with self.db.session() as s:
             return [_info(u) for u in s.scalars(select(User).order_by(User.username))]
 
-    def disable(self, username: str, *, actor: str) -> bool:
-        """Disable an account and revoke its tokens; False if it was already disabled.
+    def disable(self, principal: Principal, username: str) -> bool:
+        """Disable an account and revoke its tokens (admin); False if it was already disabled.
 
         The last active admin cannot be disabled, so the system can always be administered.
         """
+        self.guard.require(
+            principal, *MANAGERS, action="user.disable", object_type="user", object_id=username
+        )
         with self.db.session() as s:
             user = self._user(s, username)
             if not user.active:
@@ -179,7 +222,7 @@ class UserService:
                 token.revoked = True
             self.audit.record(
                 s,
-                actor=actor,
+                actor=principal.username,
                 action="user.disable",
                 object_type="user",
                 object_id=user.username,
@@ -187,24 +230,37 @@ class UserService:
             )
             return True
 
-    def enable(self, username: str, *, actor: str) -> bool:
-        """Re-enable an account (its old tokens stay revoked); False if it was already active."""
+    def enable(self, principal: Principal, username: str) -> bool:
+        """Re-enable an account (admin; its old tokens stay revoked); False if already active."""
+        self.guard.require(
+            principal, *MANAGERS, action="user.enable", object_type="user", object_id=username
+        )
         with self.db.session() as s:
             user = self._user(s, username)
             if user.active:
                 return False
             user.active = True
             self.audit.record(
-                s, actor=actor, action="user.enable", object_type="user", object_id=user.username
+                s,
+                actor=principal.username,
+                action="user.enable",
+                object_type="user",
+                object_id=user.username,
             )
             return True
 
-    def set_password(self, username: str, password: str, *, actor: str) -> None:
+    def set_password(self, principal: Principal, username: str, password: str) -> None:
+        """Set a password: an admin for anyone, everyone for themselves."""
+        self._require_self_or(principal, username, MANAGERS, action="user.password")
         with self.db.session() as s:
             user = self._user(s, username)
             user.password_hash = self.hasher.hash(_check_password(password, user.username))
             self.audit.record(
-                s, actor=actor, action="user.password", object_type="user", object_id=user.username
+                s,
+                actor=principal.username,
+                action="user.password",
+                object_type="user",
+                object_id=user.username,
             )
 
     def ensure_admin(self, username: str, password: str) -> Principal | None:
@@ -218,7 +274,7 @@ class UserService:
                     f"user {existing.username!r} exists but is not an active admin; "
                     "choose another name for the first admin"
                 )
-        return self.add(username, [Role.ADMIN], password, actor=SYSTEM_ACTOR)
+        return self._add(SYSTEM_ACTOR, username, [Role.ADMIN], password, None)
 
     # ------------------------------------------------------------------ passwords
 
@@ -277,16 +333,16 @@ class UserService:
 
     def issue_token(
         self,
+        principal: Principal,
         username: str,
         name: str = "token",
         ttl: timedelta | None = DEFAULT_TOKEN_TTL,
-        *,
-        actor: str | None = None,
     ) -> str:
         """A new token, returned once and stored only as its sha256; ``ttl=None`` never expires.
 
-        ``actor`` defaults to the user (self-service); an admin issuing it passes their name.
+        Anyone may issue tokens for themselves; issuing one for someone else needs admin.
         """
+        self._require_self_or(principal, username, MANAGERS, action="token.issue")
         if not name or len(name) > 100:
             raise InvalidInputError("token name must be 1 to 100 characters")
         if ttl is not None and ttl <= timedelta(0):
@@ -309,7 +365,7 @@ class UserService:
             s.flush()
             self.audit.record(
                 s,
-                actor=actor or user.username,
+                actor=principal.username,
                 action="token.issue",
                 object_type="api_token",
                 object_id=row.id,
@@ -356,14 +412,33 @@ class UserService:
         # Raised after the session commits, so the refusal stays in the audit log.
         raise AuthenticationError(_TOKEN_FAILED)
 
-    def revoke_token(self, token: int | str, *, actor: str) -> TokenInfo:
-        """Revoke by id, or by the token itself (e.g. one found leaked); idempotent."""
+    def revoke_token(self, principal: Principal, token: int | str) -> TokenInfo:
+        """Revoke by id, or by the token itself (e.g. one found leaked); idempotent.
+
+        Anyone may revoke their own tokens; an admin anyone's.
+        """
+        where = (
+            ApiToken.id == token
+            if isinstance(token, int)
+            else ApiToken.token_hash == hash_token(token)
+        )
         with self.db.session() as s:
-            where = (
-                ApiToken.id == token
-                if isinstance(token, int)
-                else ApiToken.token_hash == hash_token(token)
-            )
+            owner = s.execute(
+                select(ApiToken.id, User.username)
+                .join(User, ApiToken.user_id == User.id)
+                .where(where)
+            ).first()
+        if owner is None:
+            raise NotFoundError("no such API token")
+        self._require_self_or(
+            principal,
+            owner.username,
+            MANAGERS,
+            action="token.revoke",
+            object_type="api_token",
+            object_id=owner.id,
+        )
+        with self.db.session() as s:
             found = s.execute(
                 select(ApiToken, User).join(User, ApiToken.user_id == User.id).where(where)
             ).first()
@@ -374,7 +449,7 @@ class UserService:
                 row.revoked = True
                 self.audit.record(
                     s,
-                    actor=actor,
+                    actor=principal.username,
                     action="token.revoke",
                     object_type="api_token",
                     object_id=row.id,
@@ -382,7 +457,9 @@ class UserService:
                 )
             return _token_info(row, user.username)
 
-    def list_tokens(self, username: str) -> builtins.list[TokenInfo]:
+    def list_tokens(self, principal: Principal, username: str) -> builtins.list[TokenInfo]:
+        """A user's tokens (admin, auditor, or the user themselves)."""
+        self._require_self_or(principal, username, READERS, action="token.list")
         with self.db.session() as s:
             user = self._user(s, username)
             rows = s.scalars(
@@ -391,6 +468,27 @@ class UserService:
             return [_token_info(r, user.username) for r in rows]
 
     # ------------------------------------------------------------------ helpers
+
+    def _require_self_or(
+        self,
+        principal: Principal,
+        username: str,
+        roles: tuple[Role, ...],
+        *,
+        action: str,
+        object_type: str = "user",
+        object_id: str | int | None = None,
+    ) -> None:
+        """Return if ``principal`` acts on their own account or holds one of ``roles``."""
+        if principal != SYSTEM and principal.username == username.strip().lower():
+            return
+        self.guard.require(
+            principal,
+            *roles,
+            action=action,
+            object_type=object_type,
+            object_id=username[:200] if object_id is None else object_id,
+        )
 
     def _user(self, s: Session, username: str) -> User:
         user = s.scalar(select(User).where(User.username == username.strip().lower()))

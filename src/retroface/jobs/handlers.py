@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from retroface.core.access import Principal
 from retroface.gallery.enrol import Enroller, items_from_paths
 from retroface.jobs.base import Handler, Progress
 from retroface.jobs.video import HEARTBEAT_S, Checkpoints, payload_paths, scan_batch
@@ -22,11 +23,9 @@ from retroface.vision.types import FaceEngine
 
 
 class EnrollerFactory(Protocol):
-    """``AppContext.enroller``: an enroller acting for ``actor`` with a run's options."""
+    """``AppContext.enroller``: an enroller with a run's options."""
 
-    def __call__(
-        self, actor: str = ..., require_quality: bool = ..., multi_face: str = ...
-    ) -> Enroller: ...
+    def __call__(self, require_quality: bool = ..., multi_face: str = ...) -> Enroller: ...
 
 
 class Registry(Protocol):
@@ -43,6 +42,9 @@ class JobServices:
     #: How a Ray worker builds the same engine in its own process.
     engine_options: EngineOptions
     enroller: EnrollerFactory
+    #: ``UserService.principal_for``: the submitter's roles as of when the job runs, so a job
+    #: queued by an admin who has since lost the role is refused.
+    principal_for: Callable[[str], Principal]
     #: ``RETROFACE_IMPORT_DIR``: the only folder jobs may read (unset: absolute paths, CLI use).
     import_dir: Path | None
     #: Where batch jobs checkpoint finished work, one folder per job id.
@@ -64,12 +66,12 @@ def enrol_handler(services: JobServices) -> Handler:
             )
             for i in items_from_paths([root / p for p in payload["paths"]])
         ]
+        principal = services.principal_for(str(payload["actor"]))
         enroller = services.enroller(
-            actor=str(payload["actor"]),
             require_quality=not payload.get("allow_low_quality", False),
             multi_face=str(payload.get("multi_face", "reject")),
         )
-        return enroller.run(items, progress=progress).to_dict()
+        return enroller.run(principal, items, progress=progress).to_dict()
 
     return run
 

@@ -25,29 +25,25 @@ def _out(u: UserInfo) -> UserOut:
 
 
 @router.get("", response_model=list[UserOut], summary="All accounts")
-def list_users(ctx: Ctx) -> list[UserOut]:
-    return [_out(u) for u in ctx.users.list()]
+def list_users(ctx: Ctx, caller: Caller) -> list[UserOut]:
+    return [_out(u) for u in ctx.users.list(caller)]
 
 
 @router.post("", response_model=UserOut, status_code=201, summary="Create an account")
 def add_user(body: UserCreate, ctx: Ctx, caller: Caller) -> UserOut:
-    ctx.users.add(
-        body.username, body.roles, body.password, body.display_name, actor=caller.username
-    )
-    return _out(ctx.users.get(body.username))
+    ctx.users.add(caller, body.username, body.roles, body.password, body.display_name)
+    return _out(ctx.users.get(caller, body.username))
 
 
 @router.post("/{username}/disable", response_model=UserOut, summary="Disable an account")
 def disable_user(username: str, ctx: Ctx, caller: Caller) -> UserOut:
-    ctx.users.disable(username, actor=caller.username)
-    return _out(ctx.users.get(username))
+    ctx.users.disable(caller, username)
+    return _out(ctx.users.get(caller, username))
 
 
 @router.post(
     "/{username}/tokens", response_model=TokenResponse, status_code=201, summary="Issue a token"
 )
 def issue_user_token(username: str, body: TokenIssue, ctx: Ctx, caller: Caller) -> TokenResponse:
-    token = ctx.users.issue_token(
-        username, body.name, timedelta(days=body.ttl_days), actor=caller.username
-    )
+    token = ctx.users.issue_token(caller, username, body.name, timedelta(days=body.ttl_days))
     return TokenResponse(access_token=token, expires_in_days=body.ttl_days)

@@ -20,15 +20,17 @@ router = APIRouter(prefix="/api/v1", tags=["gallery"])
 @router.get("/gallery/subjects", response_model=Page, summary="Subjects, by reference")
 def list_subjects(
     ctx: Ctx,
+    caller: Caller,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    return {"offset": offset, "limit": limit, "items": ctx.gallery.list_subjects(offset, limit)}
+    items = ctx.gallery.list_subjects(caller, offset, limit)
+    return {"offset": offset, "limit": limit, "items": items}
 
 
 @router.get("/gallery/subjects/{ref}", summary="One subject with its images and templates")
-def show_subject(ref: str, ctx: Ctx) -> dict[str, Any]:
-    return ctx.gallery.show(ref)
+def show_subject(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return ctx.gallery.show(caller, ref)
 
 
 @router.post(
@@ -50,7 +52,7 @@ def enrol_image(
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         path.write_bytes(data)
-        enroller = ctx.enroller(actor=caller.username)
+        enroller = ctx.enroller()
         item = EnrolItem(
             path,
             ref,
@@ -59,7 +61,7 @@ def enrol_image(
             source=source,
             provenance=f"API upload by {caller.username}: {name}",
         )
-        summary = enroller.run([item])
+        summary = enroller.run(caller, [item])
     if summary.rejected:
         raise InvalidInputError(f"{name}: {summary.rejected[0]['reason']}")
     return summary.to_dict()
@@ -69,13 +71,13 @@ def enrol_image(
 def erase_subject(
     ref: str, ctx: Ctx, caller: Caller, reason: Annotated[str, Query(min_length=1, max_length=500)]
 ) -> dict[str, Any]:
-    result = ctx.gallery.erase(ref, actor=caller.username, reason=reason)
+    result = ctx.gallery.erase(caller, ref, reason=reason)
     return result.to_dict()
 
 
 @router.get("/gallery/stats", summary="Gallery size by inclusion reason, source and model")
-def gallery_stats(ctx: Ctx) -> dict[str, Any]:
-    return ctx.gallery.stats()
+def gallery_stats(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return ctx.gallery.stats(caller)
 
 
 @router.post(

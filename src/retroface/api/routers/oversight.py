@@ -48,7 +48,7 @@ def audit_export(ctx: Ctx, caller: Caller) -> Response:
 def retention_run(
     ctx: Ctx, caller: Caller, dry_run: Annotated[bool, Query()] = False
 ) -> dict[str, Any]:
-    return ctx.retention.run(actor=caller.username, dry_run=dry_run).to_dict()
+    return ctx.retention.run(caller, dry_run=dry_run).to_dict()
 
 
 @router.get("/reports/transparency", summary="Transparency facts for a period")

@@ -46,7 +46,7 @@ def issue_token(body: TokenRequest, ctx: Ctx) -> TokenResponse:
 
     principal = ctx.users.authenticate_password(body.username, body.password)
     token = ctx.users.issue_token(
-        principal.username, "api-login", timedelta(days=body.ttl_days), actor=principal.username
+        principal, principal.username, "api-login", timedelta(days=body.ttl_days)
     )
     return TokenResponse(access_token=token, expires_in_days=body.ttl_days)
 
