@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from retroface.api.app import create_app
 from retroface.api.rbac import MATRIX
 from retroface.context import AppContext
 from retroface.core.roles import Role
+from retroface.storage.tables import AuditRecord
 
 PASSWORD = "a long test password"
 
@@ -45,6 +47,7 @@ def test_every_route_is_in_the_matrix(client: TestClient) -> None:
 def test_every_route_by_every_role(app: AppContext, client: TestClient) -> None:
     """Allowed roles get past the gate (any status but 401/403); others get 403; nobody 401."""
     headers = {role: token_for(app, f"only-{role.value}", role.value) for role in Role}
+    refused: list[tuple[str, str]] = []
     for method, path in routes(client):
         if (method, path) not in MATRIX:
             continue
@@ -65,6 +68,18 @@ def test_every_route_by_every_role(app: AppContext, client: TestClient) -> None:
             else:
                 assert resp.status_code == 403, (method, path, role, resp.status_code)
                 assert resp.json()["error"]["code"] == "forbidden"
+                refused.append((f"only-{role.value}", f"{method} {path}"))
+    # every refusal at the gate is in the audit log, with who tried which route
+    with app.db.session() as s:
+        logged = {
+            (actor, route)
+            for actor, route in s.execute(
+                select(AuditRecord.actor, AuditRecord.object_id).where(
+                    AuditRecord.action == "api.call.refused"
+                )
+            )
+        }
+    assert refused and set(refused) <= logged
 
 
 def test_bad_token_and_error_shape(client: TestClient) -> None:

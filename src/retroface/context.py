@@ -14,6 +14,7 @@ from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
+from retroface.audit.guard import Guard
 from retroface.audit.log import AuditLog
 from retroface.config import Settings, get_settings
 from retroface.core.clock import utcnow
@@ -154,6 +155,11 @@ class AppContext:
             checkpoint_every=self.settings.audit_checkpoint_every,
             trusted_public_keys=[trusted.read_text()] if trusted else (),
         )
+
+    @cached_property
+    def guard(self) -> Guard:
+        """Audits refusals made outside a service (the API's access matrix)."""
+        return Guard(self.db, self.audit.record, self.clock)
 
     @cached_property
     def users(self) -> UserService:

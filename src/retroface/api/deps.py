@@ -42,10 +42,21 @@ def authorise(
         return None
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthenticationError("authentication required: send 'Authorization: Bearer <token>'")
-    principal = get_ctx(request).users.authenticate_token(credentials.credentials)
+    ctx = get_ctx(request)
+    principal = ctx.users.authenticate_token(credentials.credentials)
     if not principal.has_role(*roles):
         needed = ", ".join(sorted(r.value for r in roles))
-        raise PermissionDeniedError(f"{principal.username} may not call this: needs {needed}")
+        error = PermissionDeniedError(f"{principal.username} may not call this: needs {needed}")
+        # Refused at the gate, before any service runs: audited here like a service's refusal.
+        ctx.guard.refused(
+            principal,
+            "api.call",
+            error,
+            object_type="route",
+            object_id=f"{request.method} {path}",
+            details={"needed": sorted(r.value for r in roles)},
+        )
+        raise error
     request.state.principal = principal
     return principal
 
