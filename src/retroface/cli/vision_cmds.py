@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
-import numpy as np
 import typer
 from rich.table import Table
 
 from retroface.cli.common import console, engine, fail, print_json, user_errors, with_status
 from retroface.config import get_settings
 from retroface.media.images import load_image
-from retroface.vision.engines import primary_face
+from retroface.vision.compare import compare_faces
 from retroface.vision.types import Face, ImageArray
 
 
@@ -94,32 +93,30 @@ def compare(
 ) -> None:
     """Compare the main face of two images: cosine similarity and the verdict at the threshold."""
     t = get_settings().match_threshold if threshold is None else threshold
-    img_a, faces_a = _analyse(image_a, json_out)
-    img_b, faces_b = _analyse(image_b, json_out)
-    fa, fb = primary_face(faces_a, img_a.shape), primary_face(faces_b, img_b.shape)
-    for path, face in ((image_a, fa), (image_b, fb)):
-        if face is None:
-            fail(f"{path}: no face found")
-    assert fa is not None and fb is not None
-    similarity = float(np.dot(fa.embedding, fb.embedding))
-    same = similarity >= t
-    if json_out:
-        print_json(
-            {
-                "similarity": round(similarity, 4),
-                "threshold": t,
-                "same_person": same,
-                "note": "a similarity score is an investigative lead, not an identification",
-                "a": {"image": str(image_a), "faces": len(faces_a), **fa.to_dict()},
-                "b": {"image": str(image_b), "faces": len(faces_b), **fb.to_dict()},
-                "model": fa.model.to_dict(),
-            }
+    with user_errors():
+        max_pixels = get_settings().max_image_pixels
+        img_a = load_image(image_a, max_pixels=max_pixels)
+        img_b = load_image(image_b, max_pixels=max_pixels)
+        eng = engine()
+        result = with_status(
+            "Comparing…",
+            lambda: compare_faces(eng, img_a, img_b, t, (str(image_a), str(image_b))),
+            json_out,
         )
+    if json_out:
+        data = result.to_dict()
+        data["a"] = {"image": str(image_a), **data["a"]}
+        data["b"] = {"image": str(image_b), **data["b"]}
+        print_json(data)
         return
+    same = result.same_person
     verdict = "[green]likely the same person[/]" if same else "[red]likely different people[/]"
-    console.print(f"similarity {similarity:.3f} (threshold {t:.2f}): {verdict}")
-    for path, faces, face in ((image_a, faces_a, fa), (image_b, faces_b, fb)):
-        note = f" ({len(faces)} faces; using the main one)" if len(faces) > 1 else ""
+    console.print(f"similarity {result.similarity:.3f} (threshold {t:.2f}): {verdict}")
+    for path, n, face in (
+        (image_a, result.faces_in_a, result.face_a),
+        (image_b, result.faces_in_b, result.face_b),
+    ):
+        note = f" ({n} faces; using the main one)" if n > 1 else ""
         if not face.quality.acceptable:
             note += " [yellow]low quality: " + "; ".join(face.quality.reasons) + "[/]"
         console.print(f"  {path.name}{note}")
