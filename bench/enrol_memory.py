@@ -46,7 +46,7 @@ def main() -> None:
                 "images": len(items),
                 "workers": enroller.workers,
                 "peak_rss_mib": round(peak_mib, 1),
-                **summary.to_dict(),
+                **summary.model_dump(mode="json"),
                 "rejected": len(summary.rejected),
             }
         )

@@ -75,7 +75,7 @@ def main() -> None:
             summary = enroller.run(admin, gallery)
         rate = (summary.enrolled + len(summary.rejected)) / summary.seconds
         for r in summary.rejected[:20]:
-            console.print(f"rejected {r['path']}: {r['reason']}")
+            console.print(f"rejected {r.path}: {r.reason}")
 
         with ctx.db.session() as s:
             from sqlalchemy import select

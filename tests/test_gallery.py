@@ -42,7 +42,7 @@ def test_enrol_search_idempotent(app: AppContext, data_dir: Path) -> None:
     items = people_items(data_dir)
     first = app.enroller().run(ADMIN, items)
     assert first.enrolled >= 10 and first.subjects == 4
-    assert {r["path"] for r in first.rejected} <= {str(i.path) for i in items}
+    assert {r.path for r in first.rejected} <= {str(i.path) for i in items}
     again = app.enroller().run(ADMIN, items)
     assert again.enrolled == 0 and again.skipped == first.enrolled
     assert len(again.rejected) == len(first.rejected)  # rejects are re-tried, and fail again
@@ -52,7 +52,7 @@ def test_enrol_search_idempotent(app: AppContext, data_dir: Path) -> None:
     key = app.engine.identity.key
     probe = embedding_of(app, data_dir / "people/_multi_face_scenes/obama_and_biden.jpg")
     matches, version = app.matcher.match(probe, key, top_k=4)
-    assert version == app.gallery.stats(ADMIN)["gallery_version"] > 0
+    assert version == app.gallery.stats(ADMIN).gallery_version > 0
     # each subject ranked once, best first
     assert len({m.subject_id for m in matches}) == len(matches) == 4
     assert [m.rank for m in matches] == [1, 2, 3, 4]
@@ -83,7 +83,7 @@ def test_rejections_have_reasons(app: AppContext, data_dir: Path, tmp_path: Path
     summary = app.enroller().run(
         ADMIN, [EnrolItem(bad, "s1"), EnrolItem(blank, "s2"), EnrolItem(group, "s3")]
     )
-    reasons = {Path(r["path"]).name: r["reason"] for r in summary.rejected}
+    reasons = {Path(r.path).name: r.reason for r in summary.rejected}
     assert summary.enrolled == 0
     assert reasons["x.jpg"].startswith("unreadable")
     assert reasons["blank.png"] == "no face found"
@@ -161,7 +161,7 @@ def test_erase_makes_subject_unfindable(app: AppContext, data_dir: Path) -> None
     fresh = AppContext(app.settings, engine=app.engine)
     matches, _ = fresh.matcher.match(probe, key, top_k=10)
     assert all(m.subject_id != top[0].subject_id for m in matches)
-    assert fresh.gallery.check(ADMIN, key)["index_matches_database"]
+    assert fresh.gallery.check(ADMIN, key).index_matches_database
     fresh.close()
     with pytest.raises(NotFoundError):
         app.gallery.erase(ADMIN, "joe_biden")
@@ -191,7 +191,7 @@ def test_index_rebuilt_when_missing_stale_or_corrupt(
     # a change made elsewhere makes a loaded index stale: it follows the database
     a.enroller().run(ADMIN, people_items(data_dir)[4:6])
     assert d.index.get(key).index.count() == 6
-    assert d.gallery.check(ADMIN, key)["index_matches_database"]
+    assert d.gallery.check(ADMIN, key).index_matches_database
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
@@ -216,19 +216,19 @@ def test_stats_show_list(app: AppContext, data_dir: Path) -> None:
     ]
     app.enroller().run(ADMIN, items)
     stats = app.gallery.stats(ADMIN)
-    assert stats["subjects"] == 4 and stats["subjects_by_inclusion_reason"] == {"custody image": 4}
-    assert [r["reference"] for r in app.gallery.list_subjects(ADMIN)] == sorted(PEOPLE)
+    assert stats.subjects == 4 and stats.subjects_by_inclusion_reason == {"custody image": 4}
+    assert [r.reference for r in app.gallery.list_subjects(ADMIN)] == sorted(PEOPLE)
     shown = app.gallery.show(ADMIN, "kit_harington")
-    assert shown["images"] == len(shown["reference_images"]) >= 2
+    assert shown.images == len(shown.reference_images) >= 2
 
 
 def test_orphan_files_detected_and_repaired(app: AppContext, data_dir: Path) -> None:
     app.enroller().run(ADMIN, people_items(data_dir)[:2])
     app.blobs.put(b"left behind by a crash")
     key = app.engine.identity.key
-    assert app.gallery.check(ADMIN, key)["orphan_files"] == 1
+    assert app.gallery.check(ADMIN, key).orphan_files == 1
     app.gallery.check(ADMIN, key, repair=True)
-    assert app.gallery.check(ADMIN, key)["orphan_files"] == 0
+    assert app.gallery.check(ADMIN, key).orphan_files == 0
 
 
 def test_kill_9_during_enrolment_then_rerun(app: AppContext, data_dir: Path) -> None:
@@ -290,7 +290,7 @@ def test_kill_9_during_enrolment_then_rerun(app: AppContext, data_dir: Path) -> 
     key = app.engine.identity.key
     fresh = AppContext(app.settings, engine=app.engine)
     report = fresh.gallery.check(ADMIN, key)
-    assert report["index_matches_database"] and report["orphan_files"] == 0
+    assert report.index_matches_database and report.orphan_files == 0
     assert not list((app.home / "images").rglob(".tmp-*"))
     fresh.close()
 

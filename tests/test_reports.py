@@ -121,9 +121,9 @@ def history(
     assert app.enroller().run(ADMIN, items).enrolled == len(REFERENCES)
     erased = {"images": 0, "templates": 0}
     for ref in ("kit_harington", "rose_leslie"):
-        images = app.gallery.show(ADMIN, ref)["reference_images"]
+        images = app.gallery.show(ADMIN, ref).reference_images
         erased["images"] += len(images)
-        erased["templates"] += sum(len(img["templates"]) for img in images)
+        erased["templates"] += sum(len(img.templates) for img in images)
 
     # Before the period: a granted case and a search (excluded from every count).
     _open(app, olive, "C0", "robbery")
@@ -170,7 +170,7 @@ def history(
         kit.retention_until = t1 + timedelta(hours=1)
     clock.advance(hours=49)
     report = app.retention.run(ADMIN)
-    assert report.urgent_cases_expired == ["U2"] and report.subjects == ["kit_harington"]
+    assert report.urgent_cases_expired == ["U2"] and report.subjects_erased == ["kit_harington"]
     app.gallery.erase(ADMIN, "rose_leslie", reason="found safe")
 
     # After the period: another search and a refusal (excluded from every count).

@@ -92,9 +92,9 @@ def test_local_runner_scans_a_video(app: AppContext, data_dir: Path, tmp_path: P
     )
     local.wait_idle(120)
     data = app.job_store.get(job)
-    assert data["status"] == "succeeded", data["error"]
-    assert (data["progress"], data["total"]) == (1000, 1000)
-    assert len(data["result"]["tracks"]) == 2 and len(data["result"]["exported"]) == 2
+    assert data.status == "succeeded", data.error
+    assert (data.progress, data.total) == (1000, 1000)
+    assert len(data.result["tracks"]) == 2 and len(data.result["exported"]) == 2
     local.stop()
 
 
@@ -112,8 +112,8 @@ def test_redis_runner_submit_progress_and_cancel(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             job = app.job_store.get(long)
-            if job["status"] == "running" and job["progress"] > 0:
-                seen["progress"] = job["progress"]
+            if job.status == "running" and job.progress > 0:
+                seen["progress"] = job.progress
                 runner.cancel(long)
                 return
             time.sleep(0.05)
@@ -122,12 +122,12 @@ def test_redis_runner_submit_progress_and_cancel(
     canceller.start()
     runner.work(burst=True)
     canceller.join()
-    assert app.job_store.get(done)["status"] == "succeeded"
-    assert len(app.job_store.get(done)["result"]["tracks"]) == 2
-    assert app.job_store.get(never)["status"] == "cancelled"
+    assert app.job_store.get(done).status == "succeeded"
+    assert len(app.job_store.get(done).result["tracks"]) == 2
+    assert app.job_store.get(never).status == "cancelled"
     assert 0 < seen["progress"] < 1000
-    assert app.job_store.get(long)["status"] == "cancelled"
-    assert app.job_store.get(long)["result"] is None
+    assert app.job_store.get(long).status == "cancelled"
+    assert app.job_store.get(long).result is None
     with pytest.raises(ValueError, match="no handler"):
         runner.submit("video.nope", {}, "olive")
 
@@ -170,14 +170,14 @@ def test_killed_batch_resumes_without_rescanning(
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(10)
     finished = sorted(p.name for p in checkpoints.glob("0000*.json"))
-    assert app.job_store.get(job_id)["status"] == "running"  # left behind by the dead worker
+    assert app.job_store.get(job_id).status == "running"  # left behind by the dead worker
     assert len(finished) < 3  # killed mid-batch
 
     runner.resume(job_id, force=True)
     runner.work(burst=True)
     job = app.job_store.get(job_id)
-    assert job["status"] == "succeeded", job["error"]
-    result = job["result"]
+    assert job.status == "succeeded", job.error
+    result = job.result
     assert result["attempt"] == 2 and result["total"] == 3
     assert [Path(v["path"]).name for v in result["videos"]] == [
         "1_walk.mp4",
@@ -189,7 +189,7 @@ def test_killed_batch_resumes_without_rescanning(
     # what the killed worker finished was not scanned again; the rest was, in attempt 2
     assert [v["attempt"] for v in result["videos"]] == [1] * done_first + [2] * (3 - done_first)
     assert [len(v["tracks"]) for v in result["videos"]][::2] == [2, 2]
-    assert (job["progress"], job["total"]) == (3, 3)
+    assert (job.progress, job.total) == (3, 3)
     assert not checkpoints.exists()  # removed once the result was stored
 
 

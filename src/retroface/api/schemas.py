@@ -29,12 +29,6 @@ class TokenResponse(BaseModel):
     expires_in_days: float
 
 
-class Me(BaseModel):
-    id: int
-    username: str
-    roles: list[str]
-
-
 USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
 
 
@@ -45,15 +39,6 @@ class UserCreate(BaseModel):
     )
     password: str | None = Field(default=None, min_length=12, max_length=1024)
     display_name: str | None = Field(default=None, max_length=200)
-
-
-class UserOut(BaseModel):
-    id: int
-    username: str
-    display_name: str | None
-    roles: list[str]
-    active: bool
-    created_at: datetime
 
 
 class TokenIssue(BaseModel):
@@ -194,22 +179,3 @@ class EnrolmentRequest(BaseModel):
     source: str | None = Field(default=None, max_length=200)
     multi_face: Literal["reject", "main"] = "reject"
     allow_low_quality: bool = False
-
-
-class JobOut(BaseModel):
-    id: int
-    kind: str
-    status: str
-    progress: int
-    total: int
-    result: dict[str, Any] | None
-    error: str | None
-    created_by: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
-class Page(BaseModel):
-    offset: int
-    limit: int
-    items: list[dict[str, Any]]

@@ -73,7 +73,7 @@ def user_list(json_out: bool = typer.Option(False, "--json")) -> None:
     with user_errors():
         users = state.ctx.users.list(state.principal())
     if json_out:
-        print_json({"users": [dataclasses.asdict(u) | {"roles": sorted(u.roles)} for u in users]})
+        print_json({"users": [u.model_dump(mode="json") for u in users]})
         return
     table = Table()
     for col in ("username", "roles", "active", "created"):
@@ -176,15 +176,14 @@ def retention_run(
     """Delete probes, results, expired urgent cases and subjects whose retention has ended."""
     with user_errors():
         report = state.ctx.retention.run(state.principal(), dry_run=dry_run)
-    data = report.to_dict()
     if json_out:
-        print_json(data)
+        print_json(report.model_dump(mode="json"))
         return
     verb = "due" if dry_run else "deleted"
     console.print(
-        f"{verb}: {data['probes_deleted']} probe(s), {data['searches_deleted']} search record(s), "
-        f"{len(data['subjects_erased'])} subject(s), "
-        f"{len(data['urgent_cases_expired'])} expired urgent case(s)"
+        f"{verb}: {report.probes_deleted} probe(s), {report.searches_deleted} search record(s), "
+        f"{len(report.subjects_erased)} subject(s), "
+        f"{len(report.urgent_cases_expired)} expired urgent case(s)"
     )
 
 

@@ -78,10 +78,10 @@ def demo(
             )
         console.print(
             f"gallery: {summary.enrolled} enrolled now, {summary.skipped} already there, "
-            f"{len(summary.rejected)} rejected; {ctx.gallery.stats(admin)['subjects']} subjects"
+            f"{len(summary.rejected)} rejected; {ctx.gallery.stats(admin).subjects} subjects"
         )
         for r in summary.rejected:
-            console.print(f"  [yellow]rejected[/] {Path(r['path']).name}: {r['reason']}")
+            console.print(f"  [yellow]rejected[/] {Path(r.path).name}: {r.reason}")
 
         ref = f"DEMO-{secrets.token_hex(3).upper()}"
         ctx.cases.open(

@@ -70,9 +70,8 @@ def enrol(
             summary = enroller.run(
                 actor, items, progress=lambda d, t: bar.update(task, completed=d)
             )
-    data = summary.to_dict()
     if json_out:
-        print_json(data)
+        print_json(summary.model_dump(mode="json"))
         return
     console.print(
         f"enrolled {summary.enrolled}, skipped {summary.skipped} (already enrolled), "
@@ -80,7 +79,7 @@ def enrol(
         f"in {summary.seconds:.1f} s (gallery version {summary.gallery_version})"
     )
     for r in summary.rejected[:50]:
-        console.print(f"  [yellow]rejected[/] {r['path']}: {r['reason']}")
+        console.print(f"  [yellow]rejected[/] {r.path}: {r.reason}")
     if len(summary.rejected) > 50:
         console.print(f"  … and {len(summary.rejected) - 50} more (use --json for all)")
 
@@ -95,15 +94,14 @@ def list_(
     with user_errors():
         rows = state.ctx.gallery.list_subjects(state.principal(), offset, limit)
     if json_out:
-        print_json({"subjects": rows, "offset": offset, "limit": limit})
+        subjects = [r.model_dump(mode="json") for r in rows]
+        print_json({"subjects": subjects, "offset": offset, "limit": limit})
         return
     table = Table(title=f"Subjects {offset + 1}–{offset + len(rows)}")
     for col in ("reference", "images", "inclusion reason", "source", "status"):
         table.add_column(col)
     for r in rows:
-        table.add_row(
-            r["reference"], str(r["images"]), r["inclusion_reason"], r["source"] or "", r["status"]
-        )
+        table.add_row(r.reference, str(r.images), r.inclusion_reason, r.source or "", r.status)
     console.print(table)
 
 
@@ -113,16 +111,16 @@ def show(subject: str, json_out: bool = typer.Option(False, "--json")) -> None:
     with user_errors():
         data = state.ctx.gallery.show(state.principal(), subject)
     if json_out:
-        print_json(data)
+        print_json(data.model_dump(mode="json"))
         return
     console.print(
-        f"[bold]{data['reference']}[/] ({data['status']}): {data['inclusion_reason']}, "
-        f"source {data['source'] or 'unspecified'}"
+        f"[bold]{data.reference}[/] ({data.status}): {data.inclusion_reason}, "
+        f"source {data.source or 'unspecified'}"
     )
-    for img in data["reference_images"]:
+    for img in data.reference_images:
         console.print(
-            f"  image {img['image_id']} {img['original_name']} {img['size'][0]}x{img['size'][1]} "
-            f"sha256 {img['content_hash'][:12]}… ({len(img['templates'])} template(s))"
+            f"  image {img.image_id} {img.original_name} {img.size[0]}x{img.size[1]} "
+            f"sha256 {img.content_hash[:12]}… ({len(img.templates)} template(s))"
         )
 
 
@@ -136,7 +134,7 @@ def remove(
     with user_errors():
         result = state.ctx.gallery.erase(state.principal(), subject, reason=reason)
     if json_out:
-        print_json(result.to_dict())
+        print_json(result.model_dump(mode="json"))
         return
     console.print(
         f"erased {subject}: {result.images} image(s), {result.templates} template(s), "
@@ -150,18 +148,18 @@ def stats(json_out: bool = typer.Option(False, "--json")) -> None:
     with user_errors():
         data = state.ctx.gallery.stats(state.principal())
     if json_out:
-        print_json(data)
+        print_json(data.model_dump(mode="json"))
         return
     console.print(
-        f"{data['subjects']} subjects, {data['images']} images, {data['templates']} templates "
-        f"(gallery version {data['gallery_version']})"
+        f"{data.subjects} subjects, {data.images} images, {data.templates} templates "
+        f"(gallery version {data.gallery_version})"
     )
-    for title, key in (
-        ("by inclusion reason", "subjects_by_inclusion_reason"),
-        ("by source", "subjects_by_source"),
-        ("templates by model", "templates_by_model"),
+    for title, counts in (
+        ("by inclusion reason", data.subjects_by_inclusion_reason),
+        ("by source", data.subjects_by_source),
+        ("templates by model", data.templates_by_model),
     ):
-        console.print(f"  {title}: " + ", ".join(f"{k}: {v}" for k, v in data[key].items()))
+        console.print(f"  {title}: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
 
 
 @app.command()
@@ -174,7 +172,7 @@ def check(
         ctx = state.ctx
         data = ctx.gallery.check(state.principal(), ctx.engine.identity.key, repair=repair)
     if json_out:
-        print_json(data)
+        print_json(data.model_dump(mode="json"))
         return
-    for k, v in data.items():
+    for k, v in data.model_dump().items():
         console.print(f"{k}: {v}")

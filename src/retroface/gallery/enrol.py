@@ -22,10 +22,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -36,6 +35,7 @@ from retroface.core.clock import Clock, utcnow
 from retroface.core.errors import InvalidInputError
 from retroface.core.roles import Role
 from retroface.core.status import SubjectStatus
+from retroface.gallery.views import EnrolSummary, Rejection
 from retroface.media.images import ImageLoadError, decode_image, is_image_path
 from retroface.search.index_manager import IndexManager
 from retroface.storage.blobstore import EncryptedBlobStore, content_hash
@@ -70,31 +70,6 @@ class EnrolItem:
     capture_date: datetime | None = None
     display_name: str | None = None
     retention_until: datetime | None = None
-
-
-@dataclass
-class EnrolSummary:
-    enrolled: int = 0
-    skipped: int = 0
-    rejected: list[dict[str, str]] = field(default_factory=list)
-    subjects: int = 0
-    new_subjects: int = 0
-    seconds: float = 0.0
-    gallery_version: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "enrolled": self.enrolled,
-            "skipped": self.skipped,
-            "rejected": self.rejected,
-            "subjects": self.subjects,
-            "new_subjects": self.new_subjects,
-            "seconds": round(self.seconds, 2),
-            "images_per_second": round((self.enrolled + len(self.rejected)) / self.seconds, 2)
-            if self.seconds
-            else None,
-            "gallery_version": self.gallery_version,
-        }
 
 
 @dataclass
@@ -301,7 +276,7 @@ class Enroller:
                 elif res.error:
                     if res.digest:
                         seen.add(res.digest)
-                    summary.rejected.append({"path": str(res.item.path), "reason": res.error})
+                    summary.rejected.append(Rejection(path=str(res.item.path), reason=res.error))
                 else:
                     seen.add(res.digest)
                     pending.append(res)
@@ -348,7 +323,7 @@ class Enroller:
                     summary.new_subjects += 1
                 elif subject.status != SubjectStatus.ACTIVE:
                     summary.rejected.append(
-                        {"path": str(item.path), "reason": f"subject {item.subject} is erased"}
+                        Rejection(path=str(item.path), reason=f"subject {item.subject} is erased")
                     )
                     continue
                 subjects[item.subject] = subject

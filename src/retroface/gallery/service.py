@@ -7,9 +7,6 @@ audited as ``<action>.refused``; an erasure is audited in the transaction that e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -18,6 +15,16 @@ from retroface.core.access import SYSTEM, AuditFn, Principal
 from retroface.core.clock import Clock, utcnow
 from retroface.core.errors import NotFoundError
 from retroface.core.roles import Role
+from retroface.core.status import SubjectStatus
+from retroface.gallery.views import (
+    ErasureResult,
+    GalleryCheck,
+    GalleryStats,
+    ReferenceImageView,
+    SubjectDetail,
+    SubjectSummary,
+    TemplateView,
+)
 from retroface.search.index_manager import IndexManager
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.db import Database
@@ -26,30 +33,18 @@ from retroface.storage.tables import FaceTemplate, Probe, ReferenceImage, Subjec
 from retroface.storage.versions import bump_gallery_version, gallery_version
 
 
-@dataclass(frozen=True)
-class ErasureResult:
-    subject: str
-    images: int
-    templates: int
-    files_deleted: int
-    gallery_version: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
-
-def subject_dict(subject: Subject, n_images: int | None = None) -> dict[str, Any]:
-    return {
-        "reference": subject.reference,
-        "display_name": subject.display_name,
-        "inclusion_reason": subject.inclusion_reason,
-        "legal_basis": subject.legal_basis,
-        "source": subject.source,
-        "retention_until": subject.retention_until,
-        "status": subject.status,
-        "created_at": subject.created_at,
-        "images": n_images if n_images is not None else len(subject.images),
-    }
+def subject_summary(subject: Subject, n_images: int | None = None) -> SubjectSummary:
+    return SubjectSummary(
+        reference=subject.reference,
+        display_name=subject.display_name,
+        inclusion_reason=subject.inclusion_reason,
+        legal_basis=subject.legal_basis,
+        source=subject.source,
+        retention_until=subject.retention_until,
+        status=SubjectStatus(subject.status),
+        created_at=subject.created_at,
+        images=n_images if n_images is not None else len(subject.images),
+    )
 
 
 #: Who may read the gallery (list, show, stats, check) and who may change it (enrol, erase,
@@ -76,7 +71,7 @@ class GalleryService:
 
     def list_subjects(
         self, principal: Principal, offset: int = 0, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    ) -> list[SubjectSummary]:
         self.guard.require(principal, *READERS, action="gallery.list")
         with self.db.session() as s:
             rows = s.execute(
@@ -87,7 +82,7 @@ class GalleryService:
                 .offset(offset)
                 .limit(limit)
             ).all()
-            return [subject_dict(subj, n) for subj, n in rows]
+            return [subject_summary(subj, n) for subj, n in rows]
 
     def _get(self, s: Session, reference: str) -> Subject:
         subject = s.scalar(select(Subject).where(Subject.reference == reference))
@@ -95,34 +90,35 @@ class GalleryService:
             raise NotFoundError(f"no subject {reference!r} in the gallery")
         return subject
 
-    def show(self, principal: Principal, reference: str) -> dict[str, Any]:
+    def show(self, principal: Principal, reference: str) -> SubjectDetail:
         self.guard.require(
             principal, *READERS, action="gallery.show", object_type="subject", object_id=reference
         )
         with self.db.session() as s:
             subject = self._get(s, reference)
-            data = subject_dict(subject)
-            data["meta"] = subject.meta
-            data["reference_images"] = [
-                {
-                    "image_id": img.id,
-                    "content_hash": img.content_hash,
-                    "original_name": img.original_name,
-                    "provenance": img.provenance,
-                    "capture_date": img.capture_date,
-                    "size": [img.width, img.height],
-                    "templates": [
-                        {
-                            "model": t.model_key,
-                            "det_score": round(t.det_score, 4),
-                            "quality": t.quality,
-                        }
-                        for t in img.templates
-                    ],
-                }
-                for img in subject.images
-            ]
-            return data
+            return SubjectDetail(
+                **subject_summary(subject).model_dump(),
+                meta=subject.meta,
+                reference_images=[
+                    ReferenceImageView(
+                        image_id=img.id,
+                        content_hash=img.content_hash,
+                        original_name=img.original_name,
+                        provenance=img.provenance,
+                        capture_date=img.capture_date,
+                        size=[img.width, img.height],
+                        templates=[
+                            TemplateView(
+                                model=t.model_key,
+                                det_score=round(t.det_score, 4),
+                                quality=t.quality,
+                            )
+                            for t in img.templates
+                        ],
+                    )
+                    for img in subject.images
+                ],
+            )
 
     def erase(
         self, principal: Principal, reference: str, reason: str | None = None
@@ -174,13 +170,19 @@ class GalleryService:
         deleted = sum(self.blobs.delete(h) for h in set(hashes) - still_used)
         for key in model_keys:
             self.index.apply(key, version, removed=template_ids, save=True)
-        return ErasureResult(reference, len(images), len(template_ids), deleted, version)
+        return ErasureResult(
+            subject=reference,
+            images=len(images),
+            templates=len(template_ids),
+            files_deleted=deleted,
+            gallery_version=version,
+        )
 
-    def stats(self, principal: Principal) -> dict[str, Any]:
+    def stats(self, principal: Principal) -> GalleryStats:
         self.guard.require(principal, *READERS, action="gallery.stats")
         return gallery_stats(self.db)
 
-    def check(self, principal: Principal, model_key: str, repair: bool = False) -> dict[str, Any]:
+    def check(self, principal: Principal, model_key: str, repair: bool = False) -> GalleryCheck:
         """Compare files, rows and the index; with ``repair`` (admin) delete orphan files.
 
         A repair is audited (``gallery.repair``) because it deletes files; a plain check only
@@ -215,18 +217,18 @@ class GalleryService:
                 )
             for digest in orphans:
                 self.blobs.delete(digest)
-        return {
-            "orphan_files": len(orphans),
-            "missing_files": len(missing),
-            "index_count": loaded.index.count(),
-            "template_count": len(template_ids),
-            "index_matches_database": index_ids == template_ids
+        return GalleryCheck(
+            orphan_files=len(orphans),
+            missing_files=len(missing),
+            index_count=loaded.index.count(),
+            template_count=len(template_ids),
+            index_matches_database=index_ids == template_ids
             and loaded.index.count() == len(template_ids),
-            "repaired": repair,
-        }
+            repaired=repair,
+        )
 
 
-def gallery_stats(db: Database) -> dict[str, Any]:
+def gallery_stats(db: Database) -> GalleryStats:
     """Gallery size by inclusion reason, source and model: aggregate counts, no personal data.
 
     For callers that have already checked their own roles (the transparency and DPIA reports);
@@ -252,12 +254,12 @@ def gallery_stats(db: Database) -> dict[str, Any]:
                 )
             ).all()
         )
-        return {
-            "subjects": s.scalar(select(func.count(Subject.id))) or 0,
-            "images": s.scalar(select(func.count(ReferenceImage.id))) or 0,
-            "templates": s.scalar(select(func.count(FaceTemplate.id))) or 0,
-            "templates_by_model": by_model,
-            "subjects_by_inclusion_reason": by_reason,
-            "subjects_by_source": by_source,
-            "gallery_version": gallery_version(s),
-        }
+        return GalleryStats(
+            subjects=s.scalar(select(func.count(Subject.id))) or 0,
+            images=s.scalar(select(func.count(ReferenceImage.id))) or 0,
+            templates=s.scalar(select(func.count(FaceTemplate.id))) or 0,
+            templates_by_model=by_model,
+            subjects_by_inclusion_reason=by_reason,
+            subjects_by_source=by_source,
+            gallery_version=gallery_version(s),
+        )

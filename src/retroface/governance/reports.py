@@ -22,12 +22,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jinja2
 import numpy as np
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
+
+# pydantic (the API's response model) reads TypedDicts only from typing_extensions before 3.12
+from typing_extensions import TypedDict
 
 from retroface import __version__
 from retroface.core.errors import InvalidInputError
@@ -166,7 +169,7 @@ def transparency(app: ReportSource, start: datetime, end: datetime) -> Transpare
         "authorisations": authorisations,
         "reviews": reviews,
         "deletions": deletions,
-        "gallery": _jsonable(gallery_stats(app.db)),
+        "gallery": gallery_stats(app.db).model_dump(mode="json"),
     }
 
 
@@ -441,7 +444,7 @@ def dpia(app: DpiaSource) -> DpiaReport:
         "generated_at": _iso(app.clock()),
         "notice": LEADS_NOTICE,
         "data_categories": _data_categories(counts, no_retention_date, policy),
-        "gallery": _jsonable(gallery_stats(app.db)),
+        "gallery": gallery_stats(app.db).model_dump(mode="json"),
         "retention": policy.to_dict(),
         "roles": [
             {"role": r.value, "duties": ROLE_DESCRIPTIONS[r], "active_users": active_roles[r]}
@@ -671,17 +674,6 @@ def _verify_text(verify: VerifyResult) -> str:
 
 def _iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat()
-
-
-def _jsonable(value: Any) -> Any:
-    """Datetimes as ISO text, recursively, so the dict serialises with plain ``json``."""
-    if isinstance(value, datetime):
-        return _iso(value)
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------------- HTML

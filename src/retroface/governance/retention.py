@@ -12,10 +12,9 @@ as ``retention.run.refused``. A dry run changes nothing and, as before, writes n
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from retroface.audit.guard import Guard
@@ -32,26 +31,22 @@ from retroface.storage.references import still_referenced
 from retroface.storage.tables import Case, Probe, SearchRecord, Subject
 
 
-@dataclass
-class RetentionReport:
+class RetentionReport(BaseModel):
+    """What a retention run deleted (or, dry, would delete).
+
+    The ids of the probes and search records are kept for callers in Python (tests, the report
+    that follows a run) but not shown: the JSON gives their counts, as it always has.
+    """
+
     dry_run: bool
     now: datetime
-    urgent_cases_expired: list[str] = field(default_factory=list)
-    probes: list[int] = field(default_factory=list)
-    searches: list[int] = field(default_factory=list)
-    subjects: list[str] = field(default_factory=list)
+    urgent_cases_expired: list[str] = Field(default_factory=list)
+    probes_deleted: int = 0
+    searches_deleted: int = 0
+    subjects_erased: list[str] = Field(default_factory=list)
     files_deleted: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "now": self.now,
-            "urgent_cases_expired": self.urgent_cases_expired,
-            "probes_deleted": len(self.probes),
-            "searches_deleted": len(self.searches),
-            "subjects_erased": self.subjects,
-            "files_deleted": self.files_deleted,
-        }
+    probes: list[int] = Field(default_factory=list, exclude=True)
+    searches: list[int] = Field(default_factory=list, exclude=True)
 
 
 class RetentionService:
@@ -80,9 +75,8 @@ class RetentionService:
             self.guard.require(principal, Role.ADMIN, action="retention.run")
         actor = principal.username
         now = self.clock()
-        report = RetentionReport(dry_run=dry_run, now=now)
         with self.db.session() as s:
-            report.urgent_cases_expired = list(
+            urgent = list(
                 s.scalars(
                     select(Case.reference).where(
                         Case.status == CaseStatus.PENDING,
@@ -91,25 +85,35 @@ class RetentionService:
                     )
                 )
             )
-            report.probes = list(
+            probes = list(
                 s.scalars(
                     select(Probe.id).where(Probe.created_at < now - self.policy.probe_retention)
                 )
             )
-            report.searches = list(
+            searches = list(
                 s.scalars(
                     select(SearchRecord.id).where(
                         SearchRecord.started_at < now - self.policy.search_record_retention
                     )
                 )
             )
-            report.subjects = list(
+            subjects = list(
                 s.scalars(
                     select(Subject.reference).where(
                         Subject.retention_until.is_not(None), Subject.retention_until < now
                     )
                 )
             )
+        report = RetentionReport(
+            dry_run=dry_run,
+            now=now,
+            urgent_cases_expired=urgent,
+            probes_deleted=len(probes),
+            searches_deleted=len(searches),
+            subjects_erased=subjects,
+            probes=probes,
+            searches=searches,
+        )
         if dry_run:
             return report
         for ref in report.urgent_cases_expired:
@@ -118,7 +122,7 @@ class RetentionService:
             ).files_deleted
         self._delete_searches(report.searches, actor)
         report.files_deleted += self._delete_probes(report.probes, actor)
-        for ref in report.subjects:
+        for ref in report.subjects_erased:
             report.files_deleted += self.gallery.expire(principal, ref).files_deleted
         return report
 

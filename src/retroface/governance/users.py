@@ -22,12 +22,12 @@ import hashlib
 import re
 import secrets
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from pydantic import BaseModel, ConfigDict, field_serializer
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -65,19 +65,44 @@ class AuthenticationError(PermissionDeniedError):
     code = "unauthenticated"
 
 
-@dataclass(frozen=True)
-class UserInfo:
+class Identity(BaseModel):
+    """Who a principal is, as shown to that principal (``/me``)."""
+
+    id: int
+    username: str
+    roles: list[Role]
+
+    @classmethod
+    def of(cls, principal: Principal) -> Identity:
+        return cls(id=principal.id, username=principal.username, roles=sorted(principal.roles))
+
+
+class Account(BaseModel):
+    """An account as the API lists it (no credentials, not even whether a password is set)."""
+
+    model_config = ConfigDict(frozen=True)
+
     id: int
     username: str
     display_name: str | None
     roles: frozenset[Role]
     active: bool
-    has_password: bool
     created_at: datetime
 
+    @field_serializer("roles")
+    def _sorted_roles(self, roles: frozenset[Role]) -> list[Role]:
+        return sorted(roles)
 
-@dataclass(frozen=True)
-class TokenInfo:
+
+class UserInfo(Account):
+    """An account with what its administrator may see besides (``user list --json``)."""
+
+    has_password: bool
+
+
+class TokenInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     id: int
     username: str
     name: str

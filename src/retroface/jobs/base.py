@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from retroface.jobs.store import JobStore
+from retroface.jobs.views import JobView
 
 #: Reports (done, total); raises :class:`~retroface.jobs.store.JobCancelled` once cancelled.
 Progress = Callable[[int, int], None]
@@ -32,7 +33,7 @@ class JobRunner(Protocol):
         """Queue a job; returns its id. Raises ``ValueError`` for an unknown kind."""
         ...
 
-    def cancel(self, job_id: int) -> dict[str, Any]:
+    def cancel(self, job_id: int) -> JobView:
         """Queued jobs never start; a running one stops the next time it reports progress."""
         ...
 

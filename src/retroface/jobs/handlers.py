@@ -71,7 +71,7 @@ def enrol_handler(services: JobServices) -> Handler:
             require_quality=not payload.get("allow_low_quality", False),
             multi_face=str(payload.get("multi_face", "reject")),
         )
-        return enroller.run(principal, items, progress=progress).to_dict()
+        return enroller.run(principal, items, progress=progress).model_dump(mode="json")
 
     return run
 

@@ -10,6 +10,7 @@ from typing import Any
 from retroface.core.status import JobStatus
 from retroface.jobs.base import Handler
 from retroface.jobs.store import JobCancelled, JobStore
+from retroface.jobs.views import ACTIVE, JobView
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class LocalJobRunner:
         self._queue.put(job_id)
         return job_id
 
-    def cancel(self, job_id: int) -> dict[str, Any]:
+    def cancel(self, job_id: int) -> JobView:
         """The handler notices at its next progress report (``JobStore.progress`` raises)."""
         return self.store.cancel(job_id)
 
@@ -56,11 +57,11 @@ class LocalJobRunner:
 
     def run_one(self, job_id: int) -> None:
         job = self.store.get(job_id)
-        if job["status"] != JobStatus.QUEUED:
+        if job.status != JobStatus.QUEUED:
             return
         self.store.update(job_id, status=JobStatus.RUNNING)
         try:
-            result = self.handlers[job["kind"]](
+            result = self.handlers[job.kind](
                 self.store.payload(job_id), lambda d, t: self.store.progress(job_id, d, t)
             )
             self.store.update(job_id, status=JobStatus.SUCCEEDED, result=result)
@@ -75,9 +76,7 @@ class LocalJobRunner:
         import time
 
         deadline = time.monotonic() + timeout
-        while not self._queue.empty() or any(
-            j["status"] in ("queued", "running", "cancelling") for j in self.store.list(200)
-        ):
+        while not self._queue.empty() or any(j.status in ACTIVE for j in self.store.list(200)):
             if time.monotonic() > deadline:
                 raise TimeoutError("jobs still running")
             time.sleep(0.05)

@@ -34,6 +34,7 @@ from retroface.core.errors import ConflictError
 from retroface.core.status import JobStatus
 from retroface.jobs.base import Handler
 from retroface.jobs.store import JobCancelled, JobStore
+from retroface.jobs.views import ACTIVE, JobView
 from retroface.storage.tables import Job
 
 if TYPE_CHECKING:
@@ -105,13 +106,11 @@ class RedisJobRunner:
             description=f"retroface job {job_id}",
         )
 
-    def cancel(self, job_id: int) -> dict[str, Any]:
+    def cancel(self, job_id: int) -> JobView:
         """Same as the local runner: queued jobs never start, running ones stop at progress."""
         return self.store.cancel(job_id)
 
-    def resume(
-        self, job_id: int, force: bool = False, stale_after_s: float = 120.0
-    ) -> dict[str, Any]:
+    def resume(self, job_id: int, force: bool = False, stale_after_s: float = 120.0) -> JobView:
         """Queue a job whose worker died; it carries on from its checkpoints.
 
         A ``running`` job is taken as dead only if it reported nothing for ``stale_after_s``
@@ -119,17 +118,17 @@ class RedisJobRunner:
         the worker is gone; a ``failed`` job can always be resumed.
         """
         job = self.store.get(job_id)
-        status = job["status"]
+        status = job.status
         if status == JobStatus.CANCELLING:
             self.store.update(job_id, status=JobStatus.CANCELLED)
             return self.store.get(job_id)
         if status == JobStatus.QUEUED:
             self._enqueue(job_id)  # harmless if already queued: only one worker can claim it
             return job
-        if status not in ("running", "failed"):
+        if status not in (JobStatus.RUNNING, JobStatus.FAILED):
             raise ConflictError(f"job {job_id} already {status}: nothing to resume")
         if status == JobStatus.RUNNING and not force:
-            updated = job["updated_at"]
+            updated = job.updated_at
             age = (self.store.clock() - _aware(updated)).total_seconds()
             if age < stale_after_s:
                 raise ConflictError(
@@ -168,7 +167,7 @@ class RedisJobRunner:
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Block until no job is queued or running (needs a worker somewhere)."""
         deadline = time.monotonic() + timeout
-        while any(j["status"] in ("queued", "running", "cancelling") for j in self.store.list(200)):
+        while any(j.status in ACTIVE for j in self.store.list(200)):
             if time.monotonic() > deadline:
                 raise TimeoutError("jobs still running")
             time.sleep(0.05)
@@ -189,11 +188,9 @@ class RedisJobRunner:
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 return False
         job = self.store.get(job_id)
-        handler = self.handlers.get(job["kind"])
+        handler = self.handlers.get(job.kind)
         if handler is None:
-            self.store.update(
-                job_id, status=JobStatus.FAILED, error=f"no handler for {job['kind']!r}"
-            )
+            self.store.update(job_id, status=JobStatus.FAILED, error=f"no handler for {job.kind!r}")
             return True
         payload = {**self.store.payload(job_id), "job_id": job_id}
         try:

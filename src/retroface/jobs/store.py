@@ -11,29 +11,28 @@ from sqlalchemy import select
 from retroface.core.clock import utcnow
 from retroface.core.errors import ConflictError, NotFoundError
 from retroface.core.status import JobStatus
+from retroface.jobs.views import TERMINAL, JobView
 from retroface.storage.db import Database
 from retroface.storage.tables import Job
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class JobCancelled(Exception):
     """Raised inside a job's work when someone asked to cancel it."""
 
 
-def job_dict(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "status": job.status,
-        "progress": job.progress,
-        "total": job.total,
-        "result": job.result or None,
-        "error": job.error,
-        "created_by": job.created_by,
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-    }
+def job_view(job: Job) -> JobView:
+    return JobView(
+        id=job.id,
+        kind=job.kind,
+        status=JobStatus(job.status),
+        progress=job.progress,
+        total=job.total,
+        result=job.result or None,
+        error=job.error,
+        created_by=job.created_by,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+    )
 
 
 class JobStore:
@@ -48,17 +47,17 @@ class JobStore:
             s.flush()
             return job.id
 
-    def get(self, job_id: int) -> dict[str, Any]:
+    def get(self, job_id: int) -> JobView:
         with self.db.session() as s:
             job = s.get(Job, job_id)
             if job is None:
                 raise NotFoundError(f"no job {job_id}")
-            return job_dict(job)
+            return job_view(job)
 
-    def list(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+    def list(self, limit: int = 50, offset: int = 0) -> list[JobView]:
         with self.db.session() as s:
             q = select(Job).order_by(Job.id.desc()).offset(offset).limit(limit)
-            return [job_dict(j) for j in s.scalars(q)]
+            return [job_view(j) for j in s.scalars(q)]
 
     def payload(self, job_id: int) -> dict[str, Any]:
         with self.db.session() as s:
@@ -89,7 +88,7 @@ class JobStore:
                 raise JobCancelled(f"job {job_id} cancelled")
             job.progress, job.total, job.updated_at = done, total, self.clock()
 
-    def cancel(self, job_id: int) -> dict[str, Any]:
+    def cancel(self, job_id: int) -> JobView:
         with self.db.session() as s:
             job = s.get(Job, job_id)
             if job is None:
@@ -101,7 +100,7 @@ class JobStore:
             )
             job.updated_at = self.clock()
             s.flush()
-            return job_dict(job)
+            return job_view(job)
 
     def counts(self) -> dict[str, int]:
         from sqlalchemy import func

@@ -7,38 +7,30 @@ from datetime import timedelta
 from fastapi import APIRouter
 
 from retroface.api.deps import Caller, Ctx
-from retroface.api.schemas import TokenIssue, TokenResponse, UserCreate, UserOut
-from retroface.governance.users import UserInfo
+from retroface.api.schemas import TokenIssue, TokenResponse, UserCreate
+from retroface.governance.users import Account
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])
 
-
-def _out(u: UserInfo) -> UserOut:
-    return UserOut(
-        id=u.id,
-        username=u.username,
-        display_name=u.display_name,
-        roles=sorted(r.value for r in u.roles),
-        active=u.active,
-        created_at=u.created_at,
-    )
+# The service returns UserInfo (an Account that also says whether a password is set); declaring
+# Account here keeps that out of the API's answer, as it always was.
 
 
-@router.get("", response_model=list[UserOut], summary="All accounts")
-def list_users(ctx: Ctx, caller: Caller) -> list[UserOut]:
-    return [_out(u) for u in ctx.users.list(caller)]
+@router.get("", response_model=list[Account], summary="All accounts")
+def list_users(ctx: Ctx, caller: Caller) -> list[Account]:
+    return list(ctx.users.list(caller))
 
 
-@router.post("", response_model=UserOut, status_code=201, summary="Create an account")
-def add_user(body: UserCreate, ctx: Ctx, caller: Caller) -> UserOut:
+@router.post("", response_model=Account, status_code=201, summary="Create an account")
+def add_user(body: UserCreate, ctx: Ctx, caller: Caller) -> Account:
     ctx.users.add(caller, body.username, body.roles, body.password, body.display_name)
-    return _out(ctx.users.get(caller, body.username))
+    return ctx.users.get(caller, body.username)
 
 
-@router.post("/{username}/disable", response_model=UserOut, summary="Disable an account")
-def disable_user(username: str, ctx: Ctx, caller: Caller) -> UserOut:
+@router.post("/{username}/disable", response_model=Account, summary="Disable an account")
+def disable_user(username: str, ctx: Ctx, caller: Caller) -> Account:
     ctx.users.disable(caller, username)
-    return _out(ctx.users.get(caller, username))
+    return ctx.users.get(caller, username)
 
 
 @router.post(

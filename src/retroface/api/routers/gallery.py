@@ -4,38 +4,51 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from retroface.api.deps import Caller, Ctx
-from retroface.api.schemas import EnrolmentRequest, JobOut, Page
+from retroface.api.schemas import EnrolmentRequest
 from retroface.api.uploads import read_upload
 from retroface.core.errors import InvalidInputError, PermissionDeniedError
 from retroface.gallery.enrol import EnrolItem
+from retroface.gallery.views import (
+    EnrolSummary,
+    ErasureResult,
+    GalleryStats,
+    SubjectDetail,
+    SubjectPage,
+)
+from retroface.jobs.views import JobView
 
 router = APIRouter(prefix="/api/v1", tags=["gallery"])
 
 
-@router.get("/gallery/subjects", response_model=Page, summary="Subjects, by reference")
+@router.get("/gallery/subjects", response_model=SubjectPage, summary="Subjects, by reference")
 def list_subjects(
     ctx: Ctx,
     caller: Caller,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
+) -> SubjectPage:
     items = ctx.gallery.list_subjects(caller, offset, limit)
-    return {"offset": offset, "limit": limit, "items": items}
+    return SubjectPage(offset=offset, limit=limit, items=items)
 
 
-@router.get("/gallery/subjects/{ref}", summary="One subject with its images and templates")
-def show_subject(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@router.get(
+    "/gallery/subjects/{ref}",
+    response_model=SubjectDetail,
+    summary="One subject with its images and templates",
+)
+def show_subject(ref: str, ctx: Ctx, caller: Caller) -> SubjectDetail:
     return ctx.gallery.show(caller, ref)
 
 
 @router.post(
     "/gallery/subjects/{ref}/images",
     status_code=201,
+    response_model=EnrolSummary,
     summary="Enrol one reference image for a subject (created if new)",
 )
 def enrol_image(
@@ -46,7 +59,7 @@ def enrol_image(
     inclusion_reason: Annotated[str | None, Form(max_length=200)] = None,
     source: Annotated[str | None, Form(max_length=200)] = None,
     face: Annotated[int | None, Form(ge=0, le=1000)] = None,
-) -> dict[str, Any]:
+) -> EnrolSummary:
     data = read_upload(file, ctx.settings.max_upload_bytes)
     name = Path(file.filename or "upload").name or "upload"
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,30 +76,37 @@ def enrol_image(
         )
         summary = enroller.run(caller, [item])
     if summary.rejected:
-        raise InvalidInputError(f"{name}: {summary.rejected[0]['reason']}")
-    return summary.to_dict()
+        raise InvalidInputError(f"{name}: {summary.rejected[0].reason}")
+    return summary
 
 
-@router.delete("/gallery/subjects/{ref}", summary="Erase a subject: rows, files and index entries")
+@router.delete(
+    "/gallery/subjects/{ref}",
+    response_model=ErasureResult,
+    summary="Erase a subject: rows, files and index entries",
+)
 def erase_subject(
     ref: str, ctx: Ctx, caller: Caller, reason: Annotated[str, Query(min_length=1, max_length=500)]
-) -> dict[str, Any]:
-    result = ctx.gallery.erase(caller, ref, reason=reason)
-    return result.to_dict()
+) -> ErasureResult:
+    return ctx.gallery.erase(caller, ref, reason=reason)
 
 
-@router.get("/gallery/stats", summary="Gallery size by inclusion reason, source and model")
-def gallery_stats(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@router.get(
+    "/gallery/stats",
+    response_model=GalleryStats,
+    summary="Gallery size by inclusion reason, source and model",
+)
+def gallery_stats(ctx: Ctx, caller: Caller) -> GalleryStats:
     return ctx.gallery.stats(caller)
 
 
 @router.post(
     "/gallery/enrolments",
-    response_model=JobOut,
+    response_model=JobView,
     status_code=202,
     summary="Batch enrolment from RETROFACE_IMPORT_DIR as a background job",
 )
-def batch_enrol(body: EnrolmentRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+def batch_enrol(body: EnrolmentRequest, ctx: Ctx, caller: Caller) -> JobView:
     root = ctx.settings.import_dir
     if root is None:
         raise PermissionDeniedError("batch import over the API is off: set RETROFACE_IMPORT_DIR")
@@ -102,20 +122,20 @@ def batch_enrol(body: EnrolmentRequest, ctx: Ctx, caller: Caller) -> dict[str, A
     return ctx.job_store.get(job_id)
 
 
-@router.get("/jobs", response_model=list[JobOut], summary="Recent background jobs")
+@router.get("/jobs", response_model=list[JobView], summary="Recent background jobs")
 def list_jobs(
     ctx: Ctx,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> list[dict[str, Any]]:
+) -> list[JobView]:
     return ctx.job_store.list(limit, offset)
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, summary="A job's status and progress")
-def get_job(job_id: int, ctx: Ctx) -> dict[str, Any]:
+@router.get("/jobs/{job_id}", response_model=JobView, summary="A job's status and progress")
+def get_job(job_id: int, ctx: Ctx) -> JobView:
     return ctx.job_store.get(job_id)
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Ask a job to stop")
-def cancel_job(job_id: int, ctx: Ctx) -> dict[str, Any]:
+@router.post("/jobs/{job_id}/cancel", response_model=JobView, summary="Ask a job to stop")
+def cancel_job(job_id: int, ctx: Ctx) -> JobView:
     return ctx.job_store.cancel(job_id)

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import tempfile
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
 from retroface.api.deps import Caller, Ctx
+from retroface.audit.chain import VerifyResult
+from retroface.governance.reports import DpiaReport, TransparencyReport
+from retroface.governance.retention import RetentionReport
 
 router = APIRouter(prefix="/api/v1", tags=["oversight"])
 
 
-@router.get("/audit/verify", summary="Check the audit hash chain and signed checkpoints")
-def audit_verify(ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return dataclasses.asdict(ctx.oversight.verify_audit(caller))
+@router.get(
+    "/audit/verify",
+    response_model=VerifyResult,
+    summary="Check the audit hash chain and signed checkpoints",
+)
+def audit_verify(ctx: Ctx, caller: Caller) -> VerifyResult:
+    return ctx.oversight.verify_audit(caller)
 
 
 @router.get(
@@ -44,23 +50,31 @@ def audit_export(ctx: Ctx, caller: Caller) -> Response:
     )
 
 
-@router.post("/retention/run", summary="Purge what is due (files, rows, index entries)")
+@router.post(
+    "/retention/run",
+    response_model=RetentionReport,
+    summary="Purge what is due (files, rows, index entries)",
+)
 def retention_run(
     ctx: Ctx, caller: Caller, dry_run: Annotated[bool, Query()] = False
-) -> dict[str, Any]:
-    return ctx.retention.run(caller, dry_run=dry_run).to_dict()
+) -> RetentionReport:
+    return ctx.retention.run(caller, dry_run=dry_run)
 
 
-@router.get("/reports/transparency", summary="Transparency facts for a period")
+@router.get(
+    "/reports/transparency",
+    response_model=TransparencyReport,
+    summary="Transparency facts for a period",
+)
 def transparency(
     ctx: Ctx,
     caller: Caller,
     start: Annotated[datetime, Query(alias="from")],
     end: Annotated[datetime, Query(alias="to")],
-) -> dict[str, Any]:
-    return dict(ctx.oversight.transparency(caller, start, end, via="api"))
+) -> TransparencyReport:
+    return ctx.oversight.transparency(caller, start, end, via="api")
 
 
-@router.get("/reports/dpia", summary="DPIA facts from the live system")
-def dpia(ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return dict(ctx.oversight.dpia(caller, via="api"))
+@router.get("/reports/dpia", response_model=DpiaReport, summary="DPIA facts from the live system")
+def dpia(ctx: Ctx, caller: Caller) -> DpiaReport:
+    return ctx.oversight.dpia(caller, via="api")

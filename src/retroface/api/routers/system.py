@@ -6,23 +6,54 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from retroface import __version__
 from retroface.api.deps import Caller, Ctx
-from retroface.api.schemas import Me, TokenRequest, TokenResponse
+from retroface.api.schemas import TokenRequest, TokenResponse
+from retroface.governance.users import Identity
 
 router = APIRouter(prefix="/api/v1", tags=["system"])
 metrics_router = APIRouter(tags=["system"])
 
 
-@router.get("/health", summary="Liveness: the process answers")
-def health() -> dict[str, str]:
-    return {"status": "ok", "version": __version__}
+# The API's own answers (no service returns these), declared so the OpenAPI document names them.
+class Health(BaseModel):
+    status: str
+    version: str
 
 
-@router.get("/ready", summary="Readiness: database reachable and models loaded")
-def ready(ctx: Ctx, response: Response) -> dict[str, Any]:
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, str]
+
+
+class ModelInfo(BaseModel):
+    model: dict[str, Any]
+
+
+class ConfigInfo(BaseModel):
+    backend: str
+    det_size: int
+    index_kind: str
+    database: str
+    policy: dict[str, Any]
+    max_upload_bytes: int
+
+
+@router.get("/health", response_model=Health, summary="Liveness: the process answers")
+def health() -> Health:
+    return Health(status="ok", version=__version__)
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready: see checks"}},
+    summary="Readiness: database reachable and models loaded",
+)
+def ready(ctx: Ctx, response: Response) -> Readiness:
     checks: dict[str, str] = {}
     try:
         with ctx.db.session() as s:
@@ -37,7 +68,7 @@ def ready(ctx: Ctx, response: Response) -> dict[str, Any]:
     ok = checks["database"] == "ok" and not checks["model"].startswith("error")
     if not ok:
         response.status_code = 503
-    return {"ready": ok, "checks": checks}
+    return Readiness(ready=ok, checks=checks)
 
 
 @router.post("/auth/token", response_model=TokenResponse, summary="Exchange a password for a token")
@@ -51,27 +82,31 @@ def issue_token(body: TokenRequest, ctx: Ctx) -> TokenResponse:
     return TokenResponse(access_token=token, expires_in_days=body.ttl_days)
 
 
-@router.get("/me", response_model=Me, summary="Who the token belongs to")
-def me(caller: Caller) -> Me:
-    return Me(id=caller.id, username=caller.username, roles=sorted(r.value for r in caller.roles))
+@router.get("/me", response_model=Identity, summary="Who the token belongs to")
+def me(caller: Caller) -> Identity:
+    return Identity.of(caller)
 
 
-@router.get("/models", summary="The face model in use, its weights, hashes and licence")
-def models(ctx: Ctx) -> dict[str, Any]:
-    return {"model": ctx.engine.identity.to_dict()}
+@router.get(
+    "/models",
+    response_model=ModelInfo,
+    summary="The face model in use, its weights, hashes and licence",
+)
+def models(ctx: Ctx) -> ModelInfo:
+    return ModelInfo(model=ctx.engine.identity.to_dict())
 
 
-@router.get("/config", summary="Settings and governance policy in force")
-def config(ctx: Ctx) -> dict[str, Any]:
+@router.get("/config", response_model=ConfigInfo, summary="Settings and governance policy in force")
+def config(ctx: Ctx) -> ConfigInfo:
     s = ctx.settings
-    return {
-        "backend": s.backend,
-        "det_size": s.det_size,
-        "index_kind": s.index_kind,
-        "database": ctx.db.engine.dialect.name,
-        "policy": ctx.policy.to_dict(),
-        "max_upload_bytes": s.max_upload_bytes,
-    }
+    return ConfigInfo(
+        backend=s.backend,
+        det_size=s.det_size,
+        index_kind=s.index_kind,
+        database=ctx.db.engine.dialect.name,
+        policy=ctx.policy.to_dict(),
+        max_upload_bytes=s.max_upload_bytes,
+    )
 
 
 @metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
