@@ -132,7 +132,6 @@ class ReviewService:
                 label=rec.label,
                 status=ReviewStatus(rec.review_status),
                 outcome=rec.review_outcome,
-                probe_quality=rec.probe_quality,
                 candidates=[
                     ReviewCandidate(
                         rank=c.rank, subject=c.subject_reference, similarity=round(c.similarity, 4)
@@ -151,6 +150,7 @@ class ReviewService:
                     for r in visible
                 ],
                 hidden=len(reviews) - len(visible),
+                probe_quality=rec.probe_quality,
             )
 
     def decide(

@@ -78,11 +78,11 @@ class ReviewSheet(View):
     label: str
     status: ReviewStatus
     outcome: str | None
-    probe_quality: dict[str, Any] | None
     candidates: list[ReviewCandidate]
     reviews_in: int
     reviews: list[ReviewEntry]
     hidden: int
+    probe_quality: dict[str, Any] | None  # last, where the API has always put it
 
 
 class ReviewOutcome(View):
