@@ -17,6 +17,7 @@ from tests.conftest import ADMIN, Clock
 from retroface.context import AppContext
 from retroface.core.access import SYSTEM, Principal
 from retroface.core.errors import PermissionDeniedError
+from retroface.core.status import CaseStatus
 from retroface.eval.runner import Calibration
 from retroface.governance.cases import CaseNotSearchableError
 from retroface.storage.tables import AuditRecord, ThresholdRecord
@@ -63,7 +64,7 @@ def test_case_service(app: AppContext, team: dict[str, Principal]) -> None:
         app.cases.authorise(bea, "C2", True, "I approve my own request")
     why = refused(app, "case.authorise", "bea")
     assert "separation of duties" in why["message"]
-    assert app.cases.show(arthur, "C2").status == "pending"  # the refusal changed nothing
+    assert app.cases.show(arthur, "C2").status is CaseStatus.PENDING  # the refusal changed nothing
 
     app.cases.authorise(arthur, "C1", True, "necessary and proportionate")
     assert [r.case_ref for r in records(app, "case.approve")] == ["C1"]
