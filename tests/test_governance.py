@@ -14,6 +14,7 @@ from retroface.core.access import Principal
 from retroface.core.errors import ConflictError, InvalidInputError, PermissionDeniedError
 from retroface.gallery.enrol import items_from_paths
 from retroface.search.service import ProbeProvenance
+from retroface.search.views import SearchResult
 from retroface.storage.tables import AuditRecord, Probe, ProbeFace, SearchRecord, Subject
 
 PASSWORD = "a long test password"
@@ -53,9 +54,9 @@ def probe_bytes(data_dir: Path, rel: str = "people/barack_obama/obama2.jpg") -> 
     return (data_dir / rel).read_bytes()
 
 
-def run_search(app: AppContext, who: Principal, data_dir: Path, ref: str = "C1") -> dict:  # type: ignore[type-arg]
+def run_search(app: AppContext, who: Principal, data_dir: Path, ref: str = "C1") -> SearchResult:
     probe = app.searches.add_probe(who, ref, probe_bytes(data_dir), "obama2.jpg", PROV)
-    return app.searches.search(who, ref, probe["probe_id"])
+    return app.searches.search(who, ref, probe.probe_id)
 
 
 def actions(app: AppContext) -> list[str]:
@@ -74,8 +75,8 @@ def test_search_needs_an_authorised_case(
         app.searches.add_probe(olive, "C1", probe_bytes(data_dir), "p.jpg", PROV)
     app.cases.authorise(team["arthur"], "C1", True, "necessary and proportionate")
     result = run_search(app, olive, data_dir)
-    assert result["candidates"][0]["subject"] == "barack_obama"
-    assert result["label"] == "investigative lead — not an identification"
+    assert result.candidates[0].subject == "barack_obama"
+    assert result.label == "investigative lead — not an identification"
 
 
 def test_authorisation_expires(
@@ -121,37 +122,37 @@ def test_blind_two_person_review(
 ) -> None:
     open_case(app, team["otto"])
     app.cases.authorise(team["arthur"], "C1", True, "proportionate")
-    sid = run_search(app, team["otto"], data_dir)["search_id"]
+    sid = run_search(app, team["otto"], data_dir).search_id
     # the person who ran the search may not review it
     with pytest.raises(PermissionDeniedError, match="separation of duties"):
         app.reviews.decide(team["otto"], sid, "no match", "mine")
-    assert [q["search_id"] for q in app.reviews.queue(team["otto"])] == []
-    assert [q["search_id"] for q in app.reviews.queue(team["rita"])] == [sid]
+    assert [q.search_id for q in app.reviews.queue(team["otto"])] == []
+    assert [q.search_id for q in app.reviews.queue(team["rita"])] == [sid]
 
     app.reviews.decide(team["rita"], sid, "possible match", "same ears", candidate_rank=1)
     with pytest.raises(ConflictError, match="already reviewed"):
         app.reviews.decide(team["rita"], sid, "no match", "second thoughts")
     seen_by_rob = app.reviews.show(team["rob"], sid)
-    assert seen_by_rob["reviews"] == [] and seen_by_rob["hidden"] == 1
+    assert seen_by_rob.reviews == [] and seen_by_rob.hidden == 1
     assert app.reviews.queue(team["rita"]) == []
 
     out = app.reviews.decide(team["rob"], sid, "no match", "different nose")
-    assert out["status"] == "disputed"
-    assert app.reviews.show(team["rita"], sid)["hidden"] == 1  # still hidden: not settled
-    assert [q["needs"] for q in app.reviews.queue(team["ruth"])] == ["tiebreak"]
+    assert out.status == "disputed"
+    assert app.reviews.show(team["rita"], sid).hidden == 1  # still hidden: not settled
+    assert [q.needs for q in app.reviews.queue(team["ruth"])] == ["tiebreak"]
     out = app.reviews.decide(team["ruth"], sid, "possible match", "agree with first", 1)
-    assert out["status"] == "resolved" and out["outcome"] == "possible match: rank 1"
+    assert out.status == "resolved" and out.outcome == "possible match: rank 1"
     shown = app.reviews.show(team["rita"], sid)
-    assert shown["hidden"] == 0 and len(shown["reviews"]) == 3
+    assert shown.hidden == 0 and len(shown.reviews) == 3
 
 
 def test_reviewers_agreeing(app: AppContext, team: dict[str, Principal], data_dir: Path) -> None:
     open_case(app, team["olive"])
     app.cases.authorise(team["arthur"], "C1", True, "proportionate")
-    sid = run_search(app, team["olive"], data_dir)["search_id"]
+    sid = run_search(app, team["olive"], data_dir).search_id
     app.reviews.decide(team["rita"], sid, "inconclusive", "poor image")
     out = app.reviews.decide(team["rob"], sid, "inconclusive", "poor image")
-    assert out == {
+    assert out.model_dump() == {
         "search_id": sid,
         "stage": "second",
         "status": "agreed",
@@ -167,9 +168,9 @@ def test_refused_urgent_case_deletes_everything(
     open_case(app, team["olive"], "U1", urgent=True)
     own = probe_bytes(data_dir, "people/_multi_face_scenes/kit_with_rose.jpg")
     probe = app.searches.add_probe(team["olive"], "U1", own, "scene.jpg", PROV)
-    result = app.searches.search(team["olive"], "U1", probe["probe_id"], face_index=0)
-    probe_file = app.blobs.path_for(probe["sha256"])
-    assert probe_file.exists() and result["candidates"]
+    result = app.searches.search(team["olive"], "U1", probe.probe_id, face_index=0)
+    probe_file = app.blobs.path_for(probe.sha256)
+    assert probe_file.exists() and result.candidates
     app.cases.authorise(team["arthur"], "U1", False, "not necessary: other leads exist")
     assert not probe_file.exists()
     with app.db.session() as s:
@@ -185,15 +186,15 @@ def test_urgent_window_lapses(
 ) -> None:
     open_case(app, team["olive"], "U2", urgent=True)
     probe = app.searches.add_probe(team["olive"], "U2", probe_bytes(data_dir), "p.jpg", PROV)
-    app.searches.search(team["olive"], "U2", probe["probe_id"])
+    app.searches.search(team["olive"], "U2", probe.probe_id)
     clock.advance(hours=49)
     with pytest.raises(PermissionDeniedError, match="urgent window"):
-        app.searches.search(team["olive"], "U2", probe["probe_id"])
+        app.searches.search(team["olive"], "U2", probe.probe_id)
     report = app.retention.run(ADMIN)
     assert report.urgent_cases_expired == ["U2"]
     with app.db.session() as s:
         assert s.scalar(select(func.count()).select_from(Probe)) == 0
-    assert app.cases.show(team["olive"], "U2")["status"] == "expired"
+    assert app.cases.show(team["olive"], "U2").status == "expired"
 
 
 def test_retention_with_moved_clock(
@@ -204,7 +205,7 @@ def test_retention_with_moved_clock(
     open_case(app, team["olive"])
     app.cases.authorise(team["arthur"], "C1", True, "ok", valid_days=1000)
     old = run_search(app, team["olive"], data_dir)
-    old_file = app.blobs.path_for(old["probe"]["sha256"])
+    old_file = app.blobs.path_for(old.probe.sha256)
     with app.db.session() as s:
         s.scalar(select(Subject).where(Subject.reference == "rose_leslie")).retention_until = (
             clock.now + timedelta(days=30)
@@ -215,18 +216,18 @@ def test_retention_with_moved_clock(
     clock.advance(days=40)  # old probe is 100 days old (> 90), the fresh one 40
 
     due = app.retention.run(ADMIN, dry_run=True)
-    assert due.probes == [old["probe"]["probe_id"]] and due.subjects_erased == ["rose_leslie"]
+    assert due.probes == [old.probe.probe_id] and due.subjects_erased == ["rose_leslie"]
     assert old_file.exists()  # dry run deletes nothing
 
     report = app.retention.run(ADMIN)
     assert report.probes_deleted == 1
     with app.db.session() as s:
-        assert list(s.scalars(select(Probe.id))) == [fresh["probe_id"]]
+        assert list(s.scalars(select(Probe.id))) == [fresh.probe_id]
         refs = set(s.scalars(select(Subject.reference)))
     # the old probe is also a reference image (same bytes), so its file stays for the gallery
     assert old_file.exists()
     assert "rose_leslie" not in refs and "barack_obama" in refs
-    assert app.blobs.path_for(fresh["sha256"]).exists()
+    assert app.blobs.path_for(fresh.sha256).exists()
     # search records are kept for 365 days
     with app.db.session() as s:
         assert s.scalar(select(func.count()).select_from(SearchRecord)) == 1
@@ -242,7 +243,7 @@ def test_every_action_is_audited(
 ) -> None:
     open_case(app, team["olive"])
     app.cases.authorise(team["arthur"], "C1", True, "proportionate")
-    sid = run_search(app, team["olive"], data_dir)["search_id"]
+    sid = run_search(app, team["olive"], data_dir).search_id
     app.searches.get_search(team["aud"], sid)
     app.reviews.decide(team["rita"], sid, "no match", "n")
     app.audit.export(tmp_path / "export")
@@ -293,13 +294,13 @@ def test_multi_face_probe_needs_a_chosen_face(
     app.cases.authorise(team["arthur"], "C1", True, "proportionate")
     group = probe_bytes(data_dir, "people/_multi_face_scenes/obama_and_biden.jpg")
     probe = app.searches.add_probe(team["olive"], "C1", group, "group.jpg", PROV)
-    assert len(probe["faces"]) >= 2
+    assert len(probe.faces) >= 2
     with pytest.raises(InvalidInputError, match="choose one with --face"):
-        app.searches.search(team["olive"], "C1", probe["probe_id"])
+        app.searches.search(team["olive"], "C1", probe.probe_id)
     with pytest.raises(InvalidInputError, match="does not exist"):
-        app.searches.search(team["olive"], "C1", probe["probe_id"], face_index=99)
-    result = app.searches.search(team["olive"], "C1", probe["probe_id"], face_index=1)
-    assert result["candidates"]
+        app.searches.search(team["olive"], "C1", probe.probe_id, face_index=99)
+    result = app.searches.search(team["olive"], "C1", probe.probe_id, face_index=1)
+    assert result.candidates
 
 
 def test_urgent_window_is_capped_at_48_hours() -> None:

@@ -109,7 +109,7 @@ def history(
     def search(who: Principal, case: str, rel: str = OBAMA) -> int:
         data, faces = (data_dir / rel).read_bytes(), probe_faces[rel]
         probe = app.searches.add_probe(who, case, data, Path(rel).name, PROV, faces=faces)
-        return int(app.searches.search(who, case, probe["probe_id"])["search_id"])
+        return app.searches.search(who, case, probe.probe_id).search_id
 
     olive, otto, arthur = team["olive"], team["otto"], team["arthur"]
     items = [

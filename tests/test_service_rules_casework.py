@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 from tests import test_governance as gov
-from tests.conftest import Clock
+from tests.conftest import ADMIN, Clock
 
 from retroface.context import AppContext
 from retroface.core.access import SYSTEM, Principal
 from retroface.core.errors import PermissionDeniedError
+from retroface.core.status import CaseStatus
 from retroface.eval.runner import Calibration
 from retroface.governance.cases import CaseNotSearchableError
 from retroface.storage.tables import AuditRecord, ThresholdRecord
@@ -57,13 +58,13 @@ def test_case_service(app: AppContext, team: dict[str, Principal]) -> None:
         app.cases.authorise(rita, "C1", True, "not mine to give")
     assert refused(app, "case.authorise", "rita")["needed"] == ["authoriser"]
 
-    bea = app.users.add("bea", "operator,authoriser", gov.PASSWORD, actor="admin")
+    bea = app.users.add(ADMIN, "bea", "operator,authoriser", gov.PASSWORD)
     gov.open_case(app, bea, "C2")
     with pytest.raises(PermissionDeniedError, match="separation of duties"):
         app.cases.authorise(bea, "C2", True, "I approve my own request")
     why = refused(app, "case.authorise", "bea")
     assert "separation of duties" in why["message"]
-    assert app.cases.show(arthur, "C2")["status"] == "pending"  # the refusal changed nothing
+    assert app.cases.show(arthur, "C2").status is CaseStatus.PENDING  # the refusal changed nothing
 
     app.cases.authorise(arthur, "C1", True, "necessary and proportionate")
     assert [r.case_ref for r in records(app, "case.approve")] == ["C1"]
@@ -88,16 +89,16 @@ def test_search_refused_for_its_case(
     # an urgent case may be searched inside its window, not after it
     gov.open_case(app, olive, "U1", urgent=True)
     probe = app.searches.add_probe(olive, "U1", image, "p.jpg", gov.PROV)
-    result = app.searches.search(olive, "U1", probe["probe_id"])
-    assert result["candidates"][0]["subject"] == "barack_obama"
+    result = app.searches.search(olive, "U1", probe.probe_id)
+    assert result.candidates[0].subject == "barack_obama"
     [run] = records(app, "search.run")
-    assert (run.actor, run.case_ref, run.object_id) == ("olive", "U1", str(result["search_id"]))
+    assert (run.actor, run.case_ref, run.object_id) == ("olive", "U1", str(result.search_id))
     assert records(app, "probe.add")[0].case_ref == "U1"
     clock.advance(hours=49)
     with pytest.raises(CaseNotSearchableError, match="urgent window"):
-        app.searches.search(olive, "U1", probe["probe_id"])
+        app.searches.search(olive, "U1", probe.probe_id)
     why = refused(app, "search.run", "olive")
-    assert why["probe_id"] == probe["probe_id"] and "urgent window" in why["message"]
+    assert why["probe_id"] == probe.probe_id and "urgent window" in why["message"]
 
     # an authorisation that has expired, and one that was refused
     gov.open_case(app, olive, "C3")
@@ -105,7 +106,7 @@ def test_search_refused_for_its_case(
     probe3 = app.searches.add_probe(olive, "C3", image, "p.jpg", gov.PROV)
     clock.advance(days=2)
     with pytest.raises(CaseNotSearchableError, match="expired"):
-        app.searches.search(olive, "C3", probe3["probe_id"])
+        app.searches.search(olive, "C3", probe3.probe_id)
     gov.open_case(app, olive, "C4")
     app.cases.authorise(arthur, "C4", False, "not proportionate")
     with pytest.raises(CaseNotSearchableError, match="refused"):
@@ -129,7 +130,7 @@ def test_search_service_roles(app: AppContext, team: dict[str, Principal], data_
     with pytest.raises(PermissionDeniedError, match="operator"):
         app.searches.add_probe(rita, "C1", image, "p.jpg", gov.PROV)
     assert refused(app, "probe.add", "rita")["needed"] == ["operator"]
-    sid = gov.run_search(app, olive, data_dir)["search_id"]
+    sid = gov.run_search(app, olive, data_dir).search_id
     probe_id = records(app, "probe.add")[0].object_id
     with pytest.raises(PermissionDeniedError, match="operator"):
         app.searches.search(rita, "C1", int(probe_id or 0))
@@ -148,7 +149,7 @@ def test_review_service(app: AppContext, team: dict[str, Principal], data_dir: P
     otto, olive, rita = team["otto"], team["olive"], team["rita"]
     gov.open_case(app, otto)
     app.cases.authorise(team["arthur"], "C1", True, "proportionate")
-    sid = gov.run_search(app, otto, data_dir)["search_id"]
+    sid = gov.run_search(app, otto, data_dir).search_id
 
     with pytest.raises(PermissionDeniedError, match="reviewer"):
         app.reviews.decide(olive, sid, "no match", "not a reviewer")

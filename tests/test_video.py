@@ -28,6 +28,7 @@ from retroface.media.images import load_image
 from retroface.media.tracking import FaceTracker, assign, iou_matrix, shot_score
 from retroface.media.video import VideoLoadError, list_videos, open_video, orient
 from retroface.search.service import ProbeProvenance
+from retroface.search.views import FootageScanned, FootageUnreadable
 from retroface.storage.tables import AuditRecord, Probe, ProbeFace
 from retroface.vision.types import FaceEngine
 
@@ -350,10 +351,10 @@ def test_search_a_track_under_a_case(
         result = app.footage.search_track(
             olive, "V1", hamilton_scan, main.id, PROV, template=template
         )
-        assert result["candidates"][0]["subject"] == SUBJECT
-        assert result["label"] == "investigative lead — not an identification"
-        assert result["video"]["track"] == main.id and result["video"]["template"] == template
-        results[template] = result["candidates"][0]["similarity"]
+        assert result.candidates[0].subject == SUBJECT
+        assert result.label == "investigative lead — not an identification"
+        assert result.video["track"] == main.id and result.video["template"] == template
+        results[template] = result.candidates[0].similarity
     assert results["fused"] > results["best"]  # measured: 0.73 vs 0.58 (docs/video.md)
     with app.db.session() as s:
         probes = list(s.scalars(select(Probe).order_by(Probe.id)))
@@ -402,14 +403,16 @@ def test_find_a_person_in_footage(
     assert _actions(app)[-1] == "video.find.refused"
 
     result = app.footage.find(olive, "V1", probe, videos, probe_ref={"name": "lmm.png"})
-    hamilton, walking, bad = result["videos"]
-    assert walking["matches"] == [] and walking["tracks"] == 2
-    assert "exhibit3.mp4" in bad["error"]
+    hamilton, walking, bad = result.videos
+    assert isinstance(hamilton, FootageScanned) and isinstance(walking, FootageScanned)
+    assert walking.matches == [] and walking.tracks == 2
+    assert isinstance(bad, FootageUnreadable) and "exhibit3.mp4" in bad.error
+    assert "sha256" in bad.model_dump() and "duration_s" not in bad.model_dump()
     main = max(hamilton_scan.tracks, key=lambda t: t.n_faces)
-    assert hamilton["matches"][0]["track"] == main.id
-    assert hamilton["matches"][0]["similarity_fused"] > 0.5
+    assert hamilton.matches[0].track == main.id
+    assert hamilton.matches[0].similarity_fused > 0.5
     # seen from the wide shot (0.8 s) to the end of the medium shot (7.8 s), not the audience
-    (start, end), *_ = hamilton["spans"]
+    (start, end), *_ = hamilton.spans
     assert start < 1.5 and 7.0 < end < 8.0
     with app.db.session() as s:
         record = s.scalar(select(AuditRecord).where(AuditRecord.action == "video.find"))
@@ -420,7 +423,17 @@ def test_find_a_person_in_footage(
             "intel_face-demographics-walking_480x270.mp4",
             "exhibit3.mp4",
         ]
-        assert record.details["videos"][0]["spans"] == hamilton["spans"]
+        assert record.details["videos"][0]["spans"] == hamilton.spans
+
+
+def test_an_unhashable_video_has_no_hash_key() -> None:
+    """As before the typed results: a file that cannot even be read reports no ``sha256``."""
+    gone = FootageUnreadable(video="x.mp4", path="/gone/x.mp4", error="No such file")
+    assert gone.model_dump(mode="json") == {
+        "video": "x.mp4",
+        "path": "/gone/x.mp4",
+        "error": "No such file",
+    }
 
 
 @pytest.mark.slow
@@ -447,9 +460,9 @@ def test_best_shot_against_fused_template_with_500_distractors(
     margins = {}
     for template in ("best", "fused"):
         r = app.footage.search_track(olive, "V1", hamilton_scan, main.id, PROV, template=template)
-        top = r["candidates"]
-        assert top[0]["subject"] == SUBJECT
-        margins[template] = top[0]["similarity"] - top[1]["similarity"]
+        top = r.candidates
+        assert top[0].subject == SUBJECT
+        margins[template] = top[0].similarity - top[1].similarity
     assert margins["fused"] > margins["best"]
 
 

@@ -34,13 +34,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from retroface.audit.chain import VerifyResult
 from retroface.config import Settings, get_settings
 from retroface.context import AppContext
 from retroface.core.access import Principal
 from retroface.core.errors import InvalidInputError
-from retroface.gallery.enrol import EnrolItem, EnrolSummary, items_from_paths
+from retroface.gallery.enrol import EnrolItem, items_from_paths
+from retroface.gallery.views import EnrolSummary
+from retroface.governance.views import CaseView, ReviewOutcome
 from retroface.media.images import load_image
 from retroface.search.service import ProbeProvenance
+from retroface.search.views import SearchResult
 from retroface.vision.compare import Comparison
 from retroface.vision.compare import compare_faces as _compare
 from retroface.vision.engines import build_engine
@@ -158,7 +162,7 @@ class Home:
         purpose: str,
         justification: str,
         urgent: bool = False,
-    ) -> Any:
+    ) -> CaseView:
         return self.ctx.cases.open(operator, reference, offence, purpose, justification, urgent)
 
     def authorise(
@@ -169,7 +173,7 @@ class Home:
         note: str,
         approve: bool = True,
         valid_days: float | None = None,
-    ) -> Any:
+    ) -> CaseView:
         """Approve (or, with ``approve=False``, refuse) a case; nobody may decide their own."""
         return self.ctx.cases.authorise(authoriser, reference, approve, note, valid_days)
 
@@ -183,7 +187,7 @@ class Home:
         how_obtained: str,
         face: int | None = None,
         top_k: int = 20,
-    ) -> Any:
+    ) -> SearchResult:
         """Submit a probe image with its provenance and search one face of it under ``case``.
 
         An image with several faces needs ``face`` (see :func:`detect_faces`): a search targets
@@ -198,7 +202,7 @@ class Home:
         added = searches.add_probe(
             operator, case, data, path.name, ProbeProvenance(source, how_obtained)
         )
-        return searches.search(operator, case, _probe_id(added), face, top_k)
+        return searches.search(operator, case, added.probe_id, face, top_k)
 
     def review(
         self,
@@ -208,14 +212,10 @@ class Home:
         decision: str,
         note: str,
         rank: int | None = None,
-    ) -> Any:
+    ) -> ReviewOutcome:
         """One blind review decision ("possible match" with ``rank``, or "no match", …)."""
         return self.ctx.reviews.decide(reviewer, search_id, decision, note, rank)
 
-    def verify_audit(self, auditor: Principal) -> Any:
+    def verify_audit(self, auditor: Principal) -> VerifyResult:
         """Check the audit chain and its signed checkpoints."""
         return self.ctx.oversight.verify_audit(auditor)
-
-
-def _probe_id(added: Any) -> int:
-    return int(added["probe_id"] if isinstance(added, dict) else added.probe_id)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 
 class ErrorBody(BaseModel):
@@ -64,37 +63,6 @@ class CaseDecision(BaseModel):
     valid_days: float | None = Field(default=None, gt=0, le=3650)
 
 
-class CaseOut(BaseModel):
-    reference: str
-    offence_category: str
-    purpose: str
-    justification: str
-    status: str
-    urgent: bool
-    urgent_deadline: datetime | None
-    opened_at: datetime
-    decided_at: datetime | None
-    decision_note: str | None
-    authorised_until: datetime | None
-    scope_gallery: str | None
-    purged_at: datetime | None
-
-
-class FaceOut(BaseModel):
-    face: int
-    box: list[float]
-    landmarks: list[list[float]]
-    det_score: float
-    quality: dict[str, Any]
-
-
-class ProbeOut(BaseModel):
-    probe_id: int
-    case: str
-    sha256: str
-    faces: list[FaceOut]
-
-
 class SearchRequest(BaseModel):
     case: str = Field(min_length=1, max_length=100, examples=["CR/123/26"])
     probe_id: int = Field(ge=1)
@@ -103,69 +71,10 @@ class SearchRequest(BaseModel):
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
 
 
-class CandidateOut(BaseModel):
-    rank: int
-    subject: str
-    similarity: float
-    image_id: int | None
-
-
-class ProbeSummary(BaseModel):
-    probe_id: int | None
-    sha256: str
-    source: str | None
-    how_obtained: str | None
-    quality: dict[str, Any]
-    warnings: list[str]
-
-
-class SearchOut(BaseModel):
-    search_id: int
-    label: str
-    probe: ProbeSummary
-    candidates: list[CandidateOut]
-    gallery_version: int
-    model: str
-    threshold: float | None
-    threshold_record_id: int | None
-    started_at: datetime
-    ended_at: datetime | None
-    review_status: str
-    case: str | None = None
-
-
 class ReviewDecision(BaseModel):
     decision: Literal["possible match", "no match", "inconclusive"]
     note: str = Field(min_length=1, max_length=5000)
     candidate_rank: int | None = Field(default=None, ge=1, le=200)
-
-
-class ReviewOutcome(BaseModel):
-    search_id: int
-    stage: str
-    status: str
-    outcome: str | None
-
-
-class QueueItem(BaseModel):
-    search_id: int
-    case: str | None
-    status: str
-    needs: str
-    candidates: int
-    started_at: datetime
-
-
-class ReviewView(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    search_id: int
-    label: str
-    status: str
-    outcome: str | None
-    candidates: list[dict[str, Any]]
-    reviews_in: int
-    reviews: list[dict[str, Any]]
-    hidden: int
 
 
 class EnrolmentRequest(BaseModel):

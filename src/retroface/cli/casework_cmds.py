@@ -32,10 +32,10 @@ def case_open(
             state.principal(), ref, offence, purpose, justification, urgent=urgent
         )
     if json_out:
-        print_json(data)
+        print_json(data.model_dump(mode="json"))
         return
     note = (
-        f" — URGENT: must be authorised by {data['urgent_deadline']:%Y-%m-%d %H:%M} UTC"
+        f" — URGENT: must be authorised by {data.urgent_deadline:%Y-%m-%d %H:%M} UTC"
         if urgent
         else " — awaiting authorisation"
     )
@@ -56,9 +56,9 @@ def case_authorise(
     with user_errors():
         data = state.ctx.cases.authorise(state.principal(), ref, approve, note, days)
     if json_out:
-        print_json(data)
+        print_json(data.model_dump(mode="json"))
         return
-    console.print(f"case {ref}: {data['status']}")
+    console.print(f"case {ref}: {data.status}")
 
 
 @case_app.command("list")
@@ -69,18 +69,18 @@ def case_list(
     with user_errors():
         rows = state.ctx.cases.list_cases(state.principal(), status)
     if json_out:
-        print_json({"cases": rows})
+        print_json({"cases": [r.model_dump(mode="json") for r in rows]})
         return
     table = Table()
     for col in ("reference", "offence", "status", "urgent", "opened"):
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r["reference"],
-            r["offence_category"],
-            r["status"],
-            "yes" if r["urgent"] else "",
-            f"{r['opened_at']:%Y-%m-%d %H:%M}",
+            r.reference,
+            r.offence_category,
+            r.status,
+            "yes" if r.urgent else "",
+            f"{r.opened_at:%Y-%m-%d %H:%M}",
         )
     console.print(table)
 
@@ -91,9 +91,9 @@ def case_show(ref: str, json_out: bool = typer.Option(False, "--json")) -> None:
     with user_errors():
         data = state.ctx.cases.show(state.principal(), ref)
     if json_out:
-        print_json(data)
+        print_json(data.model_dump(mode="json"))
         return
-    for k, v in data.items():
+    for k, v in data:
         console.print(f"{k}: {v}")
 
 
@@ -150,16 +150,16 @@ def search(
             added = svc.add_probe(
                 actor, case, data, image.name, ProbeProvenance(source, how_obtained)
             )
-            probe = added["probe_id"]
-            if face is None and len(added["faces"]) > 1:
-                faces = ", ".join(f"{f['face']}: box {f['box']}" for f in added["faces"])
+            probe = added.probe_id
+            if face is None and len(added.faces) > 1:
+                faces = ", ".join(f"{f.face}: box {f.box}" for f in added.faces)
                 fail(
-                    f"the probe shows {len(added['faces'])} faces ({faces}); choose one with "
+                    f"the probe shows {len(added.faces)} faces ({faces}); choose one with "
                     f"--face N --probe {probe}"
                 )
         result = svc.search(actor, case, probe, face, top, threshold)
     if json_out:
-        print_json(result)
+        print_json(result.model_dump(mode="json"))
         return
     print_search_result(result)
 
@@ -170,15 +170,12 @@ def review_queue(json_out: bool = typer.Option(False, "--json")) -> None:
     with user_errors():
         rows = state.ctx.reviews.queue(state.principal())
     if json_out:
-        print_json({"queue": rows})
+        print_json({"queue": [r.model_dump(mode="json") for r in rows]})
         return
     if not rows:
         console.print("nothing to review")
     for r in rows:
-        console.print(
-            f"search {r['search_id']} (case {r['case']}): {r['needs']}, "
-            f"{r['candidates']} candidates"
-        )
+        console.print(f"search {r.search_id} (case {r.case}): {r.needs}, {r.candidates} candidates")
 
 
 @review_app.command("show")
@@ -187,17 +184,15 @@ def review_show(search_id: int, json_out: bool = typer.Option(False, "--json")) 
     with user_errors():
         data = state.ctx.reviews.show(state.principal(), search_id)
     if json_out:
-        print_json(data)
+        print_json(data.model_dump(mode="json"))
         return
-    console.print(f"search {search_id}: {data['status']} — [yellow]{data['label']}[/]")
-    for c in data["candidates"]:
-        console.print(f"  {c['rank']:>3}  {c['subject']:<30} {c['similarity']:.3f}")
-    if data["hidden"]:
-        console.print(f"({data['hidden']} other decision(s) hidden until both are in)")
-    for r in data["reviews"]:
-        console.print(
-            f"  {r['stage']}: {r['decision']} {r['candidate_rank'] or ''} {r['note'] or ''}"
-        )
+    console.print(f"search {search_id}: {data.status} — [yellow]{data.label}[/]")
+    for c in data.candidates:
+        console.print(f"  {c.rank:>3}  {c.subject:<30} {c.similarity:.3f}")
+    if data.hidden:
+        console.print(f"({data.hidden} other decision(s) hidden until both are in)")
+    for r in data.reviews:
+        console.print(f"  {r.stage}: {r.decision} {r.candidate_rank or ''} {r.note or ''}")
 
 
 @review_app.command("decide")
@@ -212,6 +207,6 @@ def review_decide(
     with user_errors():
         data = state.ctx.reviews.decide(state.principal(), search_id, decision, note, rank)
     if json_out:
-        print_json(data)
+        print_json(data.model_dump(mode="json"))
         return
-    console.print(f"search {search_id}: {data['stage']} review recorded; status {data['status']}")
+    console.print(f"search {search_id}: {data.stage} review recorded; status {data.status}")

@@ -7,10 +7,13 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from retroface.search.views import SearchResult
 
 console = Console()
 err_console = Console(stderr=True)
@@ -52,24 +55,24 @@ def engine() -> Any:
         return build_engine(get_settings())
 
 
-def print_search_result(data: dict[str, Any]) -> None:
+def print_search_result(data: SearchResult) -> None:
     """A candidate list as a table (``retroface search``, image or video probe)."""
     from rich.table import Table
 
-    console.print(f"[bold]Search {data['search_id']}[/] — [yellow]{data['label']}[/]")
-    warnings = data["probe"]["warnings"]
+    console.print(f"[bold]Search {data.search_id}[/] — [yellow]{data.label}[/]")
+    warnings = data.probe.warnings
     if warnings:
         console.print("[yellow]probe quality warnings:[/] " + "; ".join(warnings))
-    if not data["candidates"]:
-        console.print("no candidates" + (" above the threshold" if data["threshold"] else ""))
+    if not data.candidates:
+        console.print("no candidates" + (" above the threshold" if data.threshold else ""))
         return
     table = Table()
     for col in ("rank", "subject", "similarity", "image"):
         table.add_column(col)
-    for c in data["candidates"]:
-        table.add_row(str(c["rank"]), c["subject"], f"{c['similarity']:.3f}", str(c["image_id"]))
+    for c in data.candidates:
+        table.add_row(str(c.rank), c.subject, f"{c.similarity:.3f}", str(c.image_id))
     console.print(table)
-    console.print(f"gallery version {data['gallery_version']}, model {data['model']}")
+    console.print(f"gallery version {data.gallery_version}, model {data.model}")
 
 
 def with_status(message: str, fn: Callable[[], Any], quiet: bool = False) -> Any:

@@ -103,19 +103,19 @@ def demo(
             probe_path.name,
             ProbeProvenance("witness photo", "handed over by a witness, exhibit W/1"),
         )
-        console.print(f"probe {probe['probe_id']}: {len(probe['faces'])} faces; searching face 0")
-        result = ctx.searches.search(who["olive"], ref, probe["probe_id"], face_index=0, top_k=5)
-        table = Table(title=f"Search {result['search_id']}: {result['label']}")
+        console.print(f"probe {probe.probe_id}: {len(probe.faces)} faces; searching face 0")
+        result = ctx.searches.search(who["olive"], ref, probe.probe_id, face_index=0, top_k=5)
+        table = Table(title=f"Search {result.search_id}: {result.label}")
         for col in ("rank", "subject", "similarity"):
             table.add_column(col)
-        for c in result["candidates"]:
-            table.add_row(str(c["rank"]), c["subject"], f"{c['similarity']:.3f}")
+        for c in result.candidates:
+            table.add_row(str(c.rank), c.subject, f"{c.similarity:.3f}")
         console.print(table)
 
-        sid = result["search_id"]
+        sid = result.search_id
         ctx.reviews.decide(who["rita"], sid, "possible match", "consistent features", 1)
         out = ctx.reviews.decide(who["rob"], sid, "possible match", "agree: rank 1", 1)
-        console.print(f"two blind reviews: {out['status']} — {out['outcome']}")
+        console.print(f"two blind reviews: {out.status} — {out.outcome}")
         with ctx.db.session() as s:
             ctx.audit.checkpoint(s)
         check = ctx.audit.verify()

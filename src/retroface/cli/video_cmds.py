@@ -260,9 +260,9 @@ def run_video_search(
                 progress=progress,
             )
     if json_out:
-        print_json(result)
+        print_json(result.model_dump(mode="json"))
         return
-    t = result["track"]
+    t = result.track
     console.print(
         f"{video.name} track {track}: {t['faces']} faces, {_ts(t['first_s'])}–{_ts(t['last_s'])},"
         f" probe = best shot at {_ts(t['best_shot']['t'])}, template {template}"
@@ -306,6 +306,7 @@ def find(
     """Find when the person in PROBE appears in VIDEOS (a case is needed; audited)."""
     from retroface.media.footage import file_sha256
     from retroface.media.images import load_image
+    from retroface.search.views import FootageUnreadable
     from retroface.vision.engines import primary_face
 
     ctx = state.ctx
@@ -341,21 +342,21 @@ def find(
                 progress=lambda p, t, d: progress(t, d),
             )
     if json_out:
-        print_json(result)
+        print_json(result.model_dump(mode="json"))
         return
-    console.print(f"[yellow]{result['label']}[/] — threshold {result['threshold']:.2f}")
-    for v in result["videos"]:
-        if "error" in v:
-            console.print(f"[red]{v['video']}: {v['error']}[/]")
+    console.print(f"[yellow]{result.label}[/] — threshold {result.threshold:.2f}")
+    for v in result.videos:
+        if isinstance(v, FootageUnreadable):
+            console.print(f"[red]{v.video}: {v.error}[/]")
             continue
-        if not v["matches"]:
-            console.print(f"{v['video']}: not found ({v['tracks']} tracks)")
+        if not v.matches:
+            console.print(f"{v.video}: not found ({v.tracks} tracks)")
             continue
-        spans = ", ".join(f"{_ts(a)}–{_ts(b)}" for a, b in v["spans"])
-        console.print(f"[bold]{v['video']}[/]: seen at {spans}")
-        for m in v["matches"]:
+        spans = ", ".join(f"{_ts(a)}–{_ts(b)}" for a, b in v.spans)
+        console.print(f"[bold]{v.video}[/]: seen at {spans}")
+        for m in v.matches:
             console.print(
-                f"  track {m['track']}: {_ts(m['start_s'])}–{_ts(m['end_s'])}, "
-                f"similarity fused {m['similarity_fused']:.3f}, best face "
-                f"{m['similarity_max']:.3f} at {_ts(m['peak_t'])}"
+                f"  track {m.track}: {_ts(m.start_s)}–{_ts(m.end_s)}, "
+                f"similarity fused {m.similarity_fused:.3f}, best face "
+                f"{m.similarity_max:.3f} at {_ts(m.peak_t)}"
             )

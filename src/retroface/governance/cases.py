@@ -27,6 +27,7 @@ from retroface.core.errors import (
 from retroface.core.roles import Role
 from retroface.core.status import CaseStatus
 from retroface.governance.policy import GovernancePolicy
+from retroface.governance.views import CaseView
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.db import Database
 from retroface.storage.references import still_referenced
@@ -50,24 +51,6 @@ class PurgeResult:
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
-
-
-def case_dict(case: Case, now: datetime | None = None) -> dict[str, Any]:
-    return {
-        "reference": case.reference,
-        "offence_category": case.offence_category,
-        "purpose": case.purpose,
-        "justification": case.justification,
-        "status": case.status,
-        "urgent": case.urgent,
-        "urgent_deadline": case.urgent_deadline,
-        "opened_at": case.opened_at,
-        "decided_at": case.decided_at,
-        "decision_note": case.decision_note,
-        "authorised_until": case.authorised_until,
-        "scope_gallery": case.scope_gallery,
-        "purged_at": case.purged_at,
-    }
 
 
 class CaseService:
@@ -101,7 +84,7 @@ class CaseService:
         justification: str,
         urgent: bool = False,
         scope_gallery: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> CaseView:
         self.guard.require(actor, Role.OPERATOR, action="case.open", case_ref=reference)
         self.policy.check_offence(offence_category)
         reference = reference.strip()
@@ -141,7 +124,7 @@ class CaseService:
                 details={"offence": offence_category, "urgent": urgent, "purpose": purpose},
                 ts=now,
             )
-            return case_dict(case)
+            return CaseView.model_validate(case)
 
     def authorise(
         self,
@@ -150,7 +133,7 @@ class CaseService:
         approve: bool,
         note: str,
         valid_days: float | None = None,
-    ) -> dict[str, Any]:
+    ) -> CaseView:
         action = "case.authorise"
         self.guard.require(actor, Role.AUTHORISER, action=action, case_ref=reference)
         if not note.strip():
@@ -198,7 +181,7 @@ class CaseService:
         if not approve:
             self.purge(reference, actor=actor.username, reason="authorisation refused")
         with self.db.session() as s:
-            return case_dict(self.get(s, reference))
+            return CaseView.model_validate(self.get(s, reference))
 
     def require_searchable(self, s: Session, reference: str) -> Case:
         """The case if a search may run under it now; otherwise :class:`CaseNotSearchableError`.
@@ -260,18 +243,18 @@ class CaseService:
 
     def list_cases(
         self, actor: Principal, status: CaseStatus | str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[CaseView]:
         self.guard.require(actor, *Role, action="case.list")
         with self.db.session() as s:
             q = select(Case).order_by(Case.opened_at.desc())
             if status:
                 q = q.where(Case.status == status)
-            return [case_dict(c) for c in s.scalars(q)]
+            return [CaseView.model_validate(c) for c in s.scalars(q)]
 
-    def show(self, actor: Principal, reference: str) -> dict[str, Any]:
+    def show(self, actor: Principal, reference: str) -> CaseView:
         self.guard.require(actor, *Role, action="case.show", case_ref=reference)
         with self.db.session() as s:
-            return case_dict(self.get(s, reference))
+            return CaseView.model_validate(self.get(s, reference))
 
     def purge(self, reference: str, actor: str, reason: str) -> PurgeResult:
         """Delete every probe, face, search and result of a case; files after the rows commit."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -26,10 +25,27 @@ from retroface.core.errors import (
 )
 from retroface.core.roles import Role
 from retroface.core.status import ReviewStatus
+from retroface.governance.views import (
+    QueueItem,
+    ReviewCandidate,
+    ReviewEntry,
+    ReviewOutcome,
+    ReviewSheet,
+    ReviewStage,
+)
 from retroface.storage.db import Database
 from retroface.storage.tables import Case, Review, SearchRecord
 
 DECISIONS = ("possible match", "no match", "inconclusive")
+_STAGES: tuple[ReviewStage, ...] = ("first", "second", "tiebreak")
+
+
+def _stage(stored: str) -> ReviewStage:
+    """A stage read back from the ``reviews`` table (only this module writes it)."""
+    for stage in _STAGES:
+        if stored == stage:
+            return stage
+    raise ValueError(f"unknown review stage {stored!r}")
 
 
 def _decision_key(decision: str, rank: int | None) -> tuple[str, int | None]:
@@ -52,7 +68,7 @@ class ReviewService:
             raise NotFoundError(f"no search {search_id}")
         return rec
 
-    def queue(self, actor: Principal) -> list[dict[str, Any]]:
+    def queue(self, actor: Principal) -> list[QueueItem]:
         """Searches awaiting this reviewer: not their own, not yet decided by them."""
         self.guard.require(actor, Role.REVIEWER, action="review.queue")
         open_statuses = (ReviewStatus.PENDING, ReviewStatus.IN_REVIEW, ReviewStatus.DISPUTED)
@@ -62,27 +78,27 @@ class ReviewService:
                 .where(SearchRecord.review_status.in_(open_statuses))
                 .order_by(SearchRecord.started_at)
             ).all()
-            out = []
+            out: list[QueueItem] = []
             for rec in recs:
                 reviews = s.scalars(select(Review).where(Review.search_id == rec.id)).all()
                 if rec.user_id == actor.id or any(r.reviewer_id == actor.id for r in reviews):
                     continue
                 case = s.get(Case, rec.case_id) if rec.case_id else None
                 out.append(
-                    {
-                        "search_id": rec.id,
-                        "case": case.reference if case else None,
-                        "status": rec.review_status,
-                        "needs": "tiebreak"
+                    QueueItem(
+                        search_id=rec.id,
+                        case=case.reference if case else None,
+                        status=ReviewStatus(rec.review_status),
+                        needs="tiebreak"
                         if rec.review_status == ReviewStatus.DISPUTED
                         else "review",
-                        "candidates": len(rec.candidates),
-                        "started_at": rec.started_at,
-                    }
+                        candidates=len(rec.candidates),
+                        started_at=rec.started_at,
+                    )
                 )
             return out
 
-    def show(self, actor: Principal, search_id: int) -> dict[str, Any]:
+    def show(self, actor: Principal, search_id: int) -> ReviewSheet:
         """The candidate list for review; other reviewers' decisions stay hidden until settled."""
         self.guard.require(
             actor,
@@ -111,33 +127,31 @@ class ReviewService:
                 object_id=str(search_id),
                 ts=self.clock(),
             )
-            return {
-                "search_id": rec.id,
-                "label": rec.label,
-                "status": rec.review_status,
-                "outcome": rec.review_outcome,
-                "probe_quality": rec.probe_quality,
-                "candidates": [
-                    {
-                        "rank": c.rank,
-                        "subject": c.subject_reference,
-                        "similarity": round(c.similarity, 4),
-                    }
+            return ReviewSheet(
+                search_id=rec.id,
+                label=rec.label,
+                status=ReviewStatus(rec.review_status),
+                outcome=rec.review_outcome,
+                candidates=[
+                    ReviewCandidate(
+                        rank=c.rank, subject=c.subject_reference, similarity=round(c.similarity, 4)
+                    )
                     for c in rec.candidates
                 ],
-                "reviews_in": len(reviews),
-                "reviews": [
-                    {
-                        "reviewer_id": r.reviewer_id,
-                        "stage": r.stage,
-                        "decision": r.decision,
-                        "candidate_rank": r.candidate_rank,
-                        "note": r.note,
-                    }
+                reviews_in=len(reviews),
+                reviews=[
+                    ReviewEntry(
+                        reviewer_id=r.reviewer_id,
+                        stage=_stage(r.stage),
+                        decision=r.decision,
+                        candidate_rank=r.candidate_rank,
+                        note=r.note,
+                    )
                     for r in visible
                 ],
-                "hidden": len(reviews) - len(visible),
-            }
+                hidden=len(reviews) - len(visible),
+                probe_quality=rec.probe_quality,
+            )
 
     def decide(
         self,
@@ -146,7 +160,7 @@ class ReviewService:
         decision: str,
         note: str,
         candidate_rank: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> ReviewOutcome:
         action = "review.decide"
         self.guard.require(
             actor, Role.REVIEWER, action=action, object_type="search", object_id=search_id
@@ -173,7 +187,7 @@ class ReviewService:
                 raise ConflictError(f"{actor.username} has already reviewed search {search_id}")
             if ReviewStatus(rec.review_status).settled:
                 raise ConflictError(f"search {search_id} is already settled ({rec.review_outcome})")
-            stage = {0: "first", 1: "second"}.get(len(reviews), "tiebreak")
+            stage = _STAGES[min(len(reviews), 2)]
             review = Review(
                 search_id=rec.id,
                 reviewer_id=actor.id,
@@ -210,12 +224,12 @@ class ReviewService:
                 details={"stage": stage, "decision": decision, "rank": candidate_rank},
                 ts=now,
             )
-            return {
-                "search_id": rec.id,
-                "stage": stage,
-                "status": rec.review_status,
-                "outcome": rec.review_outcome,
-            }
+            return ReviewOutcome(
+                search_id=rec.id,
+                stage=stage,
+                status=ReviewStatus(rec.review_status),
+                outcome=rec.review_outcome,
+            )
 
     def _refuse_own_search(self, actor: Principal, search_id: int, action: str) -> None:
         """Separation of duties: whoever ran a search may not review it (refusal audited)."""

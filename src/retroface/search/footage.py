@@ -37,6 +37,13 @@ from retroface.media.footage import (
 from retroface.media.tracking import TemplateKind, TrackerConfig
 from retroface.media.video import VideoLoadError
 from retroface.search.service import ProbeProvenance, SearchService
+from retroface.search.views import (
+    FootageFind,
+    FootageMatch,
+    FootageScanned,
+    FootageUnreadable,
+    VideoSearchResult,
+)
 from retroface.storage.db import Database
 from retroface.vision.types import FaceEngine, FloatArray
 
@@ -93,7 +100,7 @@ class FootageSearch:
         top_k: int = 20,
         threshold: float | None = None,
         video_sha256: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> VideoSearchResult:
         """Search one track against the gallery under a case, as any other probe would be.
 
         The probe image is the track's best-shot frame and its face the best shot; with
@@ -134,8 +141,8 @@ class FootageSearch:
             faces=[face],
             media_type="video",
         )
-        result = self.searches.search(actor, case_ref, added["probe_id"], 0, top_k, threshold)
-        return result | {"video": origin, "track": track.to_dict()}
+        result = self.searches.search(actor, case_ref, added.probe_id, 0, top_k, threshold)
+        return VideoSearchResult(**dict(result), video=origin, track=track.to_dict())
 
     def search_video(
         self,
@@ -150,7 +157,7 @@ class FootageSearch:
         top_k: int = 20,
         threshold: float | None = None,
         progress: ScanProgress | None = None,
-    ) -> dict[str, Any]:
+    ) -> VideoSearchResult:
         """Scan ``video`` and search one of its tracks; provenance and case checked first."""
         provenance.check()
         self.require_searchable_case(actor, case_ref)  # before the slow scan, not after
@@ -179,7 +186,7 @@ class FootageSearch:
         engine: FaceEngine | None = None,
         config: TrackerConfig | None = None,
         progress: Callable[[Path, float, float | None], None] | None = None,
-    ) -> dict[str, Any]:
+    ) -> FootageFind:
         """Where one person appears in a set of videos, under an authorised case; audited.
 
         A track matches when its fused template, or any single face in it, reaches
@@ -194,27 +201,32 @@ class FootageSearch:
         probe = np.asarray(probe, np.float32)
         eng = engine or self.engine
         fuse_best = (config or TrackerConfig()).fuse_best
-        out: list[dict[str, Any]] = []
+        out: list[FootageScanned | FootageUnreadable] = []
         for path in videos:
-            entry: dict[str, Any] = {"video": Path(path).name, "path": str(path)}
+            name, sha = Path(path).name, None
             try:
-                entry["sha256"] = file_sha256(Path(path))
+                sha = file_sha256(Path(path))
                 step = None if progress is None else partial(progress, Path(path))
                 scan = scan_video(path, eng, fps=fps, config=config, progress=step)
             except (VideoLoadError, OSError) as exc:
-                entry["error"] = str(exc)
-                out.append(entry)
+                out.append(
+                    FootageUnreadable(video=name, path=str(path), sha256=sha, error=str(exc))
+                )
                 continue
             matches = _matching_tracks(scan, probe, limit, fuse_best)
-            entry |= {
-                "duration_s": scan.info.duration_s,
-                "end_s": scan.info.end_s,
-                "decode": scan.report.to_dict(),
-                "tracks": len(scan.tracks),
-                "matches": matches,
-                "spans": _spans([(m["start_s"], m["end_s"]) for m in matches]),
-            }
-            out.append(entry)
+            out.append(
+                FootageScanned(
+                    video=name,
+                    path=str(path),
+                    sha256=sha,
+                    duration_s=scan.info.duration_s,
+                    end_s=scan.info.end_s,
+                    decode=scan.report.to_dict(),
+                    tracks=len(scan.tracks),
+                    matches=matches,
+                    spans=_spans([(m.start_s, m.end_s) for m in matches]),
+                )
+            )
         with self.db.session() as s:
             self.cases.require_searchable(s, case_ref)  # may have changed during a long scan
             self.audit(
@@ -223,40 +235,43 @@ class FootageSearch:
                 action="video.find",
                 case_ref=case_ref,
                 object_type="video",
-                object_id=",".join(e.get("sha256", "?")[:16] for e in out)[:200],
+                object_id=",".join((e.sha256 or "?")[:16] for e in out)[:200],
                 details={
                     "probe": probe_ref or {},
                     "threshold": limit,
                     "sampling_fps": fps,
                     "model": eng.identity.key,
-                    "videos": [
-                        {
-                            "name": e["video"],
-                            "sha256": e.get("sha256"),
-                            "error": e.get("error"),
-                            "spans": e.get("spans", []),
-                            "matches": [
-                                [m["track"], m["similarity_fused"], m["similarity_max"]]
-                                for m in e.get("matches", [])
-                            ],
-                        }
-                        for e in out
-                    ],
+                    "videos": [_audited(e) for e in out],
                 },
                 ts=self.clock(),
             )
+        return FootageFind(
+            case=case_ref, label=LEAD_LABEL, threshold=limit, probe=probe_ref or {}, videos=out
+        )
+
+
+def _audited(entry: FootageScanned | FootageUnreadable) -> dict[str, Any]:
+    """What the audit record keeps of one video: which file, any error, where the person was."""
+    if isinstance(entry, FootageUnreadable):
         return {
-            "case": case_ref,
-            "label": LEAD_LABEL,
-            "threshold": limit,
-            "probe": probe_ref or {},
-            "videos": out,
+            "name": entry.video,
+            "sha256": entry.sha256,
+            "error": entry.error,
+            "spans": [],
+            "matches": [],
         }
+    return {
+        "name": entry.video,
+        "sha256": entry.sha256,
+        "error": None,
+        "spans": entry.spans,
+        "matches": [[m.track, m.similarity_fused, m.similarity_max] for m in entry.matches],
+    }
 
 
 def _matching_tracks(
     scan: VideoScan, probe: FloatArray, limit: float, fuse_best: int
-) -> list[dict[str, Any]]:
+) -> list[FootageMatch]:
     """Tracks whose fused template or best single face reaches ``limit``, best first."""
     matches = []
     for track in scan.tracks:
@@ -265,18 +280,18 @@ def _matching_tracks(
         peak = int(np.argmax(sims))
         if fused >= limit or float(sims[peak]) >= limit:
             matches.append(
-                {
-                    "track": track.id,
-                    "start_s": round(track.first_s, 3),
-                    "end_s": round(track.last_s, 3),
-                    "similarity_fused": round(fused, 4),
-                    "similarity_max": round(float(sims[peak]), 4),
-                    "peak_t": round(track.sightings[peak].t, 3),
-                    "faces": track.n_faces,
-                    "faces_above": int((sims >= limit).sum()),
-                }
+                FootageMatch(
+                    track=track.id,
+                    start_s=round(track.first_s, 3),
+                    end_s=round(track.last_s, 3),
+                    similarity_fused=round(fused, 4),
+                    similarity_max=round(float(sims[peak]), 4),
+                    peak_t=round(track.sightings[peak].t, 3),
+                    faces=track.n_faces,
+                    faces_above=int((sims >= limit).sum()),
+                )
             )
-    matches.sort(key=lambda m: -max(m["similarity_fused"], m["similarity_max"]))
+    matches.sort(key=lambda m: -max(m.similarity_fused, m.similarity_max))
     return matches
 
 

@@ -25,6 +25,16 @@ from retroface.core.status import ReviewStatus
 from retroface.governance.cases import CaseNotSearchableError, CaseService
 from retroface.media.images import decode_image
 from retroface.search.matcher import Aggregate, Matcher
+from retroface.search.views import (
+    CandidateView,
+    DisclosedDecision,
+    DisclosedReview,
+    FaceView,
+    ProbeSummary,
+    ProbeView,
+    SearchExport,
+    SearchResult,
+)
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.crypto import Cipher, template_aad
 from retroface.storage.db import Database
@@ -90,7 +100,7 @@ class SearchService:
         provenance: ProbeProvenance,
         faces: list[Face] | None = None,
         media_type: str = "image",
-    ) -> dict[str, Any]:
+    ) -> ProbeView:
         """Store a probe image (encrypted) under a searchable case, with its detected faces."""
         self.guard.require(actor, Role.OPERATOR, action="probe.add", case_ref=case_ref)
         provenance.check()
@@ -117,7 +127,7 @@ class SearchService:
         provenance: ProbeProvenance,
         faces: list[Face],
         media_type: str,
-    ) -> dict[str, Any]:
+    ) -> ProbeView:
         model_key = self.engine.identity.key
         with self.db.session() as s:
             case = self.cases.require_searchable(s, case_ref)
@@ -167,12 +177,12 @@ class SearchService:
                 },
                 ts=self.clock(),
             )
-            return {
-                "probe_id": probe.id,
-                "case": case_ref,
-                "sha256": digest,
-                "faces": [{"face": i, **f.to_dict()} for i, f in enumerate(faces)],
-            }
+            return ProbeView(
+                probe_id=probe.id,
+                case=case_ref,
+                sha256=digest,
+                faces=[FaceView(face=i, **f.to_dict()) for i, f in enumerate(faces)],
+            )
 
     def _probe_embedding(self, s: Any, probe: Probe, face_index: int) -> tuple[ProbeFace, Any]:
         pf = s.scalar(
@@ -202,7 +212,7 @@ class SearchService:
         top_k: int = 20,
         threshold: float | None = None,
         aggregate: Aggregate = "max",
-    ) -> dict[str, Any]:
+    ) -> SearchResult:
         """Search one face of a probe; the candidate list is stored and returned.
 
         A search refused for its case (not authorised, expired, refused, urgent window lapsed)
@@ -235,7 +245,7 @@ class SearchService:
         top_k: int,
         threshold: float | None,
         aggregate: Aggregate,
-    ) -> dict[str, Any]:
+    ) -> SearchResult:
         started = self.clock()
         # Three short steps, never one session around the match: the index manager reads the
         # gallery version in a session of its own, and SQLite serialises transactions.
@@ -329,41 +339,9 @@ class SearchService:
                 },
                 ts=record.ended_at,
             )
-            return self.result_dict(record)
+            return search_result(record, case_ref)
 
-    def result_dict(self, record: SearchRecord) -> dict[str, Any]:
-        quality = record.probe_quality or {}
-        warnings = list(quality.get("reasons", []))
-        return {
-            "search_id": record.id,
-            "label": record.label,
-            "probe": {
-                "probe_id": record.probe_id,
-                "sha256": record.probe_hash,
-                "source": record.probe_source,
-                "how_obtained": record.probe_how_obtained,
-                "quality": quality,
-                "warnings": warnings,
-            },
-            "candidates": [
-                {
-                    "rank": c.rank,
-                    "subject": c.subject_reference,
-                    "similarity": round(c.similarity, 4),
-                    "image_id": c.image_id,
-                }
-                for c in record.candidates
-            ],
-            "gallery_version": record.gallery_version,
-            "model": record.model_key,
-            "threshold": record.threshold,
-            "threshold_record_id": record.threshold_record_id,
-            "started_at": record.started_at,
-            "ended_at": record.ended_at,
-            "review_status": record.review_status,
-        }
-
-    def get_search(self, actor: Principal, search_id: int) -> dict[str, Any]:
+    def get_search(self, actor: Principal, search_id: int) -> SearchResult:
         """A stored candidate list; viewing it is itself audited."""
         self.guard.require(
             actor,
@@ -388,9 +366,9 @@ class SearchService:
                 object_id=str(search_id),
                 ts=self.clock(),
             )
-            return self.result_dict(record) | {"case": case_ref}
+            return search_result(record, case_ref)
 
-    def export(self, actor: Principal, search_id: int) -> dict[str, Any]:
+    def export(self, actor: Principal, search_id: int) -> SearchExport:
         """A disclosure package: the search, its case, candidates and settled review; audited."""
         self.guard.require(
             actor,
@@ -408,13 +386,13 @@ class SearchService:
             settled = ReviewStatus(record.review_status).settled
             reviews = (
                 [
-                    {
-                        "stage": r.stage,
-                        "decision": r.decision,
-                        "candidate_rank": r.candidate_rank,
-                        "note": r.note,
-                        "at": r.created_at,
-                    }
+                    DisclosedDecision(
+                        stage=r.stage,
+                        decision=r.decision,
+                        candidate_rank=r.candidate_rank,
+                        note=r.note,
+                        at=r.created_at,
+                    )
                     for r in s.scalars(
                         select(Review).where(Review.search_id == search_id).order_by(Review.id)
                     )
@@ -432,20 +410,54 @@ class SearchService:
                 details={"review_status": record.review_status},
                 ts=self.clock(),
             )
-            return {
-                "disclosure": self.result_dict(record) | {"case": case_ref},
-                "review": {
-                    "status": record.review_status,
-                    "outcome": record.review_outcome,
-                    "decisions": reviews,
-                    "note": None if settled else "review not settled: decisions withheld",
-                },
-                "exported_by": actor.username,
-                "exported_at": self.clock(),
-                "label": LEAD_LABEL,
-            }
+            return SearchExport(
+                disclosure=search_result(record, case_ref),
+                review=DisclosedReview(
+                    status=ReviewStatus(record.review_status),
+                    outcome=record.review_outcome,
+                    decisions=reviews,
+                    note=None if settled else "review not settled: decisions withheld",
+                ),
+                exported_by=actor.username,
+                exported_at=self.clock(),
+                label=LEAD_LABEL,
+            )
 
     @staticmethod
     def _case_ref(s: Any, case_id: int) -> str | None:
         case = s.get(Case, case_id)
         return case.reference if case else None
+
+
+def search_result(record: SearchRecord, case_ref: str | None) -> SearchResult:
+    """The stored search as its callers see it: the probe's quality reasons become warnings."""
+    quality = record.probe_quality or {}
+    return SearchResult(
+        search_id=record.id,
+        label=record.label,
+        probe=ProbeSummary(
+            probe_id=record.probe_id,
+            sha256=record.probe_hash,
+            source=record.probe_source,
+            how_obtained=record.probe_how_obtained,
+            quality=quality,
+            warnings=list(quality.get("reasons", [])),
+        ),
+        candidates=[
+            CandidateView(
+                rank=c.rank,
+                subject=c.subject_reference,
+                similarity=round(c.similarity, 4),
+                image_id=c.image_id,
+            )
+            for c in record.candidates
+        ],
+        gallery_version=record.gallery_version,
+        model=record.model_key,
+        threshold=record.threshold,
+        threshold_record_id=record.threshold_record_id,
+        started_at=record.started_at,
+        ended_at=record.ended_at,
+        review_status=ReviewStatus(record.review_status),
+        case=case_ref,
+    )

@@ -2,42 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from retroface.api.deps import Caller, Ctx
-from retroface.api.schemas import (
-    CaseCreate,
-    CaseDecision,
-    CaseOut,
-    ProbeOut,
-    QueueItem,
-    ReviewDecision,
-    ReviewOutcome,
-    ReviewView,
-    SearchOut,
-    SearchRequest,
-)
+from retroface.api.schemas import CaseCreate, CaseDecision, ReviewDecision, SearchRequest
 from retroface.api.uploads import read_upload
+from retroface.governance.views import CaseView, QueueItem, ReviewOutcome, ReviewSheet
 from retroface.search.service import ProbeProvenance
+from retroface.search.views import ProbeView, SearchExport, SearchResult
 
 router = APIRouter(prefix="/api/v1", tags=["casework"])
 
 
-@router.get("/cases", response_model=list[CaseOut], summary="Cases, newest first")
+@router.get("/cases", response_model=list[CaseView], summary="Cases, newest first")
 def list_cases(
     ctx: Ctx,
     caller: Caller,
     status: Annotated[str | None, Query(max_length=20)] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-) -> list[dict[str, Any]]:
+) -> list[CaseView]:
     return ctx.cases.list_cases(caller, status)[offset : offset + limit]
 
 
-@router.post("/cases", response_model=CaseOut, status_code=201, summary="Open a case")
-def open_case(body: CaseCreate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@router.post("/cases", response_model=CaseView, status_code=201, summary="Open a case")
+def open_case(body: CaseCreate, ctx: Ctx, caller: Caller) -> CaseView:
     return ctx.cases.open(
         caller,
         body.reference,
@@ -48,23 +39,23 @@ def open_case(body: CaseCreate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     )
 
 
-@router.get("/cases/{ref:path}", response_model=CaseOut, summary="One case")
-def get_case(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@router.get("/cases/{ref:path}", response_model=CaseView, summary="One case")
+def get_case(ref: str, ctx: Ctx, caller: Caller) -> CaseView:
     return ctx.cases.show(caller, ref)
 
 
 @router.post(
     "/cases/{ref:path}/decision",
-    response_model=CaseOut,
+    response_model=CaseView,
     summary="Approve or refuse a case (refusal deletes everything it produced)",
 )
-def decide_case(ref: str, body: CaseDecision, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+def decide_case(ref: str, body: CaseDecision, ctx: Ctx, caller: Caller) -> CaseView:
     return ctx.cases.authorise(caller, ref, body.approve, body.note, body.valid_days)
 
 
 @router.post(
     "/cases/{ref:path}/probes",
-    response_model=ProbeOut,
+    response_model=ProbeView,
     status_code=201,
     summary="Submit a probe image with its provenance; returns the faces found",
 )
@@ -77,45 +68,45 @@ def add_probe(
     how_obtained: Annotated[
         str, Form(min_length=1, max_length=500, examples=["exported from DVR, exhibit AB/1"])
     ],
-) -> dict[str, Any]:
+) -> ProbeView:
     data = read_upload(file, ctx.settings.max_upload_bytes)
     return ctx.searches.add_probe(
         caller, ref, data, file.filename or "upload", ProbeProvenance(source, how_obtained)
     )
 
 
-@router.post("/searches", response_model=SearchOut, status_code=201, summary="Search one face")
-def search(body: SearchRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    result = ctx.searches.search(
+@router.post("/searches", response_model=SearchResult, status_code=201, summary="Search one face")
+def search(body: SearchRequest, ctx: Ctx, caller: Caller) -> SearchResult:
+    return ctx.searches.search(
         caller, body.case, body.probe_id, body.face, body.top_k, body.threshold
     )
-    return result | {"case": body.case}
 
 
-@router.get("/searches/{search_id}", response_model=SearchOut, summary="A stored candidate list")
-def get_search(search_id: int, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@router.get("/searches/{search_id}", response_model=SearchResult, summary="A stored candidate list")
+def get_search(search_id: int, ctx: Ctx, caller: Caller) -> SearchResult:
     return ctx.searches.get_search(caller, search_id)
 
 
 @router.get(
     "/searches/{search_id}/export",
+    response_model=SearchExport,
     summary="Disclosure package: the search, its candidates and the settled review",
 )
-def export_search(search_id: int, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+def export_search(search_id: int, ctx: Ctx, caller: Caller) -> SearchExport:
     return ctx.searches.export(caller, search_id)
 
 
 @router.get("/reviews/queue", response_model=list[QueueItem], summary="Searches awaiting you")
-def review_queue(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
+def review_queue(ctx: Ctx, caller: Caller) -> list[QueueItem]:
     return ctx.reviews.queue(caller)
 
 
 @router.get(
     "/reviews/{search_id}",
-    response_model=ReviewView,
+    response_model=ReviewSheet,
     summary="A candidate list to adjudicate (others' decisions hidden until settled)",
 )
-def review_show(search_id: int, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+def review_show(search_id: int, ctx: Ctx, caller: Caller) -> ReviewSheet:
     return ctx.reviews.show(caller, search_id)
 
 
@@ -125,5 +116,5 @@ def review_show(search_id: int, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     status_code=201,
     summary="Record your independent decision",
 )
-def review_decide(search_id: int, body: ReviewDecision, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+def review_decide(search_id: int, body: ReviewDecision, ctx: Ctx, caller: Caller) -> ReviewOutcome:
     return ctx.reviews.decide(caller, search_id, body.decision, body.note, body.candidate_rank)

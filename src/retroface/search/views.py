@@ -1,0 +1,165 @@
+"""What the search services return: probes, candidate lists, disclosure packages, footage finds.
+
+One set of Pydantic models shared by the services (their return types), the API (its
+``response_model``s) and the CLI (``--json`` prints ``model_dump(mode="json")``). Their JSON is the
+API's contract, so the field names, order and nesting here are what users see; times are UTC and
+serialise as ISO 8601.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+
+from retroface.core.labels import LEAD_LABEL
+from retroface.core.status import ReviewStatus
+
+
+class View(BaseModel):
+    """A result handed out by a service: read-only once built."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+class FaceView(View):
+    """One face found in a probe; ``face`` is the index a search names it by."""
+
+    face: int
+    box: list[float]
+    landmarks: list[list[float]]
+    det_score: float
+    quality: dict[str, Any]
+
+
+class ProbeView(View):
+    """A stored probe and the faces found in it."""
+
+    probe_id: int
+    case: str
+    sha256: str
+    faces: list[FaceView]
+
+
+class ProbeSummary(View):
+    """The probe a search used, with its provenance and quality warnings."""
+
+    probe_id: int | None  # None once the probe is deleted; the search record keeps its hash
+    sha256: str
+    source: str | None
+    how_obtained: str | None
+    quality: dict[str, Any]
+    warnings: list[str]
+
+
+class CandidateView(View):
+    rank: int
+    subject: str
+    similarity: float
+    image_id: int | None
+
+
+class SearchResult(View):
+    """A stored candidate list: an investigative lead, with what Art 12(3) asks to be logged."""
+
+    search_id: int
+    label: str
+    probe: ProbeSummary
+    candidates: list[CandidateView]
+    gallery_version: int
+    model: str
+    threshold: float | None
+    threshold_record_id: int | None
+    started_at: datetime
+    ended_at: datetime | None
+    review_status: ReviewStatus
+    case: str | None = None  # None when the case row is gone
+
+
+class VideoSearchResult(SearchResult):
+    """A search of one face track: which video, track and time the probe came from."""
+
+    video: dict[str, Any]  # the origin stored with the probe face (video hash, track, t, …)
+    track: dict[str, Any]  # the track as ``retroface video scan`` shows it
+
+
+class DisclosedDecision(View):
+    """One review decision, disclosed once the review is settled."""
+
+    stage: str
+    decision: str
+    candidate_rank: int | None
+    note: str | None
+    at: datetime
+
+
+class DisclosedReview(View):
+    status: ReviewStatus
+    outcome: str | None
+    decisions: list[DisclosedDecision]  # empty until settled
+    note: str | None  # why decisions are withheld, if they are
+
+
+class SearchExport(View):
+    """A disclosure package: the search, its case, candidates and settled review."""
+
+    disclosure: SearchResult
+    review: DisclosedReview
+    exported_by: str
+    exported_at: datetime
+    label: str = LEAD_LABEL
+
+
+class FootageMatch(View):
+    """A track in which the person looked for appears, with the span to look at."""
+
+    track: int
+    start_s: float
+    end_s: float
+    similarity_fused: float
+    similarity_max: float
+    peak_t: float
+    faces: int
+    faces_above: int
+
+
+class FootageScanned(View):
+    """A video that was searched: its matching tracks and the merged time spans."""
+
+    video: str
+    path: str
+    sha256: str
+    duration_s: float | None
+    end_s: float | None
+    decode: dict[str, Any]
+    tracks: int
+    matches: list[FootageMatch]
+    spans: list[list[float]]
+
+
+class FootageUnreadable(View):
+    """A video that could not be read: reported, not fatal."""
+
+    video: str
+    path: str
+    sha256: str | None = None  # None when the file could not even be hashed
+    error: str
+
+    @model_serializer(mode="wrap")
+    def _omit_missing_hash(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # as before the models: an unhashable file has no sha256 key rather than a null one
+        data: dict[str, Any] = handler(self)
+        if self.sha256 is None:
+            data.pop("sha256", None)
+        return data
+
+
+class FootageFind(View):
+    """Where one person appears in a set of videos, under a case."""
+
+    case: str
+    label: str = LEAD_LABEL
+    threshold: float
+    probe: dict[str, Any]  # what the caller said the probe was (name, hash, face)
+    videos: list[FootageScanned | FootageUnreadable]

@@ -1,0 +1,34 @@
+"""The casework services, the API and the CLI share one set of result models (issue #10)."""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+from fastapi.routing import APIRoute
+
+from retroface.api import schemas
+from retroface.api.routers import casework
+from retroface.governance import views as gov_views
+from retroface.search import views as search_views
+
+
+def _model(annotation: Any) -> Any:
+    """``list[X]`` → ``X``."""
+    return (get_args(annotation) or (annotation,))[0]
+
+
+def test_casework_routes_answer_with_the_domain_models() -> None:
+    domain = {
+        m
+        for mod in (gov_views, search_views)
+        for m in vars(mod).values()
+        if isinstance(m, type) and m.__module__ == mod.__name__
+    }
+    routes = [r for r in casework.router.routes if isinstance(r, APIRoute)]
+    models = {r.name: _model(r.response_model) for r in routes}
+    assert all(m in domain for m in models.values()), models  # every route has one, from there
+    assert models["search"] is search_views.SearchResult
+    assert models["export_search"] is search_views.SearchExport
+    assert models["review_show"] is gov_views.ReviewSheet
+    # no second copy of a result model left in the API's schemas
+    assert not {"CaseOut", "SearchOut", "ProbeOut", "ReviewView", "QueueItem"} & set(vars(schemas))
