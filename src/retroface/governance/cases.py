@@ -83,7 +83,6 @@ class CaseService:
         purpose: str,
         justification: str,
         urgent: bool = False,
-        scope_gallery: str | None = None,
     ) -> CaseView:
         self.guard.require(actor, Role.OPERATOR, action="case.open", case_ref=reference)
         self.policy.check_offence(offence_category)
@@ -108,7 +107,6 @@ class CaseService:
                 urgent_deadline=now + self.policy.urgent_window if urgent else None,
                 opened_by=actor.id,
                 opened_at=now,
-                scope_gallery=scope_gallery,
                 status=CaseStatus.PENDING,
             )
             s.add(case)

@@ -40,7 +40,6 @@ class CaseView(View):
     decided_at: datetime | None
     decision_note: str | None
     authorised_until: datetime | None
-    scope_gallery: str | None
     purged_at: datetime | None
 
 

@@ -159,7 +159,6 @@ class Case(Base):
     decided_at: Mapped[datetime | None] = mapped_column()
     decision_note: Mapped[str | None] = mapped_column(Text)
     authorised_until: Mapped[datetime | None] = mapped_column()
-    scope_gallery: Mapped[str | None] = mapped_column(String(100))
     purged_at: Mapped[datetime | None] = mapped_column()
 
 
