@@ -1,0 +1,298 @@
+"""Twenty ways an insider with database access rewrites the audit trail, each done with raw SQL.
+
+Every kind is applied to a real log (on SQLite and PostgreSQL) built the same way: 25 records
+signed every 10, an export at seq 25 (which signs its head), 7 more records; so checkpoints sit at
+seq 10, 20, 25 and 30 and records 31..32 are the unsigned tail. The attacker holds the database
+and ``audit.chain.record_hash`` but neither the signing key nor the files outside the database.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Connection, delete, insert, select, update
+
+from retroface.audit import AuditLog
+from retroface.audit.chain import GENESIS_HASH, checkpoint_message, format_ts, key_id_of
+from retroface.audit.chain import record_hash as chain_hash
+from retroface.storage.db import Database
+from retroface.storage.tables import AuditCheckpoint, AuditRecord
+
+R = AuditRecord.__table__
+C = AuditCheckpoint.__table__
+EVERY = 10
+EXPORTED_AT = 25
+TOTAL = 32
+MALLORY = Ed25519PrivateKey.generate()
+
+
+# --------------------------------------------------------------------------- the attacker's tools
+
+
+def _rows(conn: Connection, from_seq: int = 1) -> list[dict[str, Any]]:
+    stmt = select(R).where(R.c.seq >= from_seq).order_by(R.c.seq)
+    return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def _hash_of(rec: dict[str, Any]) -> str:
+    return chain_hash({**rec, "ts": format_ts(rec["ts"])})
+
+
+def _rehash(conn: Connection, from_seq: int) -> None:
+    """Recompute hash and prev_hash from ``from_seq`` on, as anyone holding the code can."""
+    prev = conn.scalar(select(R.c.hash).where(R.c.seq == from_seq - 1)) or GENESIS_HASH
+    for rec in _rows(conn, from_seq):
+        rec["prev_hash"] = prev
+        prev = _hash_of(rec)
+        conn.execute(
+            update(R).where(R.c.seq == rec["seq"]).values(prev_hash=rec["prev_hash"], hash=prev)
+        )
+
+
+def _renumber(conn: Connection, from_seq: int, delta: int) -> None:
+    """Shift seq of every record >= from_seq (two steps: the primary key is checked per row)."""
+    conn.execute(update(R).where(R.c.seq >= from_seq).values(seq=R.c.seq + 1_000_000))
+    conn.execute(update(R).where(R.c.seq >= 1_000_000).values(seq=R.c.seq - 1_000_000 + delta))
+
+
+def _forged(seq: int, prev_hash: str) -> dict[str, Any]:
+    """A well-formed record: right seq, right prev_hash, its hash recomputed."""
+    fields: dict[str, Any] = {
+        "seq": seq,
+        "ts": datetime.now(UTC),
+        "actor": "mallory",
+        "action": "search.run",
+        "case_ref": "CASE-X",
+        "object_type": "search",
+        "object_id": "999",
+        "justification": "routine",
+        "details": {"top_k": 10},
+        "prev_hash": prev_hash,
+    }
+    return {**fields, "hash": _hash_of(fields)}
+
+
+def _mallory_signature(seq: int, digest: str) -> str:
+    return base64.b64encode(MALLORY.sign(checkpoint_message(seq, digest))).decode()
+
+
+def _head(conn: Connection) -> dict[str, Any]:
+    return _rows(conn)[-1]
+
+
+# --------------------------------------------------------------------------- the twenty kinds
+
+
+def edit_field(conn: Connection) -> None:
+    conn.execute(update(R).where(R.c.seq == 5).values(actor="mallory"))
+
+
+def edit_details(conn: Connection) -> None:
+    conn.execute(update(R).where(R.c.seq == 12).values(details={"top_k": 1}))
+
+
+def change_ts(conn: Connection) -> None:
+    conn.execute(update(R).where(R.c.seq == 7).values(ts=datetime(2020, 1, 1, tzinfo=UTC)))
+
+
+def edit_rehash(conn: Connection) -> None:
+    edit_justification(conn, 15)
+    _rehash(conn, 15)
+
+
+def edit_justification(conn: Connection, seq: int) -> None:
+    conn.execute(update(R).where(R.c.seq == seq).values(justification="nothing to see"))
+
+
+def delete_middle(conn: Connection) -> None:
+    conn.execute(delete(R).where(R.c.seq == 8))
+
+
+def delete_renumber_rehash(conn: Connection) -> None:
+    conn.execute(delete(R).where(R.c.seq == 8))
+    _renumber(conn, 9, -1)
+    _rehash(conn, 8)
+
+
+def insert_forged(conn: Connection) -> None:
+    _renumber(conn, 6, +1)
+    prev = conn.scalar(select(R.c.hash).where(R.c.seq == 5))
+    conn.execute(insert(R).values(_forged(6, prev)))
+
+
+def reorder(conn: Connection) -> None:
+    r3, r4 = (conn.execute(select(R).where(R.c.seq == s)).mappings().one() for s in (3, 4))
+    cols = [c for c in r3 if c != "seq"]
+    conn.execute(update(R).where(R.c.seq == 3).values({c: r4[c] for c in cols}))
+    conn.execute(update(R).where(R.c.seq == 4).values({c: r3[c] for c in cols}))
+
+
+def truncate_tail(conn: Connection) -> None:
+    conn.execute(delete(R).where(R.c.seq >= 18))
+
+
+def tail_cut_after_last_checkpoint(conn: Connection) -> None:
+    last_cp = conn.scalar(select(C.c.seq).order_by(C.c.seq.desc()).limit(1))
+    conn.execute(delete(R).where(R.c.seq > last_cp))
+
+
+def forged_append(conn: Connection) -> None:
+    head = _head(conn)
+    conn.execute(insert(R).values(_forged(head["seq"] + 1, head["hash"])))
+
+
+def delete_checkpoint(conn: Connection) -> None:
+    conn.execute(delete(C).where(C.c.seq == 20))
+
+
+def forge_checkpoint_signature(conn: Connection) -> None:
+    cp = conn.execute(select(C).where(C.c.seq == 20)).mappings().one()
+    conn.execute(
+        update(C).where(C.c.id == cp["id"]).values(signature=_mallory_signature(20, cp["hash"]))
+    )
+
+
+def swap_key_id(conn: Connection) -> None:
+    conn.execute(update(C).where(C.c.seq == 20).values(key_id=key_id_of(MALLORY.public_key())))
+
+
+def truncate_delete_checkpoints(conn: Connection) -> None:
+    """Roll the log back to the signed checkpoint at seq 20, as a restored old backup would."""
+    conn.execute(delete(R).where(R.c.seq > 20))
+    conn.execute(delete(C).where(C.c.seq > 20))
+
+
+def edit_rehash_delete_checkpoints(conn: Connection) -> None:
+    edit_rehash(conn)
+    conn.execute(delete(C).where(C.c.seq >= 15))
+
+
+def delete_renumber_rehash_delete_checkpoints(conn: Connection) -> None:
+    delete_renumber_rehash(conn)
+    conn.execute(delete(C).where(C.c.seq >= 8))
+
+
+def full_wipe(conn: Connection) -> None:
+    conn.execute(delete(C))
+    conn.execute(delete(R))
+
+
+def rewrite_resign_with_own_key(conn: Connection) -> None:
+    """Edit, rehash, and replace the checkpoints that no longer match with ones Mallory signs."""
+    edit_rehash(conn)
+    for cp in conn.execute(select(C).where(C.c.seq >= 15)).mappings().all():
+        digest = conn.scalar(select(R.c.hash).where(R.c.seq == cp["seq"]))
+        conn.execute(
+            update(C)
+            .where(C.c.id == cp["id"])
+            .values(
+                hash=digest,
+                signature=_mallory_signature(cp["seq"], digest),
+                key_id=key_id_of(MALLORY.public_key()),
+            )
+        )
+
+
+def move_checkpoint_to_forged_head(conn: Connection) -> None:
+    """Append a forged record and point the newest checkpoint at it, keeping its signature."""
+    forged_append(conn)
+    head = _head(conn)
+    last = conn.scalar(select(C.c.id).order_by(C.c.seq.desc()).limit(1))
+    conn.execute(update(C).where(C.c.id == last).values(seq=head["seq"], hash=head["hash"]))
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    apply: Callable[[Connection], None]
+    #: False for a tamper that only touches records written after any export could have been
+    #: made (the unsigned tail): an earlier export cannot see those; the anchor file can.
+    export_sees: bool = True
+    #: Did today's main (before anchors) detect it? Kept to document the fix, not asserted.
+    detected_before: bool = True
+
+
+KINDS = [
+    Kind("edit_field", edit_field),
+    Kind("edit_details", edit_details),
+    Kind("change_ts", change_ts),
+    Kind("edit_rehash", edit_rehash),
+    Kind("delete_middle", delete_middle),
+    Kind("delete_renumber_rehash", delete_renumber_rehash),
+    Kind("insert_forged", insert_forged),
+    Kind("reorder", reorder),
+    Kind("truncate_tail", truncate_tail),
+    Kind(
+        "tail_cut_after_last_checkpoint",
+        tail_cut_after_last_checkpoint,
+        export_sees=False,
+        detected_before=False,
+    ),
+    Kind("forged_append", forged_append, export_sees=False, detected_before=False),
+    Kind("delete_checkpoint", delete_checkpoint, detected_before=False),
+    Kind("forge_checkpoint_signature", forge_checkpoint_signature),
+    Kind("swap_key_id", swap_key_id),
+    Kind("truncate_delete_checkpoints", truncate_delete_checkpoints, detected_before=False),
+    Kind("edit_rehash_delete_checkpoints", edit_rehash_delete_checkpoints, detected_before=False),
+    Kind(
+        "delete_renumber_rehash_delete_checkpoints",
+        delete_renumber_rehash_delete_checkpoints,
+        detected_before=False,
+    ),
+    Kind("full_wipe", full_wipe, detected_before=False),
+    Kind("rewrite_resign_with_own_key", rewrite_resign_with_own_key),
+    Kind("move_checkpoint_to_forged_head", move_checkpoint_to_forged_head),
+]
+assert len(KINDS) == 20 and len({k.name for k in KINDS}) == 20
+
+
+# --------------------------------------------------------------------------- the log under attack
+
+
+def _fill(log: AuditLog, start: int, n: int) -> None:
+    for i in range(start, start + n):
+        with log.db.session() as s:
+            log.record(
+                s,
+                actor=f"user{i % 3}",
+                action="search.run",
+                case_ref=f"CASE-{i // 4}",
+                object_type="search",
+                object_id=i,
+                justification="lead in burglary" if i % 2 else None,
+                details={"top_k": 10, "threshold": 0.36, "note": "é ✓"},
+            )
+
+
+@pytest.fixture
+def attacked(db: Database, tmp_path: Path) -> Callable[[Kind], AuditLog]:
+    """Build the log, take an export at seq 25, grow it, then apply one tamper kind."""
+
+    def build(kind: Kind) -> AuditLog:
+        log = AuditLog(db, tmp_path / "keys" / "audit.pem", checkpoint_every=EVERY)
+        _fill(log, 1, EXPORTED_AT)
+        log.export(tmp_path / "export-25")
+        _fill(log, EXPORTED_AT + 1, TOTAL - EXPORTED_AT)
+        with db.session() as s:
+            cps = s.scalars(select(AuditCheckpoint.seq).order_by(AuditCheckpoint.seq)).all()
+        assert cps == [10, 20, 25, 30]
+        assert log.verify().ok
+        with db.engine.begin() as conn:
+            kind.apply(conn)
+        return log
+
+    return build
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])
+def test_tamper_is_detected(attacked: Callable[[Kind], AuditLog], kind: Kind) -> None:
+    log = attacked(kind)
+    result = log.verify()
+    assert not result.ok, f"{kind.name} went unnoticed: {result}"
