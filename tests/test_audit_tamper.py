@@ -271,28 +271,71 @@ def _fill(log: AuditLog, start: int, n: int) -> None:
             )
 
 
+@dataclass
+class Scene:
+    db: Database
+    key: Path
+    anchor: Path
+    export: Path
+
+    def log(self, *, anchor: bool) -> AuditLog:
+        """The application's view; without the anchor, as after losing (or never having) it."""
+        return AuditLog(
+            self.db,
+            self.key,
+            checkpoint_every=EVERY,
+            anchor_path=self.anchor if anchor else None,
+        )
+
+
 @pytest.fixture
-def attacked(db: Database, tmp_path: Path) -> Callable[[Kind], AuditLog]:
-    """Build the log, take an export at seq 25, grow it, then apply one tamper kind."""
+def scene(db: Database, tmp_path: Path) -> Scene:
+    """The log: 25 records, an export at seq 25, 7 more; checkpoints at 10, 20, 25, 30."""
+    sc = Scene(
+        db, tmp_path / "keys" / "audit.pem", tmp_path / "anchors" / "a.jsonl", tmp_path / "e"
+    )
+    log = sc.log(anchor=True)
+    _fill(log, 1, EXPORTED_AT)
+    log.export(sc.export)
+    _fill(log, EXPORTED_AT + 1, TOTAL - EXPORTED_AT)
+    with db.session() as s:
+        cps = s.scalars(select(AuditCheckpoint.seq).order_by(AuditCheckpoint.seq)).all()
+    assert cps == [10, 20, 25, 30]
+    return sc
 
-    def build(kind: Kind) -> AuditLog:
-        log = AuditLog(db, tmp_path / "keys" / "audit.pem", checkpoint_every=EVERY)
-        _fill(log, 1, EXPORTED_AT)
-        log.export(tmp_path / "export-25")
-        _fill(log, EXPORTED_AT + 1, TOTAL - EXPORTED_AT)
-        with db.session() as s:
-            cps = s.scalars(select(AuditCheckpoint.seq).order_by(AuditCheckpoint.seq)).all()
-        assert cps == [10, 20, 25, 30]
-        assert log.verify().ok
-        with db.engine.begin() as conn:
-            kind.apply(conn)
-        return log
 
-    return build
+def _tamper(scene: Scene, kind: Kind) -> None:
+    with scene.db.engine.begin() as conn:
+        kind.apply(conn)
+
+
+def test_untouched_log_passes_every_check(scene: Scene) -> None:
+    result = scene.log(anchor=True).verify(against=scene.export)
+    assert result.ok, result.problem
+    assert result.checked == TOTAL and result.signed_through == 30
+    assert result.anchored_through == TOTAL
+    assert scene.log(anchor=False).verify(against=scene.export).ok
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])
-def test_tamper_is_detected(attacked: Callable[[Kind], AuditLog], kind: Kind) -> None:
-    log = attacked(kind)
-    result = log.verify()
+def test_tamper_is_detected_with_the_anchor(scene: Scene, kind: Kind) -> None:
+    _tamper(scene, kind)
+    result = scene.log(anchor=True).verify()
     assert not result.ok, f"{kind.name} went unnoticed: {result}"
+    assert result.problem
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k.export_sees], ids=lambda k: k.name)
+def test_tamper_is_detected_with_an_earlier_export(scene: Scene, kind: Kind) -> None:
+    """No anchor at all (lost, or rewritten too): the export kept since seq 25 is enough."""
+    _tamper(scene, kind)
+    result = scene.log(anchor=False).verify(against=scene.export)
+    assert not result.ok, f"{kind.name} went unnoticed: {result}"
+    assert result.problem
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if not k.export_sees], ids=lambda k: k.name)
+def test_tail_tampering_after_the_export_needs_the_anchor(scene: Scene, kind: Kind) -> None:
+    """Records 26..32 postdate the export: it cannot vouch for them (docs/security.md)."""
+    _tamper(scene, kind)
+    assert scene.log(anchor=False).verify(against=scene.export).ok
