@@ -9,6 +9,10 @@ and ``audit.chain.record_hash`` but neither the signing key nor the files outsid
 from __future__ import annotations
 
 import base64
+import json
+import logging
+import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,10 +22,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Connection, delete, insert, select, update
+from tests.conftest import Clock
 
 from retroface.audit import AuditLog
+from retroface.audit import anchor as anchor_module
 from retroface.audit.chain import GENESIS_HASH, checkpoint_message, format_ts, key_id_of
 from retroface.audit.chain import record_hash as chain_hash
+from retroface.core.errors import InvalidInputError
 from retroface.storage.db import Database
 from retroface.storage.tables import AuditCheckpoint, AuditRecord
 
@@ -339,3 +346,166 @@ def test_tail_tampering_after_the_export_needs_the_anchor(scene: Scene, kind: Ki
     """Records 26..32 postdate the export: it cannot vouch for them (docs/security.md)."""
     _tamper(scene, kind)
     assert scene.log(anchor=False).verify(against=scene.export).ok
+
+
+# --------------------------------------------------------------------------- how the defence works
+
+
+def _anchor_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_anchor_file_holds_every_commit_and_signed_checkpoints(
+    db: Database, tmp_path: Path
+) -> None:
+    anchor = tmp_path / "anchors" / "audit-anchors.jsonl"
+    log = AuditLog(db, tmp_path / "k.pem", checkpoint_every=3, anchor_path=anchor)
+    _fill(log, 1, 4)
+    with pytest.raises(RuntimeError), db.session() as s:  # rolled back: nothing anchored
+        log.record(s, actor="alice", action="case.open")
+        raise RuntimeError("the action failed")
+    with db.session() as s:  # two records, one transaction: one line, for the newest
+        log.record(s, actor="alice", action="case.open")
+        log.record(s, actor="alice", action="case.approve")
+    assert anchor.stat().st_mode & 0o777 == 0o600
+    assert anchor.parent.stat().st_mode & 0o777 == 0o700
+    lines = _anchor_lines(anchor)
+    assert [(e["seq"], e["signature"] is not None) for e in lines] == [
+        (1, False),
+        (2, False),
+        (3, True),
+        (4, False),
+        (6, True),
+    ]
+    assert all(set(e) == {"seq", "hash", "key_id", "signature", "time"} for e in lines)
+    assert lines[2]["key_id"] == log.key_id
+    result = log.verify()
+    assert result.ok and result.anchored_through == 6 and result.signed_through == 6
+
+
+def test_a_checkpoint_every_t_minutes(db: Database, tmp_path: Path, clock: Clock) -> None:
+    log = AuditLog(db, tmp_path / "k.pem", checkpoint_every=50, checkpoint_minutes=5, clock=clock)
+    _fill(log, 1, 3)
+    clock.advance(minutes=4)
+    _fill(log, 4, 1)
+    clock.advance(minutes=2)  # 6 minutes after record 1, and no checkpoint yet
+    _fill(log, 5, 2)
+    clock.advance(minutes=5, seconds=1)
+    _fill(log, 7, 1)
+    with db.session() as s:
+        cps = s.scalars(select(AuditCheckpoint.seq).order_by(AuditCheckpoint.seq)).all()
+    assert cps == [5, 7]
+    assert log.verify().ok
+
+
+def test_checkpoints_cannot_be_switched_off(db: Database, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="mandatory"):
+        AuditLog(db, tmp_path / "k.pem", checkpoint_every=0)
+
+
+def test_too_many_unsigned_records_fail_verification(db: Database, tmp_path: Path) -> None:
+    log = AuditLog(db, tmp_path / "k.pem", checkpoint_every=5, checkpoint_minutes=0)
+    _fill(log, 1, 12)
+    assert log.verify().ok
+    with db.engine.begin() as conn:
+        conn.execute(delete(C))
+    result = log.verify()
+    assert not result.ok and result.first_bad_seq == 1
+    assert result.problem is not None and "by more than 5" in result.problem
+
+
+def test_a_deleted_anchor_fails_verification(scene: Scene) -> None:
+    scene.anchor.unlink()
+    result = scene.log(anchor=True).verify()
+    assert not result.ok and result.problem is not None and "missing" in result.problem
+
+
+def test_an_edited_anchor_fails_verification(scene: Scene) -> None:
+    lines = scene.anchor.read_text().splitlines()
+    signed = next(i for i, line in enumerate(lines) if json.loads(line)["signature"])
+    entry = json.loads(lines[signed])
+    entry["signature"] = _mallory_signature(entry["seq"], entry["hash"])
+    lines[signed] = json.dumps(entry)
+    scene.anchor.write_text("\n".join(lines) + "\n")
+    result = scene.log(anchor=True).verify()
+    assert not result.ok and result.problem is not None and "anchor was edited" in result.problem
+    scene.anchor.write_text("\n".join([*lines[:3], "{torn", *lines[4:]]) + "\n")
+    result = scene.log(anchor=True).verify()
+    assert not result.ok and result.problem is not None and "line 4" in result.problem
+
+
+def test_a_doctored_earlier_export_proves_nothing(scene: Scene) -> None:
+    records = scene.export / "records.jsonl"
+    lines = records.read_text().splitlines()
+    rec = json.loads(lines[4])
+    rec["actor"] = "mallory"
+    lines[4] = json.dumps(rec)
+    records.write_text("\n".join(lines) + "\n")
+    result = scene.log(anchor=False).verify(against=scene.export)
+    assert not result.ok and result.problem is not None
+    assert "earlier export" in result.problem and "does not verify" in result.problem
+
+
+def test_wiped_log_names_the_anchor_and_the_export(scene: Scene) -> None:
+    _tamper(scene, next(k for k in KINDS if k.name == "full_wipe"))
+    anchored = scene.log(anchor=True).verify()
+    assert anchored.problem is not None and "the log is empty" in anchored.problem
+    exported = scene.log(anchor=False).verify(against=scene.export)
+    assert exported.problem is not None and "records 1..25 were removed" in exported.problem
+
+
+def test_verify_while_others_write_raises_no_false_alarm(db: Database, tmp_path: Path) -> None:
+    """The read order (anchor, head, checkpoints, records) keeps a growing log consistent."""
+    log = AuditLog(db, tmp_path / "k.pem", checkpoint_every=3, anchor_path=tmp_path / "a.jsonl")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        try:
+            n = 0
+            while not stop.is_set() and n < 60:
+                _fill(log, i * 1000 + n, 1)
+                n += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    results = []
+    try:
+        while any(t.is_alive() for t in threads):
+            results.append(log.verify())
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    bad = [r.problem for r in results if not r.ok]
+    assert bad == [] and len(results) > 1
+    assert log.verify().checked == 180
+
+
+def test_signed_heads_can_go_to_syslog(db: Database, tmp_path: Path) -> None:
+    """A real datagram socket standing in for /dev/log receives each signed head."""
+    sock_path = tmp_path / "log.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(5)
+    original = anchor_module.SYSLOG_SOCKET
+    anchor_module.SYSLOG_SOCKET = sock_path
+    syslog = logging.getLogger("retroface.audit.anchor.syslog")
+    try:
+        log = AuditLog(
+            db, tmp_path / "k.pem", checkpoint_every=2, anchor_path=tmp_path / "a.jsonl",
+            anchor_syslog=True,
+        )  # fmt: skip
+        _fill(log, 1, 2)
+        message = sock.recv(4096).decode()
+    finally:
+        anchor_module.SYSLOG_SOCKET = original
+        for h in list(syslog.handlers):
+            syslog.removeHandler(h)
+            h.close()
+        sock.close()
+    assert "retroface-audit-anchor" in message and '"seq":2' in message
