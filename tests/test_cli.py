@@ -213,3 +213,28 @@ def test_workflow_through_the_cli(run: Run, data_dir: Path, database_url: str) -
     db.dispose()
     code, out = run("audit", "verify", user="aud")
     assert code == 1 and "3" in out and "TAMPERED" in out
+
+
+def test_audit_verify_against_an_earlier_export(
+    run: Run, tmp_path: Path, database_url: str
+) -> None:
+    """A rewrite that recomputes every hash and deletes the checkpoints: the anchor and an
+    earlier export each catch it (more kinds in test_audit_tamper.py)."""
+    from retroface.storage.db import Database
+
+    assert run("init", "--admin", "admin")[0] == 0
+    assert run("user", "add", "aud", "--roles", "auditor", user="admin")[0] == 0
+    export = tmp_path / "kept-export"
+    assert run("audit", "export", str(export), user="aud")[0] == 0
+    code, out = run("audit", "verify", "--against", str(export), "--json", user="aud")
+    assert code == 0 and json.loads(out)["ok"], out
+    db = Database(database_url)
+    with db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_checkpoints"))
+        conn.execute(text("DELETE FROM audit_records"))
+    db.dispose()
+    code, out = run("audit", "verify", user="aud")
+    # (the command's own login record is seq 1 of the new log, so this is a truncation)
+    assert code == 1 and "were removed" in out and "anchor" in out
+    code, out = run("audit", "verify", "--against", str(export), "--json", user="aud")
+    assert code == 1 and "the earlier export" in json.loads(out)["problem"]

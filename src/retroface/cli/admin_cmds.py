@@ -118,11 +118,16 @@ def user_token(
 
 
 @audit_app.command("verify")
-def audit_verify(json_out: bool = typer.Option(False, "--json")) -> None:
-    """Check the hash chain and signed checkpoints; exit 1 and name the first bad record."""
+def audit_verify(
+    json_out: bool = typer.Option(False, "--json"),
+    against: Path | None = typer.Option(
+        None, "--against", help="An earlier export: prove the log still holds it unchanged."
+    ),
+) -> None:
+    """Check the chain, signed checkpoints and anchor; exit 1 and name the first bad record."""
     with user_errors():
         require_role(state.principal(), Role.AUDITOR, Role.ADMIN)
-        result = state.ctx.audit.verify()
+        result = state.ctx.audit.verify(against=against)
     if json_out:
         print_json(dataclasses.asdict(result))
     elif result.ok:
