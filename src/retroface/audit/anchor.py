@@ -89,6 +89,7 @@ class AnchorFile:
     def __init__(self, path: Path, *, syslog: bool = False) -> None:
         self.path = path
         self._syslog = _syslog_logger() if syslog else None
+        self._folder_made = False
 
     def append(self, entries: Iterable[AnchorEntry]) -> None:
         """One ``write`` for all entries; fsync when any is a signed checkpoint."""
@@ -96,7 +97,10 @@ class AnchorFile:
         if not batch:
             return
         data = "".join(canonical_json(e.to_json()) + "\n" for e in batch).encode()
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self._folder_made:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._folder_made = True
+        # Opened per append, not held: a deleted or moved anchor must not swallow lines.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, data)
