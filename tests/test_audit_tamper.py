@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import socket
 import threading
 import time
@@ -497,7 +496,6 @@ def test_signed_heads_can_go_to_syslog(db: Database, tmp_path: Path) -> None:
     sock.settimeout(5)
     original = anchor_module.SYSLOG_SOCKET
     anchor_module.SYSLOG_SOCKET = sock_path
-    syslog = logging.getLogger("retroface.audit.anchor.syslog")
     try:
         log = AuditLog(
             db, tmp_path / "k.pem", checkpoint_every=2, anchor_path=tmp_path / "a.jsonl",
@@ -505,10 +503,9 @@ def test_signed_heads_can_go_to_syslog(db: Database, tmp_path: Path) -> None:
         )  # fmt: skip
         _fill(log, 1, 2)
         message = sock.recv(4096).decode()
+        assert log.anchor is not None
+        log.anchor.close()
     finally:
         anchor_module.SYSLOG_SOCKET = original
-        for h in list(syslog.handlers):
-            syslog.removeHandler(h)
-            h.close()
         sock.close()
     assert "retroface-audit-anchor" in message and '"seq":2' in message

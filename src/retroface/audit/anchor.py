@@ -113,6 +113,12 @@ class AnchorFile:
                 if e.signed:
                     self._syslog.info("retroface-audit-anchor %s", canonical_json(e.to_json()))
 
+    def close(self) -> None:
+        """Close the syslog socket, if any (the file is never held open)."""
+        if self._syslog is not None:
+            for handler in self._syslog.handlers:
+                handler.close()
+
     def read(self) -> AnchorState:
         """Stream the file; stop at the first malformed line (a torn or edited anchor)."""
         try:
@@ -157,16 +163,16 @@ def _parse(raw: bytes, line: int) -> AnchorEntry | None:
 
 
 def _syslog_logger() -> logging.Logger | None:
-    """A logger to the local syslog socket, or None (with a warning) where there is none."""
+    """A private logger (not in logging's registry, so no configuration can divert it) to the
+    local syslog socket, or None (with a warning) where there is none."""
     if not SYSLOG_SOCKET.exists():
         log.warning("audit anchor: %s not found, syslog copy disabled", SYSLOG_SOCKET)
         return None
-    logger = logging.getLogger("retroface.audit.anchor.syslog")
-    if not logger.handlers:
-        handler = logging.handlers.SysLogHandler(
+    logger = logging.Logger("retroface.audit.anchor", logging.INFO)
+    logger.propagate = False
+    logger.addHandler(
+        logging.handlers.SysLogHandler(
             address=str(SYSLOG_SOCKET), facility=logging.handlers.SysLogHandler.LOG_AUTHPRIV
         )
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    )
     return logger
