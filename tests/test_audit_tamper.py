@@ -383,6 +383,17 @@ def test_anchor_file_holds_every_commit_and_signed_checkpoints(
     assert result.ok and result.anchored_through == 6 and result.signed_through == 6
 
 
+def test_a_cut_tail_written_again_by_the_application_is_detected(scene: Scene) -> None:
+    """Cut 31..32, then the application writes two new records as 31..32: the anchor still
+    holds the old heads for those seqs."""
+    _tamper(scene, next(k for k in KINDS if k.name == "tail_cut_after_last_checkpoint"))
+    log = scene.log(anchor=True)
+    _fill(log, 100, 3)
+    result = log.verify()
+    assert not result.ok and result.first_bad_seq == 31, result.problem
+    assert result.problem is not None and "anchor" in result.problem
+
+
 def test_a_checkpoint_every_t_minutes(db: Database, tmp_path: Path, clock: Clock) -> None:
     log = AuditLog(db, tmp_path / "k.pem", checkpoint_every=50, checkpoint_minutes=5, clock=clock)
     _fill(log, 1, 3)

@@ -31,9 +31,10 @@ from sqlalchemy import event, func, select, text
 from sqlalchemy.orm import Session, SessionTransaction
 
 from retroface.audit import export as export_format
-from retroface.audit.anchor import AnchorEntry, AnchorFile, AnchorState
+from retroface.audit.anchor import PREFIX, AnchorEntry, AnchorFile, AnchorState
 from retroface.audit.chain import (
     GENESIS_HASH,
+    ChainBreak,
     CheckpointView,
     VerifyResult,
     canonical_json,
@@ -330,13 +331,9 @@ class AuditLog:
             if isinstance(opened, VerifyResult):
                 return opened
             prior = opened
-        wanted = {e.seq for e in anchor.signed} if anchor else set()
-        if anchor and anchor.latest:
-            wanted.add(anchor.latest.seq)
-        seen: dict[int, str] = {}
-        records: Iterator[Mapping[str, Any]] = _tap(
-            _record_fields(session, up_to=head), wanted, seen
-        )
+        records: Iterator[Mapping[str, Any]] = _record_fields(session, up_to=head)
+        if anchor is not None and anchor.exists and self.anchor is not None:
+            records = _compare_with_anchor(records, anchor, self.anchor.path)
         if prior is not None:
             records = prior.compare(records)
         within = [c for c in checkpoints if c.seq <= head]
@@ -347,7 +344,7 @@ class AuditLog:
         problem = (
             _check_later_checkpoints(session, later, keys, head)
             or (prior.check_end(result, checkpoints) if prior else None)
-            or (self._check_anchor(anchor, result, seen, checkpoints, keys) if anchor else None)
+            or (self._check_anchor(anchor, result, checkpoints, keys) if anchor else None)
             or self._check_bound(result)
         )
         if problem is not None:
@@ -361,7 +358,6 @@ class AuditLog:
         self,
         anchor: AnchorState,
         result: VerifyResult,
-        seen: Mapping[int, str],
         checkpoints: list[CheckpointView],
         keys: Mapping[str, Ed25519PublicKey],
     ) -> tuple[int | None, str] | None:
@@ -393,19 +389,17 @@ class AuditLog:
                 f"the log is empty but the anchor {where} lists heads up to seq {latest.seq}: "
                 "the log was wiped"
             )
-        good = 0
-        for e in sorted([*anchor.signed, latest], key=lambda e: e.seq):
-            if e.seq > last:
-                return last + 1, (
-                    f"the log ends at seq {last} but the anchor {where} (line {e.line}) vouches "
-                    f"for seq {e.seq}: records {last + 1}..{e.seq} were removed"
-                )
-            if seen.get(e.seq) != e.hash:
-                return good + 1, (
-                    f"record {e.seq} does not match the head in the anchor {where} (line "
-                    f"{e.line}): the log was rewritten somewhere in seq {good + 1}..{e.seq}"
-                )
-            good = e.seq
+        if latest.seq > last:
+            return last + 1, (
+                f"the log ends at seq {last} but the anchor {where} (line {latest.line}) vouches "
+                f"for seq {latest.seq}: records {last + 1}..{latest.seq} were removed"
+            )
+        if anchor.conflict is not None:
+            c = anchor.conflict
+            return c.seq, (
+                f"the anchor {where} names two different heads for seq {c.seq} (line {c.line}): "
+                "records were removed and written again"
+            )
         in_db = {(c.seq, c.hash, c.signature) for c in checkpoints}
         for e in anchor.signed:
             if (e.seq, e.hash, e.signature) not in in_db:
@@ -527,13 +521,22 @@ def _anchor_entry(cp: AuditCheckpoint, now: datetime) -> AnchorEntry:
     return AnchorEntry(cp.seq, cp.hash, cp.key_id, cp.signature, format_ts(now))
 
 
-def _tap(
-    records: Iterable[dict[str, Any]], wanted: set[int], seen: dict[int, str]
-) -> Iterator[dict[str, Any]]:
-    """Pass records through, noting the hash of those whose seq the anchor names."""
+def _compare_with_anchor(
+    records: Iterable[Mapping[str, Any]], anchor: AnchorState, path: Path
+) -> Iterator[Mapping[str, Any]]:
+    """Pass records through, stopping at the first whose hash is not the head anchored for it."""
+    good = 0
     for rec in records:
-        if rec["seq"] in wanted:
-            seen[rec["seq"]] = rec["hash"]
+        seq = rec["seq"]
+        anchored = anchor.head(seq)
+        if anchored is not None:
+            if bytes.fromhex(rec["hash"])[:PREFIX] != anchored:
+                raise ChainBreak(
+                    good + 1,
+                    f"record {seq} is not the head the anchor {path} recorded for seq {seq}: "
+                    f"the log was rewritten somewhere in seq {good + 1}..{seq}",
+                )
+            good = seq
         yield rec
 
 
