@@ -394,6 +394,23 @@ def test_a_cut_tail_written_again_by_the_application_is_detected(scene: Scene) -
     assert result.problem is not None and "anchor" in result.problem
 
 
+def test_anchor_with_checkpoints_only(db: Database, tmp_path: Path) -> None:
+    """RETROFACE_AUDIT_ANCHOR_HEADS=0: only signed heads are anchored; the unsigned tail is then
+    protected by the bound alone (docs/security.md)."""
+    anchor = tmp_path / "a.jsonl"
+    log = AuditLog(
+        db, tmp_path / "k.pem", checkpoint_every=4, anchor_path=anchor, anchor_heads=False
+    )
+    _fill(log, 1, 10)
+    assert [e["seq"] for e in _anchor_lines(anchor)] == [4, 8]
+    assert log.verify().ok
+    with db.engine.begin() as conn:
+        conn.execute(delete(R).where(R.c.seq > 4))
+        conn.execute(delete(C).where(C.c.seq > 4))
+    result = log.verify()
+    assert not result.ok and result.problem is not None and "removed" in result.problem
+
+
 def test_a_checkpoint_every_t_minutes(db: Database, tmp_path: Path, clock: Clock) -> None:
     log = AuditLog(db, tmp_path / "k.pem", checkpoint_every=50, checkpoint_minutes=5, clock=clock)
     _fill(log, 1, 3)
