@@ -236,5 +236,6 @@ def test_audit_verify_against_an_earlier_export(
     code, out = run("audit", "verify", user="aud")
     # (the command's own login record is seq 1 of the new log: not the seq 1 the anchor holds)
     assert code == 1 and "TAMPERED" in out and "anchor" in out
+    (tmp_path / "home" / "anchors" / "audit-anchors.jsonl").unlink()  # the export alone
     code, out = run("audit", "verify", "--against", str(export), "--json", user="aud")
     assert code == 1 and "the earlier export" in json.loads(out)["problem"]

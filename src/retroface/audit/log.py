@@ -332,10 +332,10 @@ class AuditLog:
                 return opened
             prior = opened
         records: Iterator[Mapping[str, Any]] = _record_fields(session, up_to=head)
+        if prior is not None:  # asked for explicitly: its finding comes first
+            records = prior.compare(records)
         if anchor is not None and anchor.exists and self.anchor is not None:
             records = _compare_with_anchor(records, anchor, self.anchor.path)
-        if prior is not None:
-            records = prior.compare(records)
         within = [c for c in checkpoints if c.seq <= head]
         result = verify_chain(records, within, keys)
         if not result.ok:
