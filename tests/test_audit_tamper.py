@@ -442,7 +442,10 @@ def test_too_many_unsigned_records_fail_verification(db: Database, tmp_path: Pat
     assert result.problem is not None and "by more than 5" in result.problem
 
 
-def test_a_deleted_anchor_fails_verification(scene: Scene) -> None:
+def test_a_deleted_or_emptied_anchor_fails_verification(scene: Scene) -> None:
+    scene.anchor.write_bytes(b"")
+    result = scene.log(anchor=True).verify()
+    assert not result.ok and result.problem is not None and "emptied" in result.problem
     scene.anchor.unlink()
     result = scene.log(anchor=True).verify()
     assert not result.ok and result.problem is not None and "missing" in result.problem

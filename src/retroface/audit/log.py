@@ -19,6 +19,7 @@ import base64
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -350,9 +351,9 @@ class AuditLog:
         if problem is not None:
             return _fail(result, *problem)
         anchored = anchor.latest.seq if anchor and anchor.latest else 0
-        return dataclasses.replace(
-            result, anchored_through=max(anchored, self._reread_tail(result))
-        )
+        if anchor is not None and anchor.exists and self.anchor_heads:
+            anchored = max(anchored, result.checked)  # _check_anchor found the tail anchored
+        return dataclasses.replace(result, anchored_through=anchored)
 
     def _check_anchor(
         self,
@@ -383,6 +384,12 @@ class AuditLog:
                 )
         latest = anchor.latest
         if latest is None:
+            raced = self._reread_tail(result) >= last if self.anchor_heads else False
+            if (checkpoints or (self.anchor_heads and last)) and not raced:
+                return 1 if last else None, (
+                    f"the anchor {where} is empty although the log holds {last} records and "
+                    f"{len(checkpoints)} checkpoints: it was emptied"
+                )
             return None
         if last == 0:
             return 1, (
@@ -421,12 +428,17 @@ class AuditLog:
         committed between the anchor read and the head read, and anchors right after."""
         if self.anchor is None or not result.checked:
             return 0
-        latest = self.anchor.read().latest
-        if latest is None or latest.seq < result.checked:
-            return 0
-        if latest.seq == result.checked and latest.hash != result.head_hash:
-            return 0
-        return result.checked
+        # A writer that committed just before the head was read appends its line right after;
+        # under load that can take a while, so look a few times (at most ~0.6 s in all) before
+        # calling the newest records unanchored.
+        for attempt in range(6):
+            latest = self.anchor.read().latest
+            if latest is not None and latest.seq >= result.checked:
+                if latest.seq == result.checked and latest.hash != result.head_hash:
+                    return 0
+                return result.checked
+            time.sleep(0.02 * 2**attempt)
+        return 0
 
     def _check_bound(self, result: VerifyResult) -> tuple[int | None, str] | None:
         unsigned = result.checked - result.signed_through
