@@ -9,7 +9,7 @@ the heads. Each line is one JSON object::
 
 Signed lines are checkpoints (the same signature as in ``audit_checkpoints``) and are fsynced.
 Unsigned lines (``key_id`` and ``signature`` null) are the head after each committed transaction
-that wrote audit records: they cost one ``write(2)`` (~7 µs measured) and no fsync, and are what
+that wrote audit records: they cost one ``write(2)`` (9-25 µs measured) and no fsync, and are what
 lets ``verify`` notice a cut or a forged append in the unsigned tail. Lines are written only
 *after* the database commit, so a line never names a head the database does not hold; a crash
 between commit and write loses a line, which the next commit's line covers.
