@@ -38,7 +38,7 @@ def key_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def log(db: Database, key_path: Path) -> AuditLog:
-    return AuditLog(db, key_path, checkpoint_every=0)
+    return AuditLog(db, key_path, checkpoint_every=1000, checkpoint_minutes=0)
 
 
 def fill(log: AuditLog, n: int, start: int = 0) -> None:

@@ -237,3 +237,29 @@ def test_who_acts_token_password_and_user(run: Run, monkeypatch: pytest.MonkeyPa
     code, out = run("user", "token", user="olive")
     assert code == 2 and "invalid username or password" in " ".join(out.split())
     assert "RETROFACE_PASSWORD" in out
+
+
+def test_audit_verify_against_an_earlier_export(
+    run: Run, tmp_path: Path, database_url: str
+) -> None:
+    """A rewrite that recomputes every hash and deletes the checkpoints: the anchor and an
+    earlier export each catch it (more kinds in test_audit_tamper.py)."""
+    from retroface.storage.db import Database
+
+    assert run("init", "--admin", "admin")[0] == 0
+    assert run("user", "add", "aud", "--roles", "auditor", user="admin")[0] == 0
+    export = tmp_path / "kept-export"
+    assert run("audit", "export", str(export), user="aud")[0] == 0
+    code, out = run("audit", "verify", "--against", str(export), "--json", user="aud")
+    assert code == 0 and json.loads(out)["ok"], out
+    db = Database(database_url)
+    with db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_checkpoints"))
+        conn.execute(text("DELETE FROM audit_records"))
+    db.dispose()
+    code, out = run("audit", "verify", user="aud")
+    # (the command's own login record is seq 1 of the new log: not the seq 1 the anchor holds)
+    assert code == 1 and "TAMPERED" in out and "anchor" in out
+    (tmp_path / "home" / "anchors" / "audit-anchors.jsonl").unlink()  # the export alone
+    code, out = run("audit", "verify", "--against", str(export), "--json", user="aud")
+    assert code == 1 and "the earlier export" in json.loads(out)["problem"]

@@ -52,14 +52,34 @@ class Settings(BaseSettings):
     probe_retention_days: float = 90.0
     search_record_retention_days: float = 365.0
     audit_retention_days: float = 2190.0
-    #: Checkpoint (sign) the audit chain every N records.
-    audit_checkpoint_every: int = 100
+    #: Sign the audit chain's head every N records (at least 1; also the most unsigned records
+    #: ``audit verify`` accepts) and when a record comes more than T minutes after the last
+    #: signature (0: no time trigger). See docs/security.md.
+    audit_checkpoint_every: int = 50
+    audit_checkpoint_minutes: float = 5.0
+    #: Ed25519 key signing audit checkpoints (default ``home/keys/audit_ed25519.pem``).
+    audit_signing_key: Path | None = None
+    #: Append-only file outside the database receiving every signed head and (with
+    #: ``audit_anchor_heads``) the head after each commit; default
+    #: ``home/anchors/audit-anchors.jsonl``. Point it at another mount or host than the database.
+    audit_anchor: Path | None = None
+    audit_anchor_heads: bool = True
+    #: Also send each signed head to syslog (``/dev/log``, facility authpriv).
+    audit_anchor_syslog: bool = False
     #: PEM file of retired audit signing public keys whose checkpoints still verify (rotation).
     audit_trusted_keys: Path | None = None
 
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'retroface.db'}"
+
+    @property
+    def resolved_audit_signing_key(self) -> Path:
+        return self.audit_signing_key or self.home / "keys" / "audit_ed25519.pem"
+
+    @property
+    def resolved_audit_anchor(self) -> Path:
+        return self.audit_anchor or self.home / "anchors" / "audit-anchors.jsonl"
 
 
 @lru_cache(maxsize=1)

@@ -148,12 +148,18 @@ class AppContext:
 
     @cached_property
     def audit(self) -> AuditLog:
-        trusted = self.settings.audit_trusted_keys
+        s = self.settings
+        trusted = s.audit_trusted_keys
         return AuditLog(
             self.db,
-            self.home / "keys" / "audit_ed25519.pem",
-            checkpoint_every=self.settings.audit_checkpoint_every,
+            s.resolved_audit_signing_key,
+            checkpoint_every=s.audit_checkpoint_every,
+            checkpoint_minutes=s.audit_checkpoint_minutes,
+            anchor_path=s.resolved_audit_anchor,
+            anchor_heads=s.audit_anchor_heads,
+            anchor_syslog=s.audit_anchor_syslog,
             trusted_public_keys=[trusted.read_text()] if trusted else (),
+            clock=self.clock,
         )
 
     @cached_property

@@ -99,7 +99,8 @@ class VerifyResult:
     checkpoint, the checkpoint's ``seq``); ``problem`` says what was found, naming that ``seq``.
     ``head_hash`` is the hash of the last record checked: compare it with a copy kept elsewhere.
     ``signed_through`` is the newest ``seq`` vouched for by a valid checkpoint; records after it
-    are chained but could still be removed or rewritten unnoticed.
+    are chained, and only the anchor (``anchored_through``: the newest ``seq`` whose head the
+    anchor file holds) tells if some were removed or appended around the application.
     """
 
     ok: bool
@@ -109,6 +110,7 @@ class VerifyResult:
     checkpoints_verified: int = 0
     head_hash: str | None = None
     signed_through: int = 0
+    anchored_through: int = 0
 
 
 class ChainBreak(Exception):

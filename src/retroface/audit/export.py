@@ -144,6 +144,70 @@ def verify_export(path: Path, public_keys: str | bytes | None = None) -> VerifyR
     return result
 
 
+class PriorExport:
+    """An export kept since, that the live log must still contain (``verify --against``).
+
+    The log must hold the export's records unchanged, as a prefix, and every checkpoint the
+    export holds (the last of them signs its last record). The export itself is verified first
+    against the pinned keys, so a doctored export cannot vouch for a doctored log.
+    """
+
+    def __init__(
+        self, path: Path, manifest: Mapping[str, Any], checkpoints: list[CheckpointView]
+    ) -> None:
+        self.path = path
+        self.last_seq: int = manifest.get("last_seq") or 0
+        self.exported_at: str = str(manifest.get("exported_at"))
+        self.checkpoints = checkpoints
+
+    @classmethod
+    def open(cls, path: Path, public_keys: str) -> PriorExport | VerifyResult:
+        """The export at ``path``, or the failed result saying why it cannot be relied on."""
+        checked = verify_export(path, public_keys)
+        if not checked.ok:
+            return _fail(
+                checked, None, f"the earlier export {path} does not verify: {checked.problem}"
+            )
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        return cls(path, manifest, _read_checkpoints(path / CHECKPOINTS))
+
+    def _what(self) -> str:
+        return f"the earlier export {self.path} (made {self.exported_at})"
+
+    def compare(self, records: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+        """Pass the live records through, stopping at the first that differs from the export."""
+        with (self.path / RECORDS).open("rb") as f:
+            for rec in records:
+                if rec["seq"] <= self.last_seq:
+                    raw = f.readline()
+                    live = canonical_json({k: rec[k] for k in (*HASHED_FIELDS, "hash")})
+                    if not raw or json.loads(raw) != json.loads(live):
+                        raise ChainBreak(
+                            rec["seq"],
+                            f"record {rec['seq']} differs from {self._what()}: the log was "
+                            "altered, or records removed or inserted, after that export",
+                        )
+                yield rec
+
+    def check_end(
+        self, result: VerifyResult, checkpoints: Iterable[CheckpointView]
+    ) -> tuple[int | None, str] | None:
+        """After the chain: does the log reach the export's head, and keep its checkpoint?"""
+        if result.checked < self.last_seq:
+            return result.checked + 1, (
+                f"the log ends at seq {result.checked} but {self._what()} holds records up to "
+                f"{self.last_seq}: records {result.checked + 1}..{self.last_seq} were removed"
+            )
+        in_db = {(c.seq, c.hash, c.signature) for c in checkpoints}
+        for c in sorted(self.checkpoints, key=lambda c: c.seq):
+            if (c.seq, c.hash, c.signature) not in in_db:
+                return c.seq, (
+                    f"the checkpoint at seq {c.seq} in {self._what()} is missing from the "
+                    "database: it was deleted"
+                )
+        return None
+
+
 def _read_checkpoints(path: Path) -> list[CheckpointView]:
     raw = json.loads(path.read_text(encoding="utf-8"))
     cps = []

@@ -112,10 +112,15 @@ def user_token(
 
 
 @audit_app.command("verify")
-def audit_verify(json_out: bool = typer.Option(False, "--json")) -> None:
-    """Check the hash chain and signed checkpoints; exit 1 and name the first bad record."""
+def audit_verify(
+    json_out: bool = typer.Option(False, "--json"),
+    against: Path | None = typer.Option(
+        None, "--against", help="An earlier export: prove the log still holds it unchanged."
+    ),
+) -> None:
+    """Check the chain, signed checkpoints and anchor; exit 1 and name the first bad record."""
     with user_errors():
-        result = state.ctx.oversight.verify_audit(state.principal())
+        result = state.ctx.oversight.verify_audit(state.principal(), against=against)
     if json_out:
         print_json(dataclasses.asdict(result))
     elif result.ok:

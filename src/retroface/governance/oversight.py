@@ -125,10 +125,11 @@ class OversightService:
 
     # ------------------------------------------------------------------ the audit log
 
-    def verify_audit(self, principal: Principal) -> VerifyResult:
-        """Check the hash chain and the signed checkpoints (not recorded; see the module)."""
+    def verify_audit(self, principal: Principal, against: Path | None = None) -> VerifyResult:
+        """Check the hash chain, the signed checkpoints, the anchor and, with ``against``, that
+        an earlier export is still held unchanged (not recorded; see the module)."""
         self.guard.require(principal, *VERIFY_ROLES, action="audit.verify")
-        return self.audit.verify()
+        return self.audit.verify(against=against)
 
     def export_audit(
         self,
