@@ -10,9 +10,13 @@ enrolments (``Enroller``), real erasures (``GalleryService.erase``) and, for spe
 commits of rows carrying those real embeddings followed by ``IndexManager.apply``, as the
 enroller does.
 
-A stress run finds races only by luck, so the interleavings that broke the unlocked manager are
-also pinned down deterministically: a search held after FAISS has answered while an update is
-applied, and a rebuild that a commit lands in the middle of.
+A stress run finds races only by luck. Against the unlocked manager (the parent commit) it
+failed 4 runs of 4 on each backend: 4-8 of about 2,000 searches wrong on SQLite (whose
+transactions serialise), 40-48 of about 6,500 on PostgreSQL, as KeyErrors (the index held a
+template the maps did not, or no longer did) and candidate lists that were not the exact answer
+for the version reported. So the interleavings are also pinned down deterministically: a search
+held after FAISS has answered while an update commits and is applied, and a rebuild that a
+commit lands in the middle of (both failed every time on the parent commit).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from retroface.vision.types import FaceEngine, FloatArray
 TOP_K = 5
 DIRECT_PEOPLE = 24  # added and erased by direct commits
 ENROLLED_PEOPLE = 4  # enrolled through the Enroller while searches run
-WRITES = 90  # per backend: enough that the unlocked manager failed every run (see the report)
+WRITES = 200  # per backend: with this many the unlocked manager failed every run
 
 
 @dataclass(frozen=True)
@@ -225,14 +229,15 @@ def test_concurrent_enrol_erase_search_match_exact_search(
 
     def search(worker: int) -> None:
         i = worker
-        try:
-            while not stop.is_set():
-                matches, version = app.matcher.match(probes[i % len(probes)], key, top_k=TOP_K)
-                results.append((i % len(probes), version, matches))
-                i += 1
-        except BaseException as exc:  # a torn read shows up here as KeyError or worse
-            errors.append(exc)
-            stop.set()
+        while not stop.is_set():
+            probe = i % len(probes)
+            i += 1
+            try:
+                matches, version = app.matcher.match(probes[probe], key, top_k=TOP_K)
+            except Exception as exc:  # a torn read shows up here (KeyError): count it, go on
+                errors.append(exc)
+                continue
+            results.append((probe, version, matches))
 
     def write() -> None:
         rng = random.Random(0)
@@ -266,10 +271,8 @@ def test_concurrent_enrol_erase_search_match_exact_search(
     for t in threads:
         t.join(timeout=600)
     assert not any(t.is_alive() for t in threads)
-    if errors:
-        raise errors[0]
 
-    failures = []
+    failures = [f"{type(e).__name__}: {e}" for e in errors]  # a torn read raises KeyError
     for probe, version, matches in results:
         if version not in states:
             failures.append(f"version {version} was never committed")
@@ -277,8 +280,8 @@ def test_concurrent_enrol_erase_search_match_exact_search(
         why = mismatch(states[version], probes[probe], matches)
         if why:
             failures.append(f"probe {probe} at v{version}: {why}")
-    assert len(states) > WRITES // 2 and len({v for _, v, _ in results}) > WRITES // 4
     assert not failures, f"{len(failures)} of {len(results)} searches wrong: {failures[:5]}"
+    assert len(states) > WRITES // 2 and len({v for _, v, _ in results}) > WRITES // 4
     assert app.gallery.check(key)["index_matches_database"]
 
 
@@ -329,9 +332,14 @@ def test_update_during_a_search_waits_for_it(
     app.index.get(key).index = held
 
     out: dict[str, Any] = {}
-    searcher = threading.Thread(
-        target=lambda: out.update(result=app.matcher.match(target.probe, key, top_k=TOP_K))
-    )
+
+    def search() -> None:
+        try:
+            out["result"] = app.matcher.match(target.probe, key, top_k=TOP_K)
+        except BaseException as exc:  # the unlocked manager: KeyError from a removed template
+            out["error"] = exc
+
+    searcher = threading.Thread(target=search)
     searcher.start()
     assert held.searched.wait(60)
     updated = threading.Event()
@@ -350,10 +358,11 @@ def test_update_during_a_search_waits_for_it(
     held.release.set()
     searcher.join(60)
     writer.join(60)
-    assert updated.is_set() and not applied_early
+    assert "error" not in out, out.get("error")
     matches, version = out["result"]
     assert version == before
     assert mismatch(state, target.probe, matches) is None
+    assert updated.is_set() and not applied_early
     # the next search sees the change, which moved the top candidate (so a torn read shows)
     after, changed = read_state(app)
     matches, version = app.matcher.match(target.probe, key, top_k=TOP_K)
