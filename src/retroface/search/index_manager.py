@@ -108,7 +108,13 @@ class LoadedIndex:
 
 class IndexManager:
     def __init__(
-        self, db: Database, cipher: Cipher, folder: Path, dim: int, kind: str = "flat"
+        self,
+        db: Database,
+        cipher: Cipher,
+        folder: Path,
+        dim: int,
+        kind: str = "flat",
+        catch_up_s: float = 0.25,
     ) -> None:
         self.db = db
         self.cipher = cipher
@@ -121,6 +127,12 @@ class IndexManager:
         self._load_lock = threading.Lock()
         self._save_lock = threading.Lock()
         self._saved: dict[str, int] = {}  # version last written per model: never write an older
+        # A search that finds the database a version ahead of the cache has usually met a change
+        # of this process between its commit and its apply (microseconds to a few ms apart): it
+        # waits up to catch_up_s for that apply rather than rebuild (seconds at 100k templates).
+        # Only a change made by another process costs this wait, before the rebuild it needs.
+        self.catch_up_s = catch_up_s
+        self._applied = threading.Condition()
 
     def path_for(self, model_key: str) -> Path:
         digest = hashlib.sha256(model_key.encode()).hexdigest()[:16]
@@ -148,13 +160,30 @@ class IndexManager:
         method of the manager inside it (the lock is not re-entrant).
         """
         version = self._db_version()  # outside the lock: no database round trip under it
+        waited = False
         while True:
             with self._lock.read():
                 loaded = self._current(model_key, version)
                 if loaded is not None:
                     yield loaded
                     return
+            if not waited:
+                waited = True
+                if self._await_apply(model_key, version):
+                    continue
             self._refresh(model_key, version)
+
+    def _await_apply(self, model_key: str, version: int) -> bool:
+        """Wait (up to ``catch_up_s``) for this process's apply to reach ``version``."""
+
+        def caught_up() -> bool:
+            cached = self._loaded.get(model_key)  # a hint only: the caller re-checks under the lock
+            return cached is None or cached.version >= version
+
+        if self._loaded.get(model_key) is None:
+            return False  # nothing to follow: load it
+        with self._applied:
+            return self._applied.wait_for(caught_up, timeout=self.catch_up_s)
 
     def get(self, model_key: str) -> LoadedIndex:
         """The index for a model, current with the database's gallery version.
@@ -276,36 +305,51 @@ class IndexManager:
 
         Under the exclusive lock: no search sees the vectors, the maps and the version disagree.
         """
-        with self._lock.write():
-            cached = self._loaded.get(model_key)
-            if cached is None or cached.version >= new_version:
-                # nothing cached, or a reader already reloaded from the database after the commit
-                return
-            if cached.version != new_version - 1:
-                # another change came between: drop the state (whoever still holds it holds a
-                # whole, older state, never edited again); the next reader reloads
-                del self._loaded[model_key]
-                return
-            try:
-                if added:
-                    cached.index.add(
-                        np.array([a[0] for a in added], dtype=np.int64),
-                        np.stack([a[3] for a in added]),
-                    )
-                    for tid, sid, iid, _ in added:
-                        cached.subject_of[tid] = sid
-                        cached.image_of[tid] = iid
-                if removed:
-                    cached.index.remove(np.array(removed, dtype=np.int64))
-                    for tid in removed:
-                        cached.subject_of.pop(tid, None)
-                        cached.image_of.pop(tid, None)
-            except BaseException:
-                del self._loaded[model_key]  # never leave a half-applied state to search
-                raise
-            cached.version = new_version
-        if save:
+        try:
+            with self._lock.write():
+                followed = self._follow(model_key, new_version, added or [], removed or [])
+        finally:
+            with self._applied:  # wake searches waiting for this change (or for its drop)
+                self._applied.notify_all()
+        if save and followed:
             self.save(model_key=model_key)
+
+    def _follow(
+        self,
+        model_key: str,
+        new_version: int,
+        added: list[tuple[int, int, int, np.ndarray]],
+        removed: list[int],
+    ) -> bool:
+        """``apply``'s work, under the exclusive lock; False when the change was not applied."""
+        cached = self._loaded.get(model_key)
+        if cached is None or cached.version >= new_version:
+            # nothing cached, or a reader already reloaded from the database after the commit
+            return False
+        if cached.version != new_version - 1:
+            # another change came between: drop the state (whoever still holds it holds a whole,
+            # older state, never edited again); the next reader reloads
+            del self._loaded[model_key]
+            return False
+        try:
+            if added:
+                cached.index.add(
+                    np.array([a[0] for a in added], dtype=np.int64),
+                    np.stack([a[3] for a in added]),
+                )
+                for tid, sid, iid, _ in added:
+                    cached.subject_of[tid] = sid
+                    cached.image_of[tid] = iid
+            if removed:
+                cached.index.remove(np.array(removed, dtype=np.int64))
+                for tid in removed:
+                    cached.subject_of.pop(tid, None)
+                    cached.image_of.pop(tid, None)
+        except BaseException:
+            del self._loaded[model_key]  # never leave a half-applied state to search
+            raise
+        cached.version = new_version
+        return True
 
     def invalidate(self) -> None:
         with self._lock.write():
