@@ -9,6 +9,9 @@ gallery; the vectors are those of ``index_search.py``). Measured, single queries
   search, the grouping);
 - ``apply``: how long ``apply`` of one enrolment batch (32 templates) and of one erasure (2
   templates) takes, which is how long it holds searches back;
+- ``ab`` (with ``--ab DIR``, a folder holding another ``index_manager.py`` and ``matcher.py``,
+  e.g. from the commit before the lock): both managers on the same gallery, queried alternately
+  in one process, so that a busy machine's noise falls on both alike;
 - ``writing`` (skip with ``--quiet-only``, which the unlocked manager needs: searching while it
   applies is unsafe): ``Matcher.match`` while a thread commits and applies a batch of 32 every
   ``--every`` seconds and erases a subject every fifth time.
@@ -20,6 +23,7 @@ Run it from the project root: ``python bench/index_concurrency.py``; JSON goes t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -27,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, insert
@@ -46,6 +51,15 @@ KEY = "bench/synthetic"
 def percentiles(ms: list[float]) -> dict[str, float]:
     a = np.array(ms)
     return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "n": len(a)}
+
+
+def load_module(name: str, path: Path) -> object:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
 
 
 def add_rows(db: Database, cipher: Cipher, start: int, vectors: np.ndarray) -> tuple[int, list]:
@@ -99,6 +113,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--every", type=float, default=0.25, help="seconds between enrolment batches")
     ap.add_argument("--quiet-only", action="store_true")
+    ap.add_argument("--ab", type=Path, help="folder with index_manager.py, matcher.py to compare")
     ap.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results/index_concurrency.json"
     )
@@ -130,6 +145,22 @@ def main() -> None:
             matcher.match(q, KEY, top_k=20)
             quiet.append((time.perf_counter() - t) * 1000)
         out["raw_ms"], out["quiet_ms"] = percentiles(raw), percentiles(quiet)
+
+        if args.ab:
+            other_im: Any = load_module("other_index_manager", args.ab / "index_manager.py")
+            other_matcher: Any = load_module("other_matcher", args.ab / "matcher.py")
+            other = other_matcher.Matcher(
+                other_im.IndexManager(db, cipher, Path(tmp) / "index_ab", 512, "flat")
+            )
+            other.index.get(KEY)
+            this_ms, other_ms = [], []
+            for i, q in enumerate(queries):
+                for m, times in [(matcher, this_ms), (other, other_ms)][:: 1 if i % 2 else -1]:
+                    t = time.perf_counter()
+                    m.match(q, KEY, top_k=20)
+                    times.append((time.perf_counter() - t) * 1000)
+            out["ab_this_ms"], out["ab_other_ms"] = percentiles(this_ms), percentiles(other_ms)
+            del other
 
         next_id = args.size + 1
         add_ms, erase_ms = [], []
