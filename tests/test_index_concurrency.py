@@ -371,6 +371,29 @@ def test_update_during_a_search_waits_for_it(
     assert exact_ranking(changed, target.probe)[0] != exact_ranking(state, target.probe)[0]
 
 
+def test_search_between_commit_and_apply_waits_for_the_apply(
+    app: AppContext, people: list[Person]
+) -> None:
+    """A search that reads the new version before this process has applied it follows the
+    apply instead of rebuilding the whole index from the database."""
+    key = app.engine.identity.key
+    add_person(app, people[1])
+    cached = app.index.get(key)
+    app.index.catch_up_s = 60.0  # however slow the machine, the apply below comes first
+    version, added = add_person(app, people[0], follow=False)  # committed, not yet applied
+    out: dict[str, Any] = {}
+    searcher = threading.Thread(
+        target=lambda: out.update(result=app.matcher.match(people[0].probe, key, top_k=TOP_K))
+    )
+    searcher.start()
+    app.index.apply(key, version, added=added)
+    searcher.join(60)
+    matches, found = out["result"]
+    _, state = read_state(app)
+    assert found == version and mismatch(state, people[0].probe, matches) is None
+    assert app.index.get(key) is cached  # advanced in place, not rebuilt
+
+
 @pytest.fixture
 def commit_during_rebuild(app: AppContext, people: list[Person]) -> Iterator[list[Any]]:
     """Once, just before a rebuild reads the templates, another thread commits people[0]

@@ -107,6 +107,8 @@ class LoadedIndex:
 
 
 class IndexManager:
+    """The cached index per model, shared by this process's threads (see the module docstring)."""
+
     def __init__(
         self,
         db: Database,
