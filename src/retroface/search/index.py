@@ -124,6 +124,7 @@ class HnswIndex:
         k_out = max(1, min(k, self.count()))
         if self.count() == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        # the same value every time: harmless to searches running in parallel (shared lock)
         self.index.hnsw.efSearch = max(self.index.hnsw.efSearch, self.shortlist)
         _, rows = self.index.search(q, min(n, max(self.shortlist, k_out + len(self.removed))))
         out_s = np.full((len(q), k_out), -np.inf, dtype=np.float32)
@@ -222,6 +223,7 @@ class IvfIndex:
         if self.index is None or self.count() == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         nlist = self.index.nlist
+        # the same value every time: harmless to searches running in parallel (shared lock)
         self.index.nprobe = min(nlist, max(self.min_probe, round(nlist * self.probe_share)))
         scores, ids = self.index.search(q, max(1, min(k, self.count())))
         return scores, ids

@@ -34,27 +34,33 @@ class Matcher:
         threshold: float | None = None,
         aggregate: Aggregate = "max",
     ) -> tuple[list[Match], int]:
-        """Candidates, best first, and the gallery version they were drawn from.
+        """Candidates, best first, and the gallery version they were drawn from (exactly the
+        version of the index state searched, even while another thread enrols or erases).
 
         Subjects with several templates are ranked once: by their best template (``max``) or by
         the mean similarity of their templates (``mean``, from the shortlist).
         """
-        loaded = self.index.get(model_key)
-        total = loaded.index.count()
-        if total == 0:
-            return [], loaded.version
-        # enough templates that top_k distinct subjects survive grouping
-        k = min(total, max(top_k * 4, top_k + 50))
-        scores, ids = loaded.index.search(np.asarray(embedding, dtype=np.float32)[None], k)
+        # Everything read from the index (ids, maps, version) comes from one state: the shared
+        # lock holds updates back until the shortlist is resolved to subjects and images.
+        with self.index.reading(model_key) as loaded:
+            version = loaded.version
+            total = loaded.index.count()
+            if total == 0:
+                return [], version
+            # enough templates that top_k distinct subjects survive grouping
+            k = min(total, max(top_k * 4, top_k + 50))
+            scores, ids = loaded.index.search(np.asarray(embedding, dtype=np.float32)[None], k)
+            hits = [
+                (score, tid, loaded.subject_of[tid], loaded.image_of[tid])
+                for score, tid in zip(scores[0].tolist(), ids[0].tolist(), strict=True)
+                if tid >= 0
+            ]
         best: dict[int, tuple[float, int, int]] = {}
         sums: dict[int, list[float]] = {}
-        for score, tid in zip(scores[0].tolist(), ids[0].tolist(), strict=True):
-            if tid < 0:
-                continue
-            sid = loaded.subject_of[tid]
+        for score, tid, sid, image_id in hits:
             sums.setdefault(sid, []).append(score)
             if sid not in best or score > best[sid][0]:
-                best[sid] = (score, loaded.image_of[tid], tid)
+                best[sid] = (score, image_id, tid)
         rows = []
         for sid, (score, image_id, tid) in best.items():
             sim = float(np.mean(sums[sid])) if aggregate == "mean" else float(score)
@@ -65,4 +71,4 @@ class Matcher:
         return [
             Match(rank=i + 1, subject_id=sid, similarity=sim, image_id=img, template_id=tid)
             for i, (sim, sid, img, tid) in enumerate(rows[:top_k])
-        ], loaded.version
+        ], version
