@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pytest
 from sqlalchemy import event, select
+from tests.conftest import ADMIN
 
 from retroface.context import AppContext
 from retroface.gallery.enrol import EnrolItem
@@ -140,7 +141,7 @@ def add_person(app: AppContext, person: Person, follow: bool = True) -> tuple[in
 
 
 def erase(app: AppContext, reference: str) -> int:
-    return app.gallery.erase(reference, reason="concurrency test").gallery_version
+    return app.gallery.erase(ADMIN, reference, reason="concurrency test").gallery_version
 
 
 def read_state(app: AppContext) -> tuple[int, State]:
@@ -205,7 +206,7 @@ def real_enrol(app: AppContext, person: Person, tmp: Path) -> None:
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_bytes(face.path.read_bytes())
         items.append(EnrolItem(copy, person.name, inclusion_reason="test"))
-    summary = app.enroller().run(items)
+    summary = app.enroller().run(ADMIN, items)
     assert summary.enrolled == len(items), summary.rejected
 
 

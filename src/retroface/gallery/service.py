@@ -202,8 +202,9 @@ class GalleryService:
         stored = set(self.blobs.digests())
         orphans = sorted(stored - referenced)
         missing = sorted(referenced - stored)
-        loaded = self.index.get(model_key)
-        index_ids = set(loaded.subject_of)
+        with self.index.reading(model_key) as loaded:  # one consistent state, not a torn one
+            index_ids = set(loaded.subject_of)
+            index_count = loaded.index.count()
         if repair:
             # recorded before the files go, as with erasure: a crash leaves a record of a repair
             # the next run finishes, never a deletion nobody recorded
@@ -220,10 +221,9 @@ class GalleryService:
         return GalleryCheck(
             orphan_files=len(orphans),
             missing_files=len(missing),
-            index_count=loaded.index.count(),
+            index_count=index_count,
             template_count=len(template_ids),
-            index_matches_database=index_ids == template_ids
-            and loaded.index.count() == len(template_ids),
+            index_matches_database=index_ids == template_ids and index_count == len(template_ids),
             repaired=repair,
         )
 
