@@ -283,7 +283,7 @@ def test_concurrent_enrol_erase_search_match_exact_search(
             failures.append(f"probe {probe} at v{version}: {why}")
     assert not failures, f"{len(failures)} of {len(results)} searches wrong: {failures[:5]}"
     assert len(states) > WRITES // 2 and len({v for _, v, _ in results}) > WRITES // 4
-    assert app.gallery.check(key)["index_matches_database"]
+    assert app.gallery.check(ADMIN, key).index_matches_database
 
 
 class HeldSearch:
@@ -439,7 +439,7 @@ def test_commit_during_rebuild_is_neither_lost_nor_doubled(
     after, state = read_state(app)
     assert loaded.version == after == version
     assert loaded.index.count() == len(state.template_ids) == 8
-    assert app.gallery.check(key)["index_matches_database"]
+    assert app.gallery.check(ADMIN, key).index_matches_database
     matches, _ = app.matcher.match(people[0].probe, key, top_k=TOP_K)
     assert mismatch(state, people[0].probe, matches) is None
 
