@@ -199,9 +199,9 @@ class GalleryService:
             template_ids = set(
                 s.scalars(select(FaceTemplate.id).where(FaceTemplate.model_key == model_key))
             )
-        stored = set(self.blobs.digests())
-        orphans = sorted(stored - referenced)
-        missing = sorted(referenced - stored)
+        stored = set(self.blobs.names())  # keyed file names: compare names, not hashes
+        orphans = sorted(stored - self.blobs.names_of(referenced))
+        missing = sorted(d for d in referenced if not self.blobs.names_of([d]) & stored)
         with self.index.reading(model_key) as loaded:  # one consistent state, not a torn one
             index_ids = set(loaded.subject_of)
             index_count = loaded.index.count()
@@ -216,8 +216,8 @@ class GalleryService:
                     details={"orphan_files": len(orphans)},
                     ts=self.clock(),
                 )
-            for digest in orphans:
-                self.blobs.delete(digest)
+            for name in orphans:
+                self.blobs.delete_name(name)
         return GalleryCheck(
             orphan_files=len(orphans),
             missing_files=len(missing),
