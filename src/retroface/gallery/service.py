@@ -82,6 +82,15 @@ class GalleryService:
                 .offset(offset)
                 .limit(limit)
             ).all()
+            # who looked through the gallery, and which page of it (a read of personal data)
+            self.audit(
+                s,
+                actor=principal.username,
+                action="gallery.list",
+                object_type="subject",
+                details={"offset": offset, "limit": limit, "returned": len(rows)},
+                ts=self.clock(),
+            )
             return [subject_summary(subj, n) for subj, n in rows]
 
     def _get(self, s: Session, reference: str) -> Subject:
@@ -96,6 +105,14 @@ class GalleryService:
         )
         with self.db.session() as s:
             subject = self._get(s, reference)
+            self.audit(
+                s,
+                actor=principal.username,
+                action="gallery.show",
+                object_type="subject",
+                object_id=reference,
+                ts=self.clock(),
+            )
             return SubjectDetail(
                 **subject_summary(subject).model_dump(),
                 meta=subject.meta,
