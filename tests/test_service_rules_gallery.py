@@ -72,9 +72,11 @@ def test_gallery_reads_refuse_an_operator_and_audit_it(app: AppContext, action: 
     with pytest.raises(PermissionDeniedError, match="needs the role admin or auditor"):
         call(OPERATOR)
     assert refused_once(app, action, "olive")["needed"] == ["admin", "auditor"]
-    for allowed in (ADMIN, AUDITOR):  # reads are not audited (as before); refusals are
+    for allowed in (ADMIN, AUDITOR):
         call(allowed)
-    assert not records(app, action)
+    # reads of subjects are audited (#11: who looked at whom), counts (stats) are not
+    audited = [r.actor for r in records(app, action)]
+    assert audited == ([] if action == "gallery.stats" else ["ada", "aud"])
 
 
 def test_gallery_erase_is_for_admins_and_audited_either_way(app: AppContext) -> None:
@@ -129,7 +131,7 @@ def test_enrolment_is_for_admins_and_audited_either_way(app: AppContext, data_di
     with pytest.raises(PermissionDeniedError, match="needs the role admin"):
         app.enroller().run(AUDITOR, items)
     refused_once(app, "gallery.enrol", "aud")
-    assert subjects(app) == set() and not list(app.blobs.digests())  # nothing was read or kept
+    assert subjects(app) == set() and not list(app.blobs.names())  # nothing was read or kept
 
     summary = app.enroller().run(ADMIN, items)
     assert summary.enrolled == len(items) == 2
@@ -283,3 +285,12 @@ def test_retention_is_for_admins_or_the_system(app: AppContext, clock: Clock) ->
     # a scheduled run, nobody logged in
     assert app.retention.run(SYSTEM).subjects_erased == ["due3"]
     assert records(app, "retention.subject_erase")[-1].actor == "system"
+
+
+def test_reads_of_accounts_are_audited(app: AppContext) -> None:
+    app.users.add(ADMIN, "olive", "operator", PASSWORD)
+    app.users.list(AUDITOR)
+    app.users.get(ADMIN, "olive")
+    assert [r.actor for r in records(app, "user.list")] == ["aud"]
+    [show] = records(app, "user.show")
+    assert (show.actor, show.object_id) == ("ada", "olive")

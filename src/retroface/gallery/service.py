@@ -82,6 +82,15 @@ class GalleryService:
                 .offset(offset)
                 .limit(limit)
             ).all()
+            # who looked through the gallery, and which page of it (a read of personal data)
+            self.audit(
+                s,
+                actor=principal.username,
+                action="gallery.list",
+                object_type="subject",
+                details={"offset": offset, "limit": limit, "returned": len(rows)},
+                ts=self.clock(),
+            )
             return [subject_summary(subj, n) for subj, n in rows]
 
     def _get(self, s: Session, reference: str) -> Subject:
@@ -96,6 +105,14 @@ class GalleryService:
         )
         with self.db.session() as s:
             subject = self._get(s, reference)
+            self.audit(
+                s,
+                actor=principal.username,
+                action="gallery.show",
+                object_type="subject",
+                object_id=reference,
+                ts=self.clock(),
+            )
             return SubjectDetail(
                 **subject_summary(subject).model_dump(),
                 meta=subject.meta,
@@ -199,9 +216,9 @@ class GalleryService:
             template_ids = set(
                 s.scalars(select(FaceTemplate.id).where(FaceTemplate.model_key == model_key))
             )
-        stored = set(self.blobs.digests())
-        orphans = sorted(stored - referenced)
-        missing = sorted(referenced - stored)
+        stored = set(self.blobs.names())  # keyed file names: compare names, not hashes
+        orphans = sorted(stored - self.blobs.names_of(referenced))
+        missing = sorted(d for d in referenced if not self.blobs.names_of([d]) & stored)
         with self.index.reading(model_key) as loaded:  # one consistent state, not a torn one
             index_ids = set(loaded.subject_of)
             index_count = loaded.index.count()
@@ -216,8 +233,8 @@ class GalleryService:
                     details={"orphan_files": len(orphans)},
                     ts=self.clock(),
                 )
-            for digest in orphans:
-                self.blobs.delete(digest)
+            for name in orphans:
+                self.blobs.delete_name(name)
         return GalleryCheck(
             orphan_files=len(orphans),
             missing_files=len(missing),

@@ -202,7 +202,16 @@ class UserService:
         """One account (admin, auditor, or the account's own user)."""
         self._require_self_or(principal, username, READERS, action="user.show")
         with self.db.session() as s:
-            return _info(self._user(s, username))
+            user = self._user(s, username)
+            self.audit.record(
+                s,
+                actor=principal.username,
+                action="user.show",
+                object_type="user",
+                object_id=user.username,
+                ts=self.clock(),
+            )
+            return _info(user)
 
     def principal_for(self, username: str) -> Principal:
         """The principal of an active account, as it is now, without its credentials.
@@ -221,7 +230,16 @@ class UserService:
         """All accounts (admin or auditor)."""
         self.guard.require(principal, *READERS, action="user.list")
         with self.db.session() as s:
-            return [_info(u) for u in s.scalars(select(User).order_by(User.username))]
+            users = [_info(u) for u in s.scalars(select(User).order_by(User.username))]
+            self.audit.record(
+                s,
+                actor=principal.username,
+                action="user.list",
+                object_type="user",
+                details={"returned": len(users)},
+                ts=self.clock(),
+            )
+            return users
 
     def disable(self, principal: Principal, username: str) -> bool:
         """Disable an account and revoke its tokens (admin); False if it was already disabled.

@@ -1,13 +1,19 @@
 """Content-addressed, encrypted file store for images (reference images, probes, thumbnails).
 
-Files are named by the SHA-256 of their plaintext, so the same image is stored once, and written
-atomically (temp file, fsync, rename) so a crash never leaves a half-written file under a real name.
+An image is addressed by the SHA-256 of its plaintext (its ``content_hash``, recorded with every
+probe and reference image as evidence), so the same image is stored once. The *file name* is not
+that hash but a keyed HMAC of it (:meth:`Cipher.keyed_name`): someone holding the files without
+the data key cannot confirm that a known image is stored. Files are written atomically (temp
+file, fsync, rename), so a crash never leaves a half-written file under a real name.
+
+Stores written before keyed names (files named by the plain hash) keep working: a file found
+under its legacy name is renamed on first access, and deletion removes either name.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from retroface.core.errors import NotFoundError
@@ -25,38 +31,70 @@ class EncryptedBlobStore:
         self.cipher = cipher
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
+    def name_for(self, digest: str) -> str:
+        """The file name of the image whose content hash is ``digest``."""
+        return self.cipher.keyed_name(digest)
+
+    def _path(self, name: str) -> Path:
+        return self.root / name[:2] / name[2:4] / f"{name}.enc"
+
     def path_for(self, digest: str) -> Path:
-        return self.root / digest[:2] / digest[2:4] / f"{digest}.enc"
+        return self._path(self.name_for(digest))
+
+    def _find(self, digest: str) -> Path | None:
+        """The file of ``digest``, renaming one stored under its legacy (plain-hash) name."""
+        path = self.path_for(digest)
+        if path.exists():
+            return path
+        legacy = self._path(digest)
+        if legacy.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            legacy.replace(path)
+            return path
+        return None
 
     def put(self, data: bytes) -> str:
         """Store ``data`` and return its content hash; storing existing content is a no-op."""
         digest = content_hash(data)
-        path = self.path_for(digest)
-        if path.exists():
-            return digest
-        atomic_write(path, self.cipher.encrypt(data, aad=digest.encode()))
+        if self._find(digest) is None:
+            atomic_write(self.path_for(digest), self.cipher.encrypt(data, aad=digest.encode()))
         return digest
 
     def get(self, digest: str) -> bytes:
-        path = self.path_for(digest)
-        if not path.exists():
+        path = self._find(digest)
+        if path is None:
             raise NotFoundError(f"image {digest[:12]}… is not in the store")
         return self.cipher.decrypt(path.read_bytes(), aad=digest.encode())
 
     def exists(self, digest: str) -> bool:
-        return self.path_for(digest).exists()
+        return self._find(digest) is not None
 
     def delete(self, digest: str) -> bool:
-        path = self.path_for(digest)
+        removed = False
+        for path in (self.path_for(digest), self._path(digest)):
+            try:
+                path.unlink()
+                removed = True
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def names(self) -> Iterator[str]:
+        """The names of every stored file (keyed or legacy); compare with :meth:`names_of`."""
+        for p in self.root.glob("*/*/*.enc"):
+            yield p.name[: -len(".enc")]
+
+    def names_of(self, digests: Iterable[str]) -> set[str]:
+        """Every name under which the given images may be stored (keyed and legacy)."""
+        return {n for d in digests for n in (self.name_for(d), d)}
+
+    def delete_name(self, name: str) -> bool:
+        """Delete a file by name (an orphan found by :meth:`names`)."""
         try:
-            path.unlink()
+            self._path(name).unlink()
             return True
         except FileNotFoundError:
             return False
-
-    def digests(self) -> Iterator[str]:
-        for p in self.root.glob("*/*/*.enc"):
-            yield p.name[: -len(".enc")]
 
     def remove_partials(self) -> int:
         """Delete temp files a crash left behind."""

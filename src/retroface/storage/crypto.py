@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from retroface.core.errors import RetrofaceError
 from retroface.storage.files import create_private_file, require_private
@@ -51,6 +55,18 @@ class Cipher:
 
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
+        # A separate key for naming files, derived so that names reveal nothing without the key.
+        self._name_key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"retroface blob names v1"
+        ).derive(key)
+
+    def keyed_name(self, value: str) -> str:
+        """HMAC-SHA256 of ``value`` under a key derived from the data key, as hex.
+
+        Blob files are named this way rather than by the plaintext's SHA-256: with the files
+        alone, nobody can confirm that a known image is stored.
+        """
+        return hmac.new(self._name_key, value.encode(), hashlib.sha256).hexdigest()
 
     def encrypt(self, plaintext: bytes, aad: bytes = b"") -> bytes:
         nonce = os.urandom(NONCE_BYTES)
