@@ -330,3 +330,15 @@ def test_docs_behind_a_token_when_not_public(app: AppContext) -> None:
         headers = token_for(app, "rita", "reviewer")  # any role may read them
         for url in ("/api/v1/openapi.json", "/api/v1/docs", "/api/v1/redoc"):
             assert client.get(url, headers=headers).status_code == 200, url
+
+
+def test_video_folder_jobs_skip_links_out_of_the_import_folder(tmp_path: Path) -> None:
+    from retroface.jobs.video import payload_paths
+
+    imp, outside = tmp_path / "imp", tmp_path / "outside"
+    (imp / "cams").mkdir(parents=True)
+    outside.mkdir()
+    (imp / "cams" / "a.mp4").write_bytes(b"\0")
+    (outside / "b.mp4").write_bytes(b"\0")
+    (imp / "cams" / "b.mp4").symlink_to(outside / "b.mp4")
+    assert payload_paths(imp, {"folder": "cams"}) == [imp / "cams" / "a.mp4"]
