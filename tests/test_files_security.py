@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ def test_links_out_of_the_import_folder_are_refused(
     assert set(rejected) == {"linked.jpg", "passwd.jpg", "rose_leslie"}, rejected
     assert all("outside the import folder" in reason for reason in rejected.values()), rejected
     assert not watch.opened("/etc/passwd")
-    assert not any("outside" in p and "rose" in p for _, p in watch.events if "open" in _)
+    assert watch.under(import_tree[1]) == []
     subjects = [s.reference for s in app.gallery.list_subjects(ADMIN, 0, 100)]
     assert subjects == ["joe_biden"]
 
@@ -144,7 +145,7 @@ def test_links_changed_after_submission_are_refused_when_the_job_runs(
     """The job checks again: a path that was a real folder at submission and is now a link out."""
     imp, outside = import_tree
     app.settings.import_dir = imp
-    services = app.job_services.__class__(**{**vars(app.job_services), "import_dir": imp})
+    services = replace(app.job_services, import_dir=imp)
     (imp / "later").symlink_to(outside, target_is_directory=True)
     payload = {"paths": ["later", "passwd.jpg"], "actor": ADMIN.username}
     app.users.ensure_admin("admin", PASSWORD)
