@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     #: Folder the API's batch enrolment may read from (unset: batch import over the API is off).
     import_dir: Path | None = None
     max_image_pixels: int = 50_000_000
+    #: Serve the OpenAPI document and the docs pages (``/api/v1/openapi.json``, ``/docs``,
+    #: ``/redoc``) without a token. False: any signed-in role may read them, nobody else.
+    public_docs: bool = True
     #: Cosine similarity at which ``compare`` calls two faces the same person.
     match_threshold: float = 0.36
     #: Redis for background jobs (RQ workers: ``python -m retroface.jobs.redis_queue``); unset,

@@ -12,10 +12,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retroface import __version__
 from retroface.api.deps import authorise
+from retroface.api.docs import add_docs_routes, offline_assets
 from retroface.api.observability import Metrics, RequestContextMiddleware
 from retroface.api.rbac import MATRIX
 from retroface.api.routers import accounts, casework, gallery, oversight, system
 from retroface.api.schemas import ErrorResponse
+from retroface.api.uploads import BodyLimitMiddleware
 from retroface.context import AppContext
 from retroface.core.errors import RetrofaceError
 from retroface.media.images import ImageLoadError
@@ -33,7 +35,13 @@ STATUS_FOR_CODE = {
     "route_not_declared": 403,
 }
 
-HTTP_CODES = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+HTTP_CODES = {
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "upload_too_large",
+}
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422)
@@ -57,14 +65,17 @@ def create_app(ctx: AppContext | None = None) -> FastAPI:
             "authorised case; results are investigative leads for two-person review, never "
             "identifications. Authenticate with `Authorization: Bearer <token>`."
         ),
-        openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        # served by retroface.api.docs, through the access gate and without any CDN
+        openapi_url=None,
+        docs_url=None,
         redoc_url=None,
         dependencies=[Depends(authorise)],
         responses=ERROR_RESPONSES,
     )
     app.state.ctx = ctx
     app.state.metrics = Metrics()
+    # inside the request-context middleware, so that a 413 for an oversized body has a request id
+    app.add_middleware(BodyLimitMiddleware, limit=lambda: ctx.settings.max_upload_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
 
     @app.exception_handler(RetrofaceError)
@@ -95,6 +106,7 @@ def create_app(ctx: AppContext | None = None) -> FastAPI:
     for module in (system, accounts, casework, gallery, oversight):
         app.include_router(module.router)
     app.include_router(system.metrics_router)
+    add_docs_routes(app, offline_assets())
     app.openapi = lambda: _openapi_with_roles(app)  # type: ignore[method-assign]
     return app
 

@@ -34,15 +34,15 @@ def authorise(
     route = request.scope.get("route")
     # "{ref:path}" in the route is "{ref}" in the matrix and the OpenAPI document
     path = re.sub(r"\{(\w+):\w+\}", r"{\1}", getattr(route, "path", request.url.path))
+    ctx = get_ctx(request)
     try:
-        roles = allowed_roles(request.method, path)
+        roles = allowed_roles(request.method, path, public_docs=ctx.settings.public_docs)
     except KeyError:
         raise RouteNotDeclaredError(f"{request.method} {path} has no access rule") from None
     if roles is None:
         return None
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthenticationError("authentication required: send 'Authorization: Bearer <token>'")
-    ctx = get_ctx(request)
     principal = ctx.users.authenticate_token(credentials.credentials)
     if not principal.has_role(*roles):
         needed = ", ".join(sorted(r.value for r in roles))

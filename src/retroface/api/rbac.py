@@ -59,6 +59,21 @@ MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
 }
 
 
-def allowed_roles(method: str, path: str) -> frozenset[Role] | None:
+#: The API's documentation: the OpenAPI document and the pages showing it (not operations, so not
+#: in the document or in MATRIX). Public while ``RETROFACE_PUBLIC_DOCS`` is true (the default: the
+#: contract is the open-source code's, and names no data); any signed-in role otherwise.
+DOCS_ROUTES = frozenset(
+    {
+        ("GET", f"{P}/openapi.json"),
+        ("GET", f"{P}/docs"),
+        ("GET", f"{P}/redoc"),
+        ("GET", f"{P}/docs/assets/{{name}}"),
+    }
+)
+
+
+def allowed_roles(method: str, path: str, public_docs: bool = True) -> frozenset[Role] | None:
     """Roles for a route template; ``KeyError`` for an undeclared route (callers fail closed)."""
+    if (method.upper(), path) in DOCS_ROUTES:
+        return PUBLIC if public_docs else ANY
     return MATRIX[(method.upper(), path)]

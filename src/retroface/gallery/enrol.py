@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from retroface.search.index_manager import IndexManager
 from retroface.storage.blobstore import EncryptedBlobStore, content_hash
 from retroface.storage.crypto import Cipher, template_aad
 from retroface.storage.db import Database
+from retroface.storage.files import OutsideFolderError, is_within, read_confined
 from retroface.storage.tables import FaceTemplate, ReferenceImage, Subject
 from retroface.storage.versions import bump_gallery_version
 from retroface.vision.engines import prominence
@@ -58,7 +59,12 @@ WINDOW_PER_WORKER = 4
 
 @dataclass(frozen=True)
 class EnrolItem:
-    """One image to enrol, with what the manifest says about it."""
+    """One image to enrol, with what the manifest says about it.
+
+    ``path`` is read when the run gets to the item, unless ``data`` holds the image already (an
+    API upload, enrolled from memory so that no plaintext copy ever touches the disk); ``path``
+    is then only the image's name, for the record and any rejection.
+    """
 
     path: Path
     subject: str
@@ -70,6 +76,10 @@ class EnrolItem:
     capture_date: datetime | None = None
     display_name: str | None = None
     retention_until: datetime | None = None
+    data: bytes | None = field(default=None, repr=False, compare=False)
+    #: The folder ``path`` must really lie in (``RETROFACE_IMPORT_DIR`` for jobs): checked after
+    #: following links, before and after opening, so a link to a file outside is refused unread.
+    confine: Path | None = None
 
 
 @dataclass
@@ -84,15 +94,22 @@ class _Analysed:
     known: bool = False  # already enrolled before this run: skipped, not analysed
 
 
-def items_from_paths(paths: Iterable[Path]) -> Iterator[EnrolItem]:
-    """Images given directly, or found in folders: the subject is the image's parent folder name."""
+def items_from_paths(paths: Iterable[Path], confine: Path | None = None) -> Iterator[EnrolItem]:
+    """Images given directly, or found in folders: the subject is the image's parent folder name.
+
+    Linked sub-folders are not descended into (``Path.rglob`` does not follow them); with
+    ``confine`` they are listed as items all the same, so that the run reports them as refused
+    instead of passing over them in silence.
+    """
     for p in paths:
         if p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.is_file() and is_image_path(f) and not f.name.startswith("."):
-                    yield EnrolItem(path=f, subject=f.parent.name)
+                image = f.is_file() and is_image_path(f)
+                linked_dir = confine is not None and f.is_symlink() and f.is_dir()
+                if (image or linked_dir) and not f.name.startswith("."):
+                    yield EnrolItem(path=f, subject=f.parent.name, confine=confine)
         else:
-            yield EnrolItem(path=p, subject=p.parent.name or p.stem)
+            yield EnrolItem(path=p, subject=p.parent.name or p.stem, confine=confine)
 
 
 def items_from_manifest(manifest: Path) -> Iterator[EnrolItem]:
@@ -202,10 +219,21 @@ class Enroller:
 
     def _load(self, item: EnrolItem, known: set[str]) -> _Analysed:
         """Read and hash one image; analyse it unless an earlier run enrolled it already."""
-        try:
-            data = item.path.read_bytes()
-        except OSError as exc:
-            return _Analysed(item, b"", "", error=f"unreadable: {exc.strerror or exc}")
+        if item.data is not None:
+            data = item.data
+        elif item.confine is not None and item.path.is_symlink() and item.path.is_dir():
+            reason = "a linked folder: not followed"
+            if not is_within(item.path, item.confine):
+                reason = "a link to a folder outside the import folder: refused, not read"
+            return _Analysed(item, b"", "", error=reason)
+        else:
+            try:
+                data = read_confined(item.path, item.confine)
+            except OutsideFolderError:
+                reason = "outside the import folder once links are followed: refused, not read"
+                return _Analysed(item, b"", "", error=reason)
+            except OSError as exc:
+                return _Analysed(item, b"", "", error=f"unreadable: {exc.strerror or exc}")
         digest = content_hash(data)
         if digest in known:  # ``known`` is only read while workers run
             return _Analysed(item, b"", digest, known=True)

@@ -15,9 +15,11 @@ from typing import Any, Protocol
 
 from retroface.core.access import Principal
 from retroface.gallery.enrol import Enroller, items_from_paths
+from retroface.gallery.views import Rejection
 from retroface.jobs.base import Handler, Progress
 from retroface.jobs.video import HEARTBEAT_S, Checkpoints, payload_paths, scan_batch
 from retroface.media.footage import export_best_shots, scan_video
+from retroface.storage.files import is_within
 from retroface.vision.engines import EngineOptions
 from retroface.vision.types import FaceEngine
 
@@ -58,20 +60,32 @@ def enrol_handler(services: JobServices) -> Handler:
         root = services.import_dir
         if root is None:
             raise RuntimeError("RETROFACE_IMPORT_DIR is not set")
+        # Checked again here, not only when the API accepted the job: links can change in
+        # between. Each file is checked once more when it is opened (EnrolItem.confine).
+        outside: list[Rejection] = []
+        inside: list[Path] = []
+        for p in payload["paths"]:
+            if is_within(root / p, root):
+                inside.append(root / p)
+            else:
+                reason = "outside the import folder once links are followed: refused, not read"
+                outside.append(Rejection(path=str(p), reason=reason))
         items = [
             replace(
                 i,
                 inclusion_reason=payload.get("inclusion_reason"),
                 source=payload.get("source"),
             )
-            for i in items_from_paths([root / p for p in payload["paths"]])
+            for i in items_from_paths(inside, confine=root)
         ]
         principal = services.principal_for(str(payload["actor"]))
         enroller = services.enroller(
             require_quality=not payload.get("allow_low_quality", False),
             multi_face=str(payload.get("multi_face", "reject")),
         )
-        return enroller.run(principal, items, progress=progress).model_dump(mode="json")
+        summary = enroller.run(principal, items, progress=progress)
+        summary.rejected[:0] = outside
+        return summary.model_dump(mode="json")
 
     return run
 

@@ -24,6 +24,7 @@ from retroface.core.errors import InvalidInputError
 from retroface.jobs.base import Progress
 from retroface.media.footage import scan_summary
 from retroface.media.video import list_videos
+from retroface.storage.files import is_within
 from retroface.vision.engines import EngineOptions
 from retroface.vision.types import FaceEngine
 
@@ -165,5 +166,7 @@ def payload_paths(import_dir: Path | None, payload: dict[str, Any]) -> list[Path
         return full
 
     if payload.get("folder"):
-        return list_videos(resolve(str(payload["folder"])))
+        videos = list_videos(resolve(str(payload["folder"])))
+        # a folder inside the import folder may hold links to videos outside it: not listed
+        return videos if root is None else [v for v in videos if is_within(v, root)]
     return [resolve(str(p)) for p in payload.get("paths", [])]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,11 +37,32 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _private_sqlite_file(path: Path) -> None:
+    """Create the database file owner-only (0600) before SQLite opens it, and tighten one left
+    readable by a previous version.
+
+    SQLite would create it with 0644 under the usual umask: every local account could copy the
+    gallery's metadata and the audit log. It gives the ``-wal`` and ``-shm`` files it creates the
+    mode of the database file, so those follow; existing ones are tightened here too.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = f.stat().st_mode & 0o777
+            if mode & 0o077:
+                f.chmod(mode & 0o700)
+        except FileNotFoundError:
+            continue
+        except PermissionError:  # another account's file: SQLite's own checks apply
+            continue
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
+        if path and path != ":memory:" and not path.startswith("file:"):
+            _private_sqlite_file(Path(path))
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)

@@ -1,8 +1,10 @@
-"""Durable file writes: a crash leaves the old file or the new one, never a torn one."""
+"""Durable file writes (a crash leaves the old file or the new one, never a torn one) and
+reads confined to a folder."""
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -57,3 +59,54 @@ def require_private(path: Path) -> None:
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise RetrofaceError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+
+
+class OutsideFolderError(OSError):
+    """A file that, once links are followed, is not inside the folder it must come from."""
+
+
+def is_within(path: Path | str, root: Path | str) -> bool:
+    """Whether ``path`` lies inside ``root`` once every link in either is followed (realpath)."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _opened_path(fd: int) -> str | None:
+    """The path of the file ``fd`` has open, as the kernel resolved it (Linux), else None."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+def read_confined(path: Path, root: Path | None) -> bytes:
+    """The bytes of ``path``, which must really lie inside ``root`` (None: anywhere).
+
+    Checked twice: the real path before opening, so a link to outside is never opened (``/etc/
+    passwd`` is not read), and the opened file itself afterwards, so a link swapped in between
+    the check and the open is caught too. Only regular files are read (``O_NONBLOCK`` keeps a
+    FIFO planted in the folder from stalling the reader).
+    """
+    if root is None:
+        return path.read_bytes()
+    if not is_within(path, root):
+        raise OutsideFolderError(f"{path}: outside the import folder once links are followed")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        opened = _opened_path(fd)
+        if opened is not None:
+            inside = is_within(opened, root)
+        else:  # no /proc: the opened file must be the one the checked real path names
+            real = os.stat(os.path.realpath(path))
+            inside = (st.st_dev, st.st_ino) == (real.st_dev, real.st_ino)
+        if not inside:
+            raise OutsideFolderError(f"{path}: outside the import folder once links are followed")
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=True) as fh:
+            fd = -1
+            return fh.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)

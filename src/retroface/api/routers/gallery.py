@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +20,7 @@ from retroface.gallery.views import (
     SubjectPage,
 )
 from retroface.jobs.views import JobView
+from retroface.storage.files import is_within
 
 router = APIRouter(prefix="/api/v1", tags=["gallery"])
 
@@ -37,7 +37,7 @@ def list_subjects(
 
 
 @router.get(
-    "/gallery/subjects/{ref}",
+    "/gallery/subjects/{ref:path}",
     response_model=SubjectDetail,
     summary="One subject with its images and templates",
 )
@@ -46,7 +46,7 @@ def show_subject(ref: str, ctx: Ctx, caller: Caller) -> SubjectDetail:
 
 
 @router.post(
-    "/gallery/subjects/{ref}/images",
+    "/gallery/subjects/{ref:path}/images",
     status_code=201,
     response_model=EnrolSummary,
     summary="Enrol one reference image for a subject (created if new)",
@@ -62,26 +62,25 @@ def enrol_image(
 ) -> EnrolSummary:
     data = read_upload(file, ctx.settings.max_upload_bytes)
     name = Path(file.filename or "upload").name or "upload"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        path.write_bytes(data)
-        enroller = ctx.enroller()
-        item = EnrolItem(
-            path,
-            ref,
-            face=face,
-            inclusion_reason=inclusion_reason,
-            source=source,
-            provenance=f"API upload by {caller.username}: {name}",
-        )
-        summary = enroller.run(caller, [item])
+    # Enrolled from memory: the plaintext image is never written to disk (it is stored only
+    # encrypted), so a crash mid-enrolment leaves nothing readable behind.
+    item = EnrolItem(
+        Path(name),
+        ref,
+        face=face,
+        inclusion_reason=inclusion_reason,
+        source=source,
+        provenance=f"API upload by {caller.username}: {name}",
+        data=data,
+    )
+    summary = ctx.enroller().run(caller, [item])
     if summary.rejected:
         raise InvalidInputError(f"{name}: {summary.rejected[0].reason}")
     return summary
 
 
 @router.delete(
-    "/gallery/subjects/{ref}",
+    "/gallery/subjects/{ref:path}",
     response_model=ErasureResult,
     summary="Erase a subject: rows, files and index entries",
 )
@@ -110,12 +109,12 @@ def batch_enrol(body: EnrolmentRequest, ctx: Ctx, caller: Caller) -> JobView:
     root = ctx.settings.import_dir
     if root is None:
         raise PermissionDeniedError("batch import over the API is off: set RETROFACE_IMPORT_DIR")
-    root = root.resolve()
     for p in body.paths:
-        target = (root / p).resolve()
-        if not target.is_relative_to(root):
-            raise InvalidInputError(f"{p}: outside the import folder")
-        if not target.exists():
+        # realpath: a link inside the folder to anything outside it is outside (checked again
+        # when the job runs, and on each file as it is opened, since links can change)
+        if not is_within(root / p, root):
+            raise InvalidInputError(f"{p}: outside the import folder once links are followed")
+        if not (root / p).exists():
             raise InvalidInputError(f"{p}: not found in the import folder")
     payload = body.model_dump() | {"actor": caller.username}
     job_id = ctx.jobs.submit("gallery.enrol", payload, caller.username)
