@@ -4,6 +4,7 @@ audit record, on every case route, on SQLite and on PostgreSQL (the ``app`` fixt
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from tests import test_cli
 from tests.conftest import ADMIN
 
 from retroface.api.app import create_app
@@ -239,3 +241,39 @@ def test_team_rules_in_the_service(app: AppContext, who: dict[str, dict[str, str
     assert {c.reference for c in app.cases.list_cases(oscar)} == {"T1", "T2"}
     assert app.cases.team.remove(olive, "T1", "oscar").role == "member"
     assert [c.reference for c in app.cases.list_cases(oscar)] == ["T2"]
+
+
+run = test_cli.run  # the CLI invoked in-process, as a user, on both stores
+
+
+def test_case_team_on_the_command_line(run: test_cli.Run) -> None:
+    assert run("init", "--admin", "admin")[0] == 0
+    for name, roles in (("olive", "operator"), ("oscar", "operator"), ("sam", "operator")):
+        assert run("user", "add", name, "--roles", roles, user="admin")[0] == 0
+    assert run("user", "add", "arthur", "--roles", "authoriser", user="admin")[0] == 0
+    opened = ("case", "open", "--ref", "C1", "--offence", "robbery", "--purpose", "identify him")
+    code, out = run(*opened, "--justification", CASE["justification"], user="olive")
+    assert code == 0, out
+    assert run("case", "authorise", "C1", "--approve", "--note", "ok", user="arthur")[0] == 0
+
+    code, out = run("case", "show", "C1", user="oscar")
+    assert code == 2 and "not on its team" in out
+    code, out = run("case", "list", "--json", user="oscar")
+    assert code == 0 and json.loads(out) == {"cases": []}
+    code, out = run("case", "team", "add", "C1", "oscar", user="oscar")
+    assert code == 2 and "opened case C1" in out
+    code, out = run("case", "team", "add", "C1", "oscar", user="olive")
+    assert code == 0 and "oscar added as member" in out
+    assert run("case", "show", "C1", user="oscar")[0] == 0
+    code, out = run("case", "team", "add", "C1", "sam", "--supervisor", user="arthur")
+    assert code == 0 and "sam added as supervisor" in out
+    code, out = run("case", "team", "list", "C1", "--json", user="sam")
+    assert code == 0
+    assert [(m["username"], m["role"]) for m in json.loads(out)["team"]] == [
+        ("olive", "owner"),
+        ("oscar", "member"),
+        ("sam", "supervisor"),
+    ]
+    code, out = run("case", "team", "remove", "C1", "oscar", user="olive")
+    assert code == 0 and "oscar (member) removed" in out
+    assert run("case", "show", "C1", user="oscar")[0] == 2
