@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -277,3 +278,20 @@ def test_case_team_on_the_command_line(run: test_cli.Run) -> None:
     code, out = run("case", "team", "remove", "C1", "oscar", user="olive")
     assert code == 0 and "oscar (member) removed" in out
     assert run("case", "show", "C1", user="oscar")[0] == 2
+
+
+def test_footage_needs_to_know(app: AppContext, who: dict[str, dict[str, str]]) -> None:
+    """Video casework refuses an operator outside the team before any footage is read."""
+    olive, oscar = app.users.principal_for("olive"), app.users.principal_for("oscar")
+    app.cases.open(olive, "V1", "robbery", "identify the suspect", CASE["justification"])
+    app.cases.authorise(app.users.principal_for("arthur"), "V1", True, "proportionate")
+    missing = Path("/nonexistent/statement.mp4")  # never opened: the refusal comes first
+    with pytest.raises(PermissionDeniedError, match="not on its team"):
+        app.footage.find(oscar, "V1", np.zeros(512, np.float32), [missing])
+    prov = ProbeProvenance("CCTV", "exhibit AB/1")
+    with pytest.raises(PermissionDeniedError, match="not on its team"):
+        app.footage.search_video(oscar, "V1", missing, 1, prov)
+    assert refusals(app, "oscar") == [
+        ("video.find.refused", "need_to_know"),
+        ("video.search.refused", "need_to_know"),
+    ]
