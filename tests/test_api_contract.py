@@ -50,6 +50,9 @@ def _seed() -> None:
     _ctx.enroller().run(_root, list(items_from_paths([DATA_DIR / "people" / "joe_biden"])))
     opener = _ctx.users.add(_root, "opener", "operator", PASSWORD)
     _ctx.cases.open(opener, "C1", "robbery", "identify the suspect", "the only lead we have here")
+    # need-to-know: the all-roles caller works on C1 as a member of its team, so the probe and
+    # search routes reach their handlers rather than stopping at the team check
+    _ctx.cases.team.add(opener, "C1", "everyone")
     boss = _ctx.users.authenticate_password("everyone", PASSWORD)
     _ctx.cases.authorise(boss, "C1", True, "proportionate")
 

@@ -32,6 +32,10 @@ MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     ("POST", f"{P}/cases"): frozenset({OPER}),
     ("GET", f"{P}/cases/{{ref}}"): ANY,
     ("POST", f"{P}/cases/{{ref}}/decision"): frozenset({AUTH}),
+    # need-to-know: the services decide whose case it is (owner, authoriser, auditor)
+    ("GET", f"{P}/cases/{{ref}}/team"): ANY,
+    ("POST", f"{P}/cases/{{ref}}/team"): frozenset({OPER, AUTH}),
+    ("DELETE", f"{P}/cases/{{ref}}/team/{{username}}"): frozenset({OPER, AUTH}),
     # probes, searches, review
     ("POST", f"{P}/cases/{{ref}}/probes"): frozenset({OPER}),
     ("POST", f"{P}/searches"): frozenset({OPER}),

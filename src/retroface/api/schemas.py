@@ -63,6 +63,14 @@ class CaseDecision(BaseModel):
     valid_days: float | None = Field(default=None, gt=0, le=3650)
 
 
+class TeamAdd(BaseModel):
+    username: str = Field(pattern=USERNAME_PATTERN, examples=["oscar"])
+    role: Literal["member", "supervisor"] = Field(
+        default="member",
+        description="member: added by the case's owner; supervisor: added by an authoriser",
+    )
+
+
 class SearchRequest(BaseModel):
     case: str = Field(min_length=1, max_length=100, examples=["CR/123/26"])
     probe_id: int = Field(ge=1)

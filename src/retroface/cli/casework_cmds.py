@@ -97,6 +97,57 @@ def case_show(ref: str, json_out: bool = typer.Option(False, "--json")) -> None:
         console.print(f"{k}: {v}")
 
 
+team_app = typer.Typer(
+    help="A case's team (need-to-know): the owner adds operators; an authoriser adds supervisors.",
+    no_args_is_help=True,
+)
+case_app.add_typer(team_app, name="team")
+
+
+@team_app.command("list")
+def team_list(ref: str, json_out: bool = typer.Option(False, "--json")) -> None:
+    """Who has need-to-know on a case: its owner, members and supervisors."""
+    with user_errors():
+        rows = state.ctx.cases.team.members(state.principal(), ref)
+    if json_out:
+        print_json({"team": [r.model_dump(mode="json") for r in rows]})
+        return
+    for r in rows:
+        by = f" (added by {r.added_by})" if r.added_by else ""
+        console.print(f"{r.username}: {r.role}{by}")
+
+
+@team_app.command("add")
+def team_add(
+    ref: str,
+    username: str,
+    supervisor: bool = typer.Option(
+        False, "--supervisor", help="Add as supervisor (an authoriser's decision)."
+    ),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Add an operator to a case's team (you own the case) or as supervisor (you authorise)."""
+    with user_errors():
+        data = state.ctx.cases.team.add(
+            state.principal(), ref, username, "supervisor" if supervisor else "member"
+        )
+    if json_out:
+        print_json(data.model_dump(mode="json"))
+        return
+    console.print(f"case {ref}: {data.username} added as {data.role}")
+
+
+@team_app.command("remove")
+def team_remove(ref: str, username: str, json_out: bool = typer.Option(False, "--json")) -> None:
+    """Remove someone from a case's team (members: the owner; supervisors: an authoriser)."""
+    with user_errors():
+        data = state.ctx.cases.team.remove(state.principal(), ref, username)
+    if json_out:
+        print_json(data.model_dump(mode="json"))
+        return
+    console.print(f"case {ref}: {data.username} ({data.role}) removed")
+
+
 @case_app.command("categories")
 def case_categories() -> None:
     """The configured offence categories."""

@@ -27,6 +27,7 @@ from retroface.core.errors import (
 from retroface.core.roles import Role
 from retroface.core.status import CaseStatus
 from retroface.governance.policy import GovernancePolicy
+from retroface.governance.team import TeamService, visible_cases
 from retroface.governance.views import CaseView
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.db import Database
@@ -68,6 +69,7 @@ class CaseService:
         self.audit = audit  # audit(session, actor=..., action=..., ...)
         self.clock = clock
         self.guard = Guard(db, audit, clock)
+        self.team = TeamService(db, audit, clock)  # need-to-know: who sees and works on a case
 
     def get(self, s: Session, reference: str) -> Case:
         case = s.scalar(select(Case).where(Case.reference == reference))
@@ -242,15 +244,17 @@ class CaseService:
     def list_cases(
         self, actor: Principal, status: CaseStatus | str | None = None
     ) -> list[CaseView]:
+        """The cases ``actor`` has need-to-know of (see :mod:`retroface.governance.team`)."""
         self.guard.require(actor, *Role, action="case.list")
         with self.db.session() as s:
-            q = select(Case).order_by(Case.opened_at.desc())
+            q = select(Case).where(visible_cases(actor)).order_by(Case.opened_at.desc())
             if status:
                 q = q.where(Case.status == status)
             return [CaseView.model_validate(c) for c in s.scalars(q)]
 
     def show(self, actor: Principal, reference: str) -> CaseView:
         self.guard.require(actor, *Role, action="case.show", case_ref=reference)
+        self.team.require_case(actor, reference, "case.show", work=False)
         with self.db.session() as s:
             return CaseView.model_validate(self.get(s, reference))
 

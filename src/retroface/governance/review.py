@@ -25,6 +25,7 @@ from retroface.core.errors import (
 )
 from retroface.core.roles import Role
 from retroface.core.status import ReviewStatus
+from retroface.governance.team import NEED_TO_KNOW, REVIEW_OPEN, NeedToKnowError, reviewer_sees
 from retroface.governance.views import (
     QueueItem,
     ReviewCandidate,
@@ -71,11 +72,10 @@ class ReviewService:
     def queue(self, actor: Principal) -> list[QueueItem]:
         """Searches awaiting this reviewer: not their own, not yet decided by them."""
         self.guard.require(actor, Role.REVIEWER, action="review.queue")
-        open_statuses = (ReviewStatus.PENDING, ReviewStatus.IN_REVIEW, ReviewStatus.DISPUTED)
         with self.db.session() as s:
             recs = s.scalars(
                 select(SearchRecord)
-                .where(SearchRecord.review_status.in_(open_statuses))
+                .where(SearchRecord.review_status.in_(REVIEW_OPEN))
                 .order_by(SearchRecord.started_at)
             ).all()
             out: list[QueueItem] = []
@@ -108,6 +108,7 @@ class ReviewService:
             object_type="search",
             object_id=search_id,
         )
+        self._require_reviewing(actor, search_id)
         with self.db.session() as s:
             rec = self._search(s, search_id)
             reviews = s.scalars(
@@ -249,6 +250,30 @@ class ReviewService:
                 case_ref=case_ref,
                 object_type="search",
                 object_id=search_id,
+            )
+            raise refusal
+
+    def _require_reviewing(self, actor: Principal, search_id: int) -> None:
+        """Need-to-know: a reviewer sees a search in their queue or one they reviewed; an
+        auditor sees all (refusal audited as ``review.view.refused``, reason need_to_know)."""
+        with self.db.session() as s:
+            rec = self._search(s, search_id)
+            allowed = actor.has_role(Role.AUDITOR) or reviewer_sees(s, actor, rec)
+            case = s.get(Case, rec.case_id) if rec.case_id else None
+            case_ref = case.reference if case else None
+        if not allowed:
+            refusal = NeedToKnowError(
+                f"{actor.username} may not see search {search_id}: it is not in their review "
+                "queue and they did not review it"
+            )
+            self.guard.refused(
+                actor,
+                "review.view",
+                refusal,
+                case_ref=case_ref,
+                object_type="search",
+                object_id=search_id,
+                details={"reason": NEED_TO_KNOW},
             )
             raise refusal
 

@@ -43,6 +43,15 @@ class CaseView(View):
     purged_at: datetime | None
 
 
+class TeamMemberView(View):
+    """Someone with need-to-know on a case: its owner, a member, or a supervisor."""
+
+    username: str
+    role: Literal["owner", "member", "supervisor"]
+    added_by: str | None
+    added_at: datetime
+
+
 class QueueItem(View):
     """A search awaiting the reviewer who asked: not their own, not yet decided by them."""
 

@@ -76,10 +76,11 @@ class FootageSearch:
     ) -> None:
         """Refuse before the slow part: scanning footage for a search needs a searchable case.
 
-        A refusal (no operator role, a case that may not be searched) is audited as
-        ``<action>.refused``.
+        A refusal (no operator role, not on the case's team, a case that may not be searched) is
+        audited as ``<action>.refused``.
         """
         self.guard.require(actor, Role.OPERATOR, action=action, case_ref=case_ref)
+        self.cases.team.require_case(actor, case_ref, action, work=True)
         try:
             with self.db.session() as s:
                 self.cases.require_searchable(s, case_ref)

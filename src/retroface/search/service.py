@@ -103,6 +103,7 @@ class SearchService:
     ) -> ProbeView:
         """Store a probe image (encrypted) under a searchable case, with its detected faces."""
         self.guard.require(actor, Role.OPERATOR, action="probe.add", case_ref=case_ref)
+        self.cases.team.require_case(actor, case_ref, "probe.add", work=True)
         provenance.check()
         self.cases.check_searchable(actor, case_ref, "probe.add")  # before decoding, not after
         image = decode_image(data, name=name, max_pixels=self.max_image_pixels)
@@ -216,7 +217,8 @@ class SearchService:
         """Search one face of a probe; the candidate list is stored and returned.
 
         A search refused for its case (not authorised, expired, refused, urgent window lapsed)
-        is audited as ``search.run.refused``, as is one by a caller who is not an operator.
+        is audited as ``search.run.refused``, as is one by a caller who is not an operator or
+        not on the case's team (need-to-know).
         """
         self.guard.require(
             actor,
@@ -226,6 +228,7 @@ class SearchService:
             object_type="probe",
             object_id=probe_id,
         )
+        self.cases.team.require_case(actor, case_ref, "search.run", work=True)
         if not 1 <= top_k <= 200:
             raise InvalidInputError("top-k must be between 1 and 200")
         try:
@@ -342,7 +345,8 @@ class SearchService:
             return search_result(record, case_ref)
 
     def get_search(self, actor: Principal, search_id: int) -> SearchResult:
-        """A stored candidate list; viewing it is itself audited."""
+        """A stored candidate list, for its case's team, an auditor or a reviewer reviewing it;
+        viewing it is itself audited."""
         self.guard.require(
             actor,
             Role.OPERATOR,
@@ -352,6 +356,7 @@ class SearchService:
             object_type="search",
             object_id=search_id,
         )
+        self.cases.team.require_search(actor, search_id, "search.view", export=False)
         with self.db.session() as s:
             record = s.get(SearchRecord, search_id)
             if record is None:
@@ -369,7 +374,8 @@ class SearchService:
             return search_result(record, case_ref)
 
     def export(self, actor: Principal, search_id: int) -> SearchExport:
-        """A disclosure package: the search, its case, candidates and settled review; audited."""
+        """A disclosure package: the search, its case, candidates and settled review; audited.
+        For the case's team and auditors only."""
         self.guard.require(
             actor,
             Role.OPERATOR,
@@ -378,6 +384,7 @@ class SearchService:
             object_type="search",
             object_id=search_id,
         )
+        self.cases.team.require_search(actor, search_id, "search.export", export=True)
         with self.db.session() as s:
             record = s.get(SearchRecord, search_id)
             if record is None:

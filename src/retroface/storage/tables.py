@@ -162,6 +162,20 @@ class Case(Base):
     purged_at: Mapped[datetime | None] = mapped_column()
 
 
+class CaseMember(Base):
+    """Need-to-know: who besides the case's opener works on it (``member``, added by the owner)
+    or oversees it (``supervisor``, added by an authoriser)."""
+
+    __tablename__ = "case_members"
+    __table_args__ = (UniqueConstraint("case_id", "user_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(20))  # member, supervisor
+    added_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Probe(Base):
     __tablename__ = "probes"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

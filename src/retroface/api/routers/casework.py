@@ -7,9 +7,21 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from retroface.api.deps import Caller, Ctx
-from retroface.api.schemas import CaseCreate, CaseDecision, ReviewDecision, SearchRequest
+from retroface.api.schemas import (
+    CaseCreate,
+    CaseDecision,
+    ReviewDecision,
+    SearchRequest,
+    TeamAdd,
+)
 from retroface.api.uploads import read_upload
-from retroface.governance.views import CaseView, QueueItem, ReviewOutcome, ReviewSheet
+from retroface.governance.views import (
+    CaseView,
+    QueueItem,
+    ReviewOutcome,
+    ReviewSheet,
+    TeamMemberView,
+)
 from retroface.search.service import ProbeProvenance
 from retroface.search.views import ProbeView, SearchExport, SearchResult
 
@@ -37,6 +49,36 @@ def open_case(body: CaseCreate, ctx: Ctx, caller: Caller) -> CaseView:
         body.justification,
         urgent=body.urgent,
     )
+
+
+# The team routes come before GET /cases/{ref}: a reference may contain "/", so that route
+# would otherwise take ".../team" as part of the reference.
+@router.get(
+    "/cases/{ref:path}/team",
+    response_model=list[TeamMemberView],
+    summary="Who has need-to-know on a case: owner, members, supervisors",
+)
+def team_list(ref: str, ctx: Ctx, caller: Caller) -> list[TeamMemberView]:
+    return ctx.cases.team.members(caller, ref)
+
+
+@router.post(
+    "/cases/{ref:path}/team",
+    response_model=TeamMemberView,
+    status_code=201,
+    summary="Add an operator to a case's team (owner) or as its supervisor (authoriser)",
+)
+def team_add(ref: str, body: TeamAdd, ctx: Ctx, caller: Caller) -> TeamMemberView:
+    return ctx.cases.team.add(caller, ref, body.username, body.role)
+
+
+@router.delete(
+    "/cases/{ref:path}/team/{username}",
+    response_model=TeamMemberView,
+    summary="Remove someone from a case's team (members: owner; supervisors: authoriser)",
+)
+def team_remove(ref: str, username: str, ctx: Ctx, caller: Caller) -> TeamMemberView:
+    return ctx.cases.team.remove(caller, ref, username)
 
 
 @router.get("/cases/{ref:path}", response_model=CaseView, summary="One case")
