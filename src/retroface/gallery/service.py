@@ -158,7 +158,7 @@ class GalleryService:
             version = bump_gallery_version(s)
             self.audit(
                 s,
-                actor=principal.username,
+                actor=principal,
                 action=action,
                 object_type="subject",
                 object_id=reference,
@@ -211,7 +211,7 @@ class GalleryService:
             with self.db.session() as s:
                 self.audit(
                     s,
-                    actor=principal.username,
+                    actor=principal,
                     action="gallery.repair",
                     details={"orphan_files": len(orphans)},
                     ts=self.clock(),

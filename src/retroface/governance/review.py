@@ -121,7 +121,7 @@ class ReviewService:
             ]
             self.audit(
                 s,
-                actor=actor.username,
+                actor=actor,
                 action="review.view",
                 object_type="search",
                 object_id=str(search_id),
@@ -215,7 +215,7 @@ class ReviewService:
             case = s.get(Case, rec.case_id) if rec.case_id else None
             self.audit(
                 s,
-                actor=actor.username,
+                actor=actor,
                 action="review.decide",
                 case_ref=case.reference if case else None,
                 object_type="search",
