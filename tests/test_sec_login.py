@@ -64,7 +64,7 @@ def _in_threads(n: int, call: Callable[[int], Any]) -> list[Any]:
         return list(pool.map(attempt, range(n)))
 
 
-# --------------------------------------------------------------------------- finding 2: login DoS
+# ------------------------------------------------------------------------ finding 2: login DoS
 
 
 class _LockProbingHasher(PasswordHasher):
@@ -117,7 +117,9 @@ def test_parallel_bad_logins_never_lock_sqlite(sqlite_app: AppContext) -> None:
         return outcomes
 
     results = _in_threads(20, bad_logins)
-    assert all(isinstance(r, list) for r in results), [r for r in results if not isinstance(r, list)]
+    assert all(isinstance(r, list) for r in results), [
+        r for r in results if not isinstance(r, list)
+    ]
     assert Counter(code for r in results for code in r) == {"unauthenticated": 40}
     # the right password still works afterwards, as the account is not locked (2 < 5 failures)
     assert users.authenticate_password("user0", PASSWORD).username == "user0"
@@ -154,7 +156,7 @@ def test_lockout_refuses_even_the_right_password(app: AppContext, clock: Clock) 
     for _ in range(100):
         with pytest.raises(AuthenticationError):
             users.authenticate_password("olive", "wrong password, again")
-    with pytest.raises(LoginThrottledError, match="locked.*try again after"):
+    with pytest.raises(LoginThrottledError, match=r"locked.*try again after"):
         users.authenticate_password("olive", PASSWORD)
     # an unknown name locks the same way, so a lockout does not reveal that an account exists
     for _ in range(LOCKOUT_FAILURES + 1):
@@ -225,7 +227,7 @@ def test_password_policy_accepts_passphrases(app: AppContext) -> None:
         assert app.users.authenticate_password(f"user{i}", password).username == f"user{i}"
 
 
-# --------------------------------------------------------------------------- finding 4: impersonation
+# ------------------------------------------------------------------- finding 4: impersonation
 
 
 def test_one_admin_cannot_act_as_an_operator_through_the_api(app: AppContext) -> None:

@@ -580,9 +580,7 @@ class UserService:
             s.flush()
             row = None
         if row is None:
-            row = LoginThrottle(
-                username=name, window_start=now, failures=0, unaudited=0, refused=0
-            )
+            row = LoginThrottle(username=name, window_start=now, failures=0, unaudited=0, refused=0)
             s.add(row)
         row.failures += 1
         actor = name or "anonymous"
