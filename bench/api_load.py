@@ -70,22 +70,28 @@ async def client_loop(
         lat.append(time.perf_counter() - t)
 
 
-async def bad_login_loop(c: httpx.AsyncClient, i: int, until: float, statuses: list[int]) -> None:
-    """Wrong passwords for real and made-up accounts, back to back."""
+async def bad_login_loop(
+    c: httpx.AsyncClient, i: int, until: float, statuses: list[int], control: bool = False
+) -> None:
+    """Wrong passwords for real and made-up accounts, back to back; with ``control``, GET
+    /health instead: the cost of any flood of cheap requests, to compare the login flood with."""
     names = ["olive", "admin", "arthur", f"nobody{i}"]
     n = 0
     while time.perf_counter() < until:
         body = {"username": names[n % len(names)], "password": f"wrong password number {n}"}
         n += 1
         try:
-            r = await c.post("/api/v1/auth/token", json=body)
+            if control:
+                r = await c.get("/api/v1/health")
+            else:
+                r = await c.post("/api/v1/auth/token", json=body)
             statuses.append(r.status_code)
         except httpx.HTTPError:
             statuses.append(0)
 
 
 async def run_load(
-    base: str, clients: int, seconds: float, bad_logins: int = 0
+    base: str, clients: int, seconds: float, bad_logins: int = 0, control: bool = False
 ) -> dict[str, object]:
     async with httpx.AsyncClient(base_url=base, timeout=60) as c:
         tok = (
@@ -114,7 +120,7 @@ async def run_load(
             await asyncio.gather(
                 *(client_loop(lc, body, start + seconds, lat, errors) for _ in range(clients)),
                 *(
-                    bad_login_loop(attacker, i, start + seconds, login_statuses)
+                    bad_login_loop(attacker, i, start + seconds, login_statuses, control)
                     for i in range(bad_logins)
                 ),
             )
@@ -131,6 +137,7 @@ async def run_load(
         "server_errors_5xx": sum(e.startswith("5") for e in errors)
         + sum(st >= 500 for st in login_statuses),
         "bad_login_clients": bad_logins,
+        "bad_login_control": control,
         "bad_login_requests": len(login_statuses),
         "bad_login_statuses": {
             str(k): login_statuses.count(k) for k in sorted(set(login_statuses))
@@ -146,6 +153,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument(
         "--bad-logins", type=int, default=0, help="clients sending wrong passwords meanwhile"
+    )
+    ap.add_argument(
+        "--control",
+        action="store_true",
+        help="the --bad-logins clients GET /health instead (a flood of cheap requests)",
     )
     ap.add_argument("--identities", type=int, default=1000, help="LFW identities in the gallery")
     ap.add_argument("--database-url", default=None, help="default: SQLite in the temp home")

@@ -1,7 +1,11 @@
 """User accounts, password and API-token authentication, and role checks.
 
-Every change to an account, every login and every refused login is written to the audit log in
-the same transaction as the change, so the trail cannot miss an event that took effect. Secrets
+Every change to an account and every login is written to the audit log in the same transaction
+as the change, so the trail cannot miss an event that took effect. Failed password logins are
+throttled (per account name in the database, per client in memory) and audited in bounded form:
+the first of a window, the lockout, then one summary (:meth:`UserService.authenticate_password`).
+Tokens are issued only to their own user, or by an admin to a service account, so nobody can act
+as somebody else; each principal carries the credential it used, and audit records name it. Secrets
 are never stored: passwords as argon2id hashes, API tokens as sha256 digests (a token is 256
 random bits, so a fast hash suffices and lets a token be looked up by its digest).
 
