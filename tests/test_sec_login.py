@@ -173,7 +173,7 @@ def test_lockout_refuses_even_the_right_password(app: AppContext, clock: Clock) 
     assert summary.details["failures_not_recorded_singly"] == LOCKOUT_FAILURES - 1
     assert summary.details["refused_while_locked"] == 100 - LOCKOUT_FAILURES + 1
     [login] = [r for r in records(app, "login") if r.actor == "olive"]
-    assert login.details["via"] == "password"
+    assert login.details["credential"] == "password"
 
 
 def test_client_throttle_is_per_client(app: AppContext) -> None:
@@ -273,7 +273,7 @@ def test_one_admin_cannot_act_as_an_operator_through_the_api(app: AppContext) ->
     [token] = users.list_tokens(ADMIN, "olive")
     [opened_record] = records(app, "case.open")
     assert opened_record.actor == "olive"
-    assert opened_record.details["via"] == f"token:{token.id}"
+    assert opened_record.details["credential"] == f"token:{token.id}"
     # an admin may still revoke (not mint) other people's tokens
     assert users.revoke_token(ADMIN, token.id).revoked
 

@@ -208,12 +208,12 @@ def test_outdated_hash_is_upgraded_on_login(db: Database, audit: AuditLog) -> No
     stronger = PasswordHasher(time_cost=2, memory_cost=2048, parallelism=1)
     service = UserService(db, audit, hasher=stronger)
     service.authenticate_password("alice", PASSWORD)
-    assert last_details(db) == {"method": "password", "rehashed": True, "via": "password"}
+    assert last_details(db) == {"method": "password", "rehashed": True, "credential": "password"}
     with db.session() as s:
         new_hash = s.scalars(select(User.password_hash)).one()
     assert new_hash is not None and not stronger.check_needs_rehash(new_hash)
     service.authenticate_password("alice", PASSWORD)
-    assert last_details(db) == {"method": "password", "rehashed": False, "via": "password"}
+    assert last_details(db) == {"method": "password", "rehashed": False, "credential": "password"}
 
 
 def test_set_password(users: UserService, db: Database) -> None:

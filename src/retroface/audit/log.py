@@ -62,8 +62,9 @@ DEFAULT_CHECKPOINT_EVERY = 50
 #: ... and when a record comes more than T minutes after the last checkpoint (a quiet log's
 #: newest records are not left unsigned for days).
 DEFAULT_CHECKPOINT_MINUTES = 5.0
-#: The details key naming the credential (token or session) an action was taken with.
-VIA = "via"
+#: The details key naming the credential (token or session) an action was taken with ("via"
+#: already says which front end an oversight report went through).
+CREDENTIAL = "credential"
 _LIMITS = {"actor": 100, "action": 60, "case_ref": 100, "object_type": 60, "object_id": 200}
 _TABLE = AuditRecord.__table__
 
@@ -180,11 +181,11 @@ class AuditLog:
         """Append one record in ``session``'s transaction (flushed, not committed).
 
         For a :class:`Principal` the actor is its username, and the credential it used goes
-        into the details under ``via`` (covered by the chain hash like any detail).
+        into the details under ``credential`` (covered by the chain hash like any detail).
         """
         if isinstance(actor, Principal):
             if actor.credential is not None:
-                details = {**(details or {}), VIA: actor.credential}
+                details = {**(details or {}), CREDENTIAL: actor.credential}
             actor = actor.username
         ts = self.clock() if ts is None else ts
         if ts.tzinfo is None:
