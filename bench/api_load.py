@@ -4,6 +4,10 @@ Starts `retroface serve` on 127.0.0.1 with a fresh data directory, enrols a gall
 creates users and an approved case with one probe, then has N clients POST /api/v1/searches in a
 loop until the time is up. Bounded in count and time; traffic never leaves the machine.
 Reports throughput, latency p50/p99 and errors, and writes JSON.
+
+``--bad-logins M`` adds M clients that POST /api/v1/auth/token with wrong passwords as fast as
+they are answered (ignoring Retry-After, as an attacker would), to show that a login flood
+does not starve searches: compare searches/s with and without them, and count 5xx.
 """
 
 from __future__ import annotations
@@ -66,7 +70,29 @@ async def client_loop(
         lat.append(time.perf_counter() - t)
 
 
-async def run_load(base: str, clients: int, seconds: float) -> dict[str, object]:
+async def bad_login_loop(
+    c: httpx.AsyncClient, i: int, until: float, statuses: list[int], control: bool = False
+) -> None:
+    """Wrong passwords for real and made-up accounts, back to back; with ``control``, GET
+    /health instead: the cost of any flood of cheap requests, to compare the login flood with."""
+    names = ["olive", "admin", "arthur", f"nobody{i}"]
+    n = 0
+    while time.perf_counter() < until:
+        body = {"username": names[n % len(names)], "password": f"wrong password number {n}"}
+        n += 1
+        try:
+            if control:
+                r = await c.get("/api/v1/health")
+            else:
+                r = await c.post("/api/v1/auth/token", json=body)
+            statuses.append(r.status_code)
+        except httpx.HTTPError:
+            statuses.append(0)
+
+
+async def run_load(
+    base: str, clients: int, seconds: float, bad_logins: int = 0, control: bool = False
+) -> dict[str, object]:
     async with httpx.AsyncClient(base_url=base, timeout=60) as c:
         tok = (
             await c.post("/api/v1/auth/token", json={"username": "olive", "password": PASSWORD})
@@ -82,13 +108,21 @@ async def run_load(base: str, clients: int, seconds: float) -> dict[str, object]
         body = {"case": "LOAD-1", "probe_id": r.json()["probe_id"], "face": 0, "top_k": 20}
         lat: list[float] = []
         errors: list[str] = []
+        login_statuses: list[int] = []
         start = time.perf_counter()
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        async with httpx.AsyncClient(
-            base_url=base, timeout=60, limits=limits, headers=dict(c.headers)
-        ) as lc:
+        async with (
+            httpx.AsyncClient(
+                base_url=base, timeout=60, limits=limits, headers=dict(c.headers)
+            ) as lc,
+            httpx.AsyncClient(base_url=base, timeout=60) as attacker,
+        ):
             await asyncio.gather(
-                *(client_loop(lc, body, start + seconds, lat, errors) for _ in range(clients))
+                *(client_loop(lc, body, start + seconds, lat, errors) for _ in range(clients)),
+                *(
+                    bad_login_loop(attacker, i, start + seconds, login_statuses, control)
+                    for i in range(bad_logins)
+                ),
             )
         elapsed = time.perf_counter() - start
     ms = np.array(lat) * 1000
@@ -100,6 +134,15 @@ async def run_load(base: str, clients: int, seconds: float) -> dict[str, object]
         "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
         "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
         "errors": len(errors),
+        "server_errors_5xx": sum(e.startswith("5") for e in errors)
+        + sum(st >= 500 for st in login_statuses),
+        "bad_login_clients": bad_logins,
+        "bad_login_control": control,
+        "bad_login_requests": len(login_statuses),
+        "bad_login_statuses": {
+            str(k): login_statuses.count(k) for k in sorted(set(login_statuses))
+        },
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "error_samples": errors[:5],
     }
 
@@ -108,6 +151,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument(
+        "--bad-logins", type=int, default=0, help="clients sending wrong passwords meanwhile"
+    )
+    ap.add_argument(
+        "--control",
+        action="store_true",
+        help="the --bad-logins clients GET /health instead (a flood of cheap requests)",
+    )
     ap.add_argument("--identities", type=int, default=1000, help="LFW identities in the gallery")
     ap.add_argument("--database-url", default=None, help="default: SQLite in the temp home")
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results/api_load.json")
@@ -148,7 +199,7 @@ def main() -> None:
             else:
                 raise SystemExit("server did not become ready")
             with console.status(f"{args.clients} clients searching for {args.seconds:.0f} s…"):
-                result = asyncio.run(run_load(base, args.clients, args.seconds))
+                result = asyncio.run(run_load(base, args.clients, args.seconds, args.bad_logins))
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -31,7 +31,9 @@ def token_for(app: AppContext, username: str, roles: str) -> dict[str, str]:
     app.users.ensure_admin("root", PASSWORD)
     root = app.users.principal_for("root")
     app.users.add(root, username, roles, PASSWORD)
-    return {"Authorization": "Bearer " + app.users.issue_token(root, username)}
+    # tokens are issued only to their own user: as that user (principal_for is not a login)
+    own = app.users.principal_for(username)
+    return {"Authorization": "Bearer " + app.users.issue_token(own, username)}
 
 
 def routes(client: TestClient) -> list[tuple[str, str]]:

@@ -40,7 +40,7 @@ _ctx = AppContext(Settings(home=_home))
 _ctx.users.ensure_admin("root", PASSWORD)
 _root = _ctx.users.principal_for("root")
 _ctx.users.add(_root, "everyone", "admin,operator,reviewer,authoriser,auditor", PASSWORD)
-_TOKEN = _ctx.users.issue_token(_root, "everyone")
+_TOKEN = _ctx.users.issue_token(_ctx.users.principal_for("everyone"), "everyone")
 _app = create_app(_ctx)
 schema = schemathesis.openapi.from_asgi("/api/v1/openapi.json", _app)
 

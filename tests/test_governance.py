@@ -248,7 +248,7 @@ def test_every_action_is_audited(
     app.reviews.decide(team["rita"], sid, "no match", "n")
     app.audit.export(tmp_path / "export")
     app.gallery.erase(ADMIN, "joe_biden", reason="acquitted")
-    app.users.issue_token(ADMIN, "olive")
+    app.users.issue_token(team["olive"], "olive")
     logged = set(actions(app))
     for action in (
         "user.add",

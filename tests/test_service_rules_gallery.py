@@ -244,7 +244,7 @@ def test_everyone_manages_their_own_password_and_tokens(app: AppContext) -> None
 
     # someone else's token is another matter
     app.users.add(ADMIN, "carl", "operator", PASSWORD)
-    carls = app.users.issue_token(ADMIN, "carl")
+    carls = app.users.issue_token(app.users.principal_for("carl"), "carl")
     with pytest.raises(PermissionDeniedError):
         app.users.revoke_token(bob, carls)
     refused_once(app, "token.revoke", "bob")

@@ -99,6 +99,7 @@ def test_add_stores_an_argon2_hash_not_the_password(users: UserService, db: Data
         "roles": "operator,reviewer",
         "display_name": "Alice A.",
         "password_set": True,
+        "service": False,
     }
     assert PASSWORD not in str(last_details(db))
 
@@ -207,12 +208,12 @@ def test_outdated_hash_is_upgraded_on_login(db: Database, audit: AuditLog) -> No
     stronger = PasswordHasher(time_cost=2, memory_cost=2048, parallelism=1)
     service = UserService(db, audit, hasher=stronger)
     service.authenticate_password("alice", PASSWORD)
-    assert last_details(db) == {"method": "password", "rehashed": True}
+    assert last_details(db) == {"method": "password", "rehashed": True, "credential": "password"}
     with db.session() as s:
         new_hash = s.scalars(select(User.password_hash)).one()
     assert new_hash is not None and not stronger.check_needs_rehash(new_hash)
     service.authenticate_password("alice", PASSWORD)
-    assert last_details(db) == {"method": "password", "rehashed": False}
+    assert last_details(db) == {"method": "password", "rehashed": False, "credential": "password"}
 
 
 def test_set_password(users: UserService, db: Database) -> None:
@@ -241,9 +242,9 @@ def test_token_is_stored_hashed(users: UserService, db: Database) -> None:
 
 
 def test_expired_token_is_refused(users: UserService, db: Database, clock: Clock) -> None:
-    users.add(ROOT, "alice", "operator")
-    token = users.issue_token(ADMIN, "alice", "ci", ttl=timedelta(hours=1))
-    assert actions(db)[-1][:2] == ("token.issue", "admin")
+    alice = users.add(ROOT, "alice", "operator")
+    token = users.issue_token(alice, "alice", "ci", ttl=timedelta(hours=1))
+    assert actions(db)[-1][:2] == ("token.issue", "alice")
     clock.now += timedelta(minutes=59)
     users.authenticate_token(token)
     clock.now += timedelta(minutes=1)
@@ -282,10 +283,10 @@ def test_unknown_token_is_refused_without_flooding_the_log(
 
 
 def test_token_for_a_disabled_user_cannot_be_issued(users: UserService) -> None:
-    users.add(ROOT, "alice", "operator")
+    alice = users.add(ROOT, "alice", "operator")
     users.disable(ADMIN, "alice")
     with pytest.raises(ConflictError):
-        users.issue_token(ADMIN, "alice", "ci")
+        users.issue_token(alice, "alice", "ci")
     with pytest.raises(InvalidInputError):
         users.issue_token(ADMIN, "admin", "ci", ttl=timedelta(0))
 

@@ -26,6 +26,7 @@ log = logging.getLogger("retroface.api")
 
 STATUS_FOR_CODE = {
     "unauthenticated": 401,
+    "too_many_attempts": 429,
     "forbidden": 403,
     "not_found": 404,
     "conflict": 409,
@@ -80,7 +81,9 @@ def create_app(ctx: AppContext | None = None) -> FastAPI:
 
     @app.exception_handler(RetrofaceError)
     async def domain_error(_: Request, exc: RetrofaceError) -> JSONResponse:
-        return _error(STATUS_FOR_CODE.get(exc.code, 400), exc.code, exc.message)
+        retry = getattr(exc, "retry_after", None)
+        headers = None if retry is None else {"Retry-After": str(retry)}
+        return _error(STATUS_FOR_CODE.get(exc.code, 400), exc.code, exc.message, headers)
 
     @app.exception_handler(ImageLoadError)
     async def image_error(_: Request, exc: ImageLoadError) -> JSONResponse:

@@ -26,6 +26,7 @@ MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     ("GET", f"{P}/users"): frozenset({AD, AU}),
     ("POST", f"{P}/users"): frozenset({AD}),
     ("POST", f"{P}/users/{{username}}/disable"): frozenset({AD}),
+    # admins, for themselves or a service account only (the service refuses anyone else: 403)
     ("POST", f"{P}/users/{{username}}/tokens"): frozenset({AD}),
     # cases and authorisation
     ("GET", f"{P}/cases"): ANY,

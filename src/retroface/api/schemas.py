@@ -38,6 +38,10 @@ class UserCreate(BaseModel):
     )
     password: str | None = Field(default=None, min_length=12, max_length=1024)
     display_name: str | None = Field(default=None, max_length=200)
+    service: bool = Field(
+        default=False,
+        description="An account for another system: no password; admins issue its tokens.",
+    )
 
 
 class TokenIssue(BaseModel):

@@ -63,7 +63,7 @@ class Guard:
         with self.db.session() as s:
             self.audit(
                 s,
-                actor=principal.username,
+                actor=principal,
                 action=f"{action}.refused",
                 case_ref=case_ref,
                 object_type=object_type,

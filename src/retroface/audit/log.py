@@ -46,6 +46,7 @@ from retroface.audit.chain import (
     verify_chain,
 )
 from retroface.audit.keys import load_or_create_signing_key, load_public_keys, public_pem
+from retroface.core.access import Principal
 from retroface.core.clock import Clock, utcnow
 from retroface.core.errors import ConflictError, InvalidInputError
 from retroface.storage.db import Database
@@ -61,6 +62,9 @@ DEFAULT_CHECKPOINT_EVERY = 50
 #: ... and when a record comes more than T minutes after the last checkpoint (a quiet log's
 #: newest records are not left unsigned for days).
 DEFAULT_CHECKPOINT_MINUTES = 5.0
+#: The details key naming the credential (token or session) an action was taken with ("via"
+#: already says which front end an oversight report went through).
+CREDENTIAL = "credential"
 _LIMITS = {"actor": 100, "action": 60, "case_ref": 100, "object_type": 60, "object_id": 200}
 _TABLE = AuditRecord.__table__
 
@@ -165,7 +169,7 @@ class AuditLog:
         self,
         session: Session,
         *,
-        actor: str,
+        actor: str | Principal,
         action: str,
         case_ref: str | None = None,
         object_type: str | None = None,
@@ -174,7 +178,15 @@ class AuditLog:
         details: Mapping[str, Any] | None = None,
         ts: datetime | None = None,
     ) -> AuditRecord:
-        """Append one record in ``session``'s transaction (flushed, not committed)."""
+        """Append one record in ``session``'s transaction (flushed, not committed).
+
+        For a :class:`Principal` the actor is its username, and the credential it used goes
+        into the details under ``credential`` (covered by the chain hash like any detail).
+        """
+        if isinstance(actor, Principal):
+            if actor.credential is not None:
+                details = {**(details or {}), CREDENTIAL: actor.credential}
+            actor = actor.username
         ts = self.clock() if ts is None else ts
         if ts.tzinfo is None:
             raise InvalidInputError("audit timestamps must be timezone-aware")

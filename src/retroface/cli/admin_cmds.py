@@ -57,13 +57,18 @@ def user_add(
         ..., help="Comma-separated: admin,operator,reviewer,authoriser,auditor."
     ),
     display_name: str | None = typer.Option(None),
-    token_only: bool = typer.Option(False, help="No password; the account uses API tokens."),
+    token_only: bool = typer.Option(
+        False,
+        "--service",
+        "--token-only",
+        help="A service account (another system): no password; admins issue its tokens.",
+    ),
 ) -> None:
     """Create an account (admin only); password: RETROFACE_NEW_PASSWORD if set, else a prompt."""
     with user_errors():
         actor = state.principal()
         password = None if token_only else _new_password(username)
-        p = state.ctx.users.add(actor, username, roles, password, display_name)
+        p = state.ctx.users.add(actor, username, roles, password, display_name, service=token_only)
     console.print(f"user {p.username} added with roles {', '.join(sorted(p.roles))}")
 
 
@@ -98,7 +103,9 @@ def user_disable(username: str) -> None:
 
 @user_app.command("token")
 def user_token(
-    username: str | None = typer.Argument(None, help="Whose token (admins only for others)."),
+    username: str | None = typer.Argument(
+        None, help="Whose token: yourself, or (admins) a service account."
+    ),
     name: str = typer.Option("cli", help="A label for the token."),
     days: float = typer.Option(30, help="Validity in days."),
 ) -> None:

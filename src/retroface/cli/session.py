@@ -12,6 +12,7 @@ else.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import os
 import sys
@@ -39,7 +40,7 @@ class CliState:
             return self._principal
         token = self.token or os.environ.get("RETROFACE_TOKEN")
         if token:
-            principal = self.ctx.users.authenticate_token(token)
+            principal = _from_cli(self.ctx.users.authenticate_token(token))
             if self.user and self.user.strip().lower() != principal.username:
                 raise UserError(
                     f"--user {self.user} but RETROFACE_TOKEN belongs to {principal.username}: "
@@ -64,15 +65,24 @@ class CliState:
             # RETROFACE_PASSWORD is tried for whichever user is named: say so, since an admin's
             # exported password used with `--user olive` otherwise reads as a plain refusal.
             try:
-                self._principal = self.ctx.users.authenticate_password(user, password)
+                self._principal = _from_cli(self.ctx.users.authenticate_password(user, password))
             except PermissionDeniedError as exc:
                 raise UserError(
                     f"{exc.message} (the password came from RETROFACE_PASSWORD, used for "
                     f"--user {user}; give each user their own, or use RETROFACE_TOKEN)"
                 ) from None
             return self._principal
-        self._principal = self.ctx.users.authenticate_password(user, password)
+        self._principal = _from_cli(self.ctx.users.authenticate_password(user, password))
         return self._principal
+
+
+def _from_cli(principal: Principal) -> Principal:
+    """Audit records of CLI actions say so ("cli-token:17", "cli-password").
+
+    The CLI passes no client to the login throttle: it runs on the host, as someone who can
+    already read the database; the per-account lockout still applies.
+    """
+    return dataclasses.replace(principal, credential=f"cli-{principal.credential}")
 
 
 state = CliState()

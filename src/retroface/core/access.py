@@ -7,7 +7,7 @@ refusal) themselves, so no front end can forget either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -20,11 +20,17 @@ SYSTEM_ACTOR = "system"
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated user, as the rest of the system sees them."""
+    """An authenticated user, as the rest of the system sees them.
+
+    ``credential`` names how they authenticated ("token:17", "password", ...); every audit
+    record written for them carries it, so an action can be traced to the token that did it.
+    It takes no part in equality: the same person is the same principal whatever they used.
+    """
 
     id: int
     username: str
     roles: frozenset[Role]
+    credential: str | None = field(default=None, compare=False)
 
     def has_role(self, *roles: Role) -> bool:
         return not self.roles.isdisjoint(roles)
@@ -54,7 +60,7 @@ class AuditFn(Protocol):
         self,
         session: Any,
         *,
-        actor: str,
+        actor: str | Principal,
         action: str,
         case_ref: str | None = None,
         object_type: str | None = None,

@@ -385,7 +385,7 @@ class Enroller:
             if images:
                 self.audit(
                     s,
-                    actor=principal.username,
+                    actor=principal,
                     action="gallery.enrol",
                     object_type="reference_image",
                     object_id=",".join(str(i.id) for i in images),

@@ -85,7 +85,7 @@ class GalleryService:
             # who looked through the gallery, and which page of it (a read of personal data)
             self.audit(
                 s,
-                actor=principal.username,
+                actor=principal,
                 action="gallery.list",
                 object_type="subject",
                 details={"offset": offset, "limit": limit, "returned": len(rows)},
@@ -107,7 +107,7 @@ class GalleryService:
             subject = self._get(s, reference)
             self.audit(
                 s,
-                actor=principal.username,
+                actor=principal,
                 action="gallery.show",
                 object_type="subject",
                 object_id=reference,
@@ -175,7 +175,7 @@ class GalleryService:
             version = bump_gallery_version(s)
             self.audit(
                 s,
-                actor=principal.username,
+                actor=principal,
                 action=action,
                 object_type="subject",
                 object_id=reference,
@@ -228,7 +228,7 @@ class GalleryService:
             with self.db.session() as s:
                 self.audit(
                     s,
-                    actor=principal.username,
+                    actor=principal,
                     action="gallery.repair",
                     details={"orphan_files": len(orphans)},
                     ts=self.clock(),

@@ -115,7 +115,7 @@ class CaseService:
             s.flush()
             self.audit(
                 s,
-                actor=actor.username,
+                actor=actor,
                 action="case.open",
                 case_ref=reference,
                 object_type="case",
@@ -164,7 +164,7 @@ class CaseService:
                 case.status = CaseStatus.REFUSED
             self.audit(
                 s,
-                actor=actor.username,
+                actor=actor,
                 action="case.approve" if approve else "case.refuse",
                 case_ref=reference,
                 object_type="case",
@@ -179,7 +179,7 @@ class CaseService:
                 ts=now,
             )
         if not approve:
-            self.purge(reference, actor=actor.username, reason="authorisation refused")
+            self.purge(reference, actor=actor, reason="authorisation refused")
         with self.db.session() as s:
             return CaseView.model_validate(self.get(s, reference))
 
@@ -258,7 +258,7 @@ class CaseService:
         with self.db.session() as s:
             return CaseView.model_validate(self.get(s, reference))
 
-    def purge(self, reference: str, actor: str, reason: str) -> PurgeResult:
+    def purge(self, reference: str, actor: str | Principal, reason: str) -> PurgeResult:
         """Delete every probe, face, search and result of a case; files after the rows commit."""
         now = self.clock()
         with self.db.session() as s:

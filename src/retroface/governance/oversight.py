@@ -115,7 +115,7 @@ class OversightService:
         with self.db.session() as s:
             self.audit.record(
                 s,
-                actor=principal.username,
+                actor=principal,
                 action=action,
                 object_type="report",
                 object_id=str(html) if html else None,
@@ -152,7 +152,7 @@ class OversightService:
         with self.db.session() as s:
             self.audit.record(
                 s,
-                actor=principal.username,
+                actor=principal,
                 action=action,
                 object_id=where,
                 details={"records": manifest.get("records"), "via": via},

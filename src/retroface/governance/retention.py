@@ -73,7 +73,7 @@ class RetentionService:
         """Delete what is due (admin, or :data:`SYSTEM` for a scheduled run)."""
         if principal != SYSTEM:
             self.guard.require(principal, Role.ADMIN, action="retention.run")
-        actor = principal.username
+        actor: str | Principal = principal
         now = self.clock()
         with self.db.session() as s:
             urgent = list(
@@ -126,7 +126,7 @@ class RetentionService:
             report.files_deleted += self.gallery.expire(principal, ref).files_deleted
         return report
 
-    def _delete_searches(self, ids: list[int], actor: str) -> None:
+    def _delete_searches(self, ids: list[int], actor: str | Principal) -> None:
         if not ids:
             return
         with self.db.session() as s:
@@ -143,7 +143,7 @@ class RetentionService:
                 ts=self.clock(),
             )
 
-    def _delete_probes(self, ids: list[int], actor: str) -> int:
+    def _delete_probes(self, ids: list[int], actor: str | Principal) -> int:
         if not ids:
             return 0
         with self.db.session() as s:

@@ -122,7 +122,7 @@ class ReviewService:
             ]
             self.audit(
                 s,
-                actor=actor.username,
+                actor=actor,
                 action="review.view",
                 object_type="search",
                 object_id=str(search_id),
@@ -216,7 +216,7 @@ class ReviewService:
             case = s.get(Case, rec.case_id) if rec.case_id else None
             self.audit(
                 s,
-                actor=actor.username,
+                actor=actor,
                 action="review.decide",
                 case_ref=case.reference if case else None,
                 object_type="search",

@@ -234,7 +234,7 @@ class TeamService:
             )
             self.audit(
                 s,
-                actor=actor.username,
+                actor=actor,
                 action=action,
                 case_ref=reference,
                 object_type="user",
@@ -275,7 +275,7 @@ class TeamService:
             s.delete(row)
             self.audit(
                 s,
-                actor=actor.username,
+                actor=actor,
                 action=action,
                 case_ref=reference,
                 object_type="user",

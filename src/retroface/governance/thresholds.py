@@ -92,7 +92,7 @@ class ThresholdService:
             s.flush()
             self.audit(
                 s,
-                actor=principal.username,
+                actor=principal,
                 action=ACTION,
                 object_type="threshold_record",
                 object_id=record.id,

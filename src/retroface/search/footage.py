@@ -232,7 +232,7 @@ class FootageSearch:
             self.cases.require_searchable(s, case_ref)  # may have changed during a long scan
             self.audit(
                 s,
-                actor=actor.username,
+                actor=actor,
                 action="video.find",
                 case_ref=case_ref,
                 object_type="video",

@@ -165,7 +165,7 @@ class SearchService:
             s.flush()
             self.audit(
                 s,
-                actor=actor.username,
+                actor=actor,
                 action="probe.add",
                 case_ref=case_ref,
                 object_type="probe",
@@ -322,7 +322,7 @@ class SearchService:
             s.flush()
             self.audit(
                 s,
-                actor=actor.username,
+                actor=actor,
                 action="search.run",
                 case_ref=case_ref,
                 object_type="search",
@@ -364,7 +364,7 @@ class SearchService:
             case_ref = self._case_ref(s, record.case_id) if record.case_id else None
             self.audit(
                 s,
-                actor=actor.username,
+                actor=actor,
                 action="search.view",
                 case_ref=case_ref,
                 object_type="search",
@@ -409,7 +409,7 @@ class SearchService:
             )
             self.audit(
                 s,
-                actor=actor.username,
+                actor=actor,
                 action="search.export",
                 case_ref=case_ref,
                 object_type="search",

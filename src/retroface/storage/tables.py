@@ -130,6 +130,26 @@ class User(Base):
     roles: Mapped[str] = mapped_column(String(200), default="")  # comma-separated
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: A service account (another system): no password; an admin may issue its tokens.
+    service: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class LoginThrottle(Base):
+    """Failed password logins per account name, so every API worker sees one lockout.
+
+    Keyed by the name as typed (folded), whether or not such an account exists, so a lockout
+    says nothing about which accounts exist. ``failures`` counts the current window; the
+    failures after the first and the attempts refused while locked are not audited one by one
+    but summarised (``login.failed.summary``) when the window closes or at the next login.
+    """
+
+    __tablename__ = "login_throttle"
+    username: Mapped[str] = mapped_column(String(100), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column()
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    unaudited: Mapped[int] = mapped_column(Integer, default=0)
+    refused: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column()
 
 
 class ApiToken(Base):

@@ -23,7 +23,9 @@ def list_users(ctx: Ctx, caller: Caller) -> list[Account]:
 
 @router.post("", response_model=Account, status_code=201, summary="Create an account")
 def add_user(body: UserCreate, ctx: Ctx, caller: Caller) -> Account:
-    ctx.users.add(caller, body.username, body.roles, body.password, body.display_name)
+    ctx.users.add(
+        caller, body.username, body.roles, body.password, body.display_name, service=body.service
+    )
     return ctx.users.get(caller, body.username)
 
 
@@ -34,7 +36,10 @@ def disable_user(username: str, ctx: Ctx, caller: Caller) -> Account:
 
 
 @router.post(
-    "/{username}/tokens", response_model=TokenResponse, status_code=201, summary="Issue a token"
+    "/{username}/tokens",
+    response_model=TokenResponse,
+    status_code=201,
+    summary="Issue a token to yourself or to a service account (403 for anyone else)",
 )
 def issue_user_token(username: str, body: TokenIssue, ctx: Ctx, caller: Caller) -> TokenResponse:
     token = ctx.users.issue_token(caller, username, body.name, timedelta(days=body.ttl_days))

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from retroface import __version__
 from retroface.api.deps import Caller, Ctx
-from retroface.api.schemas import TokenRequest, TokenResponse
+from retroface.api.schemas import ErrorResponse, TokenRequest, TokenResponse
 from retroface.governance.users import Identity
 
 router = APIRouter(prefix="/api/v1", tags=["system"])
@@ -71,11 +71,19 @@ def ready(ctx: Ctx, response: Response) -> Readiness:
     return Readiness(ready=ok, checks=checks)
 
 
-@router.post("/auth/token", response_model=TokenResponse, summary="Exchange a password for a token")
-def issue_token(body: TokenRequest, ctx: Ctx) -> TokenResponse:
+@router.post(
+    "/auth/token",
+    response_model=TokenResponse,
+    summary="Exchange a password for a token",
+    responses={429: {"model": ErrorResponse, "description": "Too many failed logins: see when"}},
+)
+def issue_token(body: TokenRequest, ctx: Ctx, request: Request) -> TokenResponse:
     from datetime import timedelta
 
-    principal = ctx.users.authenticate_password(body.username, body.password)
+    # The peer address throttles a client's attempts. Behind a reverse proxy, run uvicorn with
+    # --proxy-headers / --forwarded-allow-ips so that this is the real client, not the proxy.
+    client = request.client.host if request.client else "unknown"
+    principal = ctx.users.authenticate_password(body.username, body.password, client=client)
     token = ctx.users.issue_token(
         principal, principal.username, "api-login", timedelta(days=body.ttl_days)
     )
