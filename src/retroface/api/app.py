@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -18,6 +20,7 @@ from retroface.api.routers import accounts, casework, gallery, oversight, system
 from retroface.api.schemas import ErrorResponse
 from retroface.context import AppContext
 from retroface.core.errors import RetrofaceError
+from retroface.governance.retention import RetentionScheduler
 from retroface.media.images import ImageLoadError
 
 log = logging.getLogger("retroface.api")
@@ -49,7 +52,26 @@ def _error(
 
 def create_app(ctx: AppContext | None = None) -> FastAPI:
     ctx = ctx or AppContext()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        """While serving: scheduled retention, so lapsed urgent cases are purged within minutes
+        even if nobody touches them (issue #11, finding 5); with local jobs, the runner starts
+        now and marks what a crashed predecessor left running as interrupted."""
+        if not ctx.settings.redis_url:
+            ctx.jobs  # noqa: B018
+        scheduler = None
+        if ctx.settings.retention_interval_minutes > 0:
+            scheduler = RetentionScheduler(ctx.retention, ctx.settings.retention_interval_minutes)
+            scheduler.start()
+        try:
+            yield
+        finally:
+            if scheduler is not None:
+                scheduler.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="retroface",
         version=__version__,
         description=(

@@ -228,6 +228,7 @@ class SearchService:
         )
         if not 1 <= top_k <= 200:
             raise InvalidInputError("top-k must be between 1 and 200")
+        self.cases.purge_lapsed(case_ref)  # a lapsed urgent case loses its probes first
         try:
             return self._run_search(
                 actor, case_ref, probe_id, face_index, top_k, threshold, aggregate
