@@ -259,6 +259,41 @@ def test_reviewer_who_is_also_auditor_stays_blind(
     app.reviews.decide(team["rob"], sid3, "inconclusive", "blurred too")
 
 
+def test_blindness_on_the_api_routes(
+    app: AppContext, team: dict[str, Principal], data_dir: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from retroface.api.app import create_app
+
+    _open(app, team["olive"], "C1")
+    app.cases.authorise(team["arthur"], "C1", True, "proportionate")
+    probe = app.searches.add_probe(team["olive"], "C1", _probe(data_dir), "p.jpg", PROV)
+    sid = app.searches.search(team["olive"], "C1", probe.probe_id).search_id
+    app.reviews.decide(team["rita"], sid, "possible match", "same ears", candidate_rank=1)
+    with TestClient(create_app(app)) as client:
+
+        def login(name: str) -> dict[str, str]:
+            r = client.post("/api/v1/auth/token", json={"username": name, "password": PASSWORD})
+            assert r.status_code == 200, r.text
+            return {"Authorization": "Bearer " + r.json()["access_token"]}
+
+        ra, aud = login("ra"), login("aud")
+        sheet = client.get(f"/api/v1/reviews/{sid}", headers=ra).json()
+        assert sheet["reviews"] == [] and sheet["hidden"] == 1
+        for url in (f"/api/v1/searches/{sid}", f"/api/v1/searches/{sid}/export"):
+            r = client.get(url, headers=ra)
+            assert r.status_code == 200 and "same ears" not in r.text, r.text
+        assert client.get(f"/api/v1/reviews/{sid}", headers=aud).json()["reviews"][0]["note"] == (
+            "same ears"
+        )
+        assert client.get("/api/v1/audit/export", headers=ra).status_code == 200
+        r = client.post(
+            f"/api/v1/reviews/{sid}", headers=ra, json={"decision": "no match", "note": "no"}
+        )
+        assert r.status_code == 403 and "blind" in r.json()["error"]["message"]
+
+
 # ---------------------------------------------------------------------- finding 11 (jobs)
 
 _CRASHING_RUNNER = """

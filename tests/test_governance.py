@@ -113,7 +113,8 @@ def test_no_self_authorisation(app: AppContext, team: dict[str, Principal]) -> N
     with pytest.raises(PermissionDeniedError, match="separation of duties"):
         app.cases.authorise(both, "C1", True, "I approve my own request")
     app.cases.authorise(team["arthur"], "C1", False, "not proportionate")
-    with pytest.raises(ConflictError, match="already refused"):
+    # refused means purged: it can never be authorised again (refused and audited)
+    with pytest.raises(PermissionDeniedError, match="cannot be authorised"):
         app.cases.authorise(team["arthur"], "C1", True, "changed my mind")
 
 

@@ -56,10 +56,10 @@ def create_app(ctx: AppContext | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         """While serving: scheduled retention, so lapsed urgent cases are purged within minutes
-        even if nobody touches them (issue #11, finding 5); with local jobs, the runner starts
-        now and marks what a crashed predecessor left running as interrupted."""
+        even if nobody touches them (issue #11, finding 5); with local jobs, what a crashed
+        predecessor left running is marked interrupted now (the runner itself starts lazily)."""
         if not ctx.settings.redis_url:
-            ctx.jobs  # noqa: B018
+            ctx.job_store.fail_interrupted("local")
         scheduler = None
         if ctx.settings.retention_interval_minutes > 0:
             scheduler = RetentionScheduler(ctx.retention, ctx.settings.retention_interval_minutes)
