@@ -22,7 +22,7 @@ from tests.conftest import ADMIN, Clock, add_team
 
 from retroface.context import AppContext
 from retroface.core.access import Principal
-from retroface.core.errors import PermissionDeniedError
+from retroface.core.errors import NotFoundError, PermissionDeniedError
 from retroface.core.roles import Role
 from retroface.core.status import CaseStatus, JobStatus
 from retroface.gallery.enrol import items_from_paths
@@ -179,7 +179,7 @@ def test_lapsed_urgent_case_cannot_be_revived(
 ) -> None:
     _open(app, team["olive"], "U1", urgent=True)
     probe = app.searches.add_probe(team["olive"], "U1", _probe(data_dir), "p.jpg", PROV)
-    app.searches.search(team["olive"], "U1", probe.probe_id)
+    sid = app.searches.search(team["olive"], "U1", probe.probe_id).search_id
     probe_file = app.blobs.path_for(probe.sha256)
     clock.advance(hours=49)
     # no retention run: the first touch after the lapse purges
@@ -197,6 +197,21 @@ def test_lapsed_urgent_case_cannot_be_revived(
     with pytest.raises(PermissionDeniedError, match="cannot be authorised"):
         app.cases.authorise(team["arthur"], "U1", True, "approved later still")
     assert app.retention.run(ADMIN).urgent_cases_expired == []  # nothing left to do
+    with pytest.raises(NotFoundError):
+        app.searches.export(team["olive"], sid)
+
+
+def test_lapsed_urgent_search_is_purged_when_viewed(
+    app: AppContext, team: dict[str, Principal], data_dir: Path, clock: Clock
+) -> None:
+    _open(app, team["olive"], "U3", urgent=True)
+    probe = app.searches.add_probe(team["olive"], "U3", _probe(data_dir), "p.jpg", PROV)
+    sid = app.searches.search(team["olive"], "U3", probe.probe_id).search_id
+    clock.advance(hours=49)
+    with pytest.raises(NotFoundError):
+        app.searches.get_search(team["olive"], sid)
+    assert _count(app, Probe) == 0 and _count(app, SearchRecord) == 0
+    assert not app.blobs.path_for(probe.sha256).exists()
 
 
 def test_lapsed_urgent_case_purged_by_the_serve_scheduler(

@@ -353,6 +353,7 @@ class SearchService:
             object_type="search",
             object_id=search_id,
         )
+        self._purge_if_lapsed(search_id)
         with self.db.session() as s:
             record = s.get(SearchRecord, search_id)
             if record is None:
@@ -379,6 +380,7 @@ class SearchService:
             object_type="search",
             object_id=search_id,
         )
+        self._purge_if_lapsed(search_id)
         with self.db.session() as s:
             record = s.get(SearchRecord, search_id)
             if record is None:
@@ -423,6 +425,14 @@ class SearchService:
                 exported_at=self.clock(),
                 label=LEAD_LABEL,
             )
+
+    def _purge_if_lapsed(self, search_id: int) -> None:
+        """A search of a lapsed urgent case is purged with it when touched (then: not found)."""
+        with self.db.session() as s:
+            record = s.get(SearchRecord, search_id)
+            case_ref = self._case_ref(s, record.case_id) if record and record.case_id else None
+        if case_ref is not None:
+            self.cases.purge_lapsed(case_ref)
 
     @staticmethod
     def _case_ref(s: Any, case_id: int) -> str | None:
