@@ -113,7 +113,8 @@ def test_no_self_authorisation(app: AppContext, team: dict[str, Principal]) -> N
     with pytest.raises(PermissionDeniedError, match="separation of duties"):
         app.cases.authorise(both, "C1", True, "I approve my own request")
     app.cases.authorise(team["arthur"], "C1", False, "not proportionate")
-    with pytest.raises(ConflictError, match="already refused"):
+    # refused means purged: it can never be authorised again (refused and audited)
+    with pytest.raises(PermissionDeniedError, match="cannot be authorised"):
         app.cases.authorise(team["arthur"], "C1", True, "changed my mind")
 
 
@@ -190,8 +191,8 @@ def test_urgent_window_lapses(
     clock.advance(hours=49)
     with pytest.raises(PermissionDeniedError, match="urgent window"):
         app.searches.search(team["olive"], "U2", probe.probe_id)
-    report = app.retention.run(ADMIN)
-    assert report.urgent_cases_expired == ["U2"]
+    # the refused search was the first touch after the lapse: it purged the case already
+    assert app.retention.run(ADMIN).urgent_cases_expired == []
     with app.db.session() as s:
         assert s.scalar(select(func.count()).select_from(Probe)) == 0
     assert app.cases.show(team["olive"], "U2").status == "expired"

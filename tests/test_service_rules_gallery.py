@@ -140,8 +140,9 @@ def test_enrolment_is_for_admins_and_audited_either_way(app: AppContext, data_di
         ids = sorted(s.scalars(select(ReferenceImage.id)))
         creator = s.scalar(select(Subject.created_by))
     assert rec.actor == creator == "ada"
-    assert rec.object_id == ",".join(map(str, ids))
-    assert rec.details == {"images": 2, "subjects": ["joe_biden"]}
+    # the ids in details (JSON, no length cap), the first in object_id (issue #11, finding 3)
+    assert rec.object_id == str(ids[0])
+    assert rec.details == {"images": 2, "image_ids": ids, "subjects": ["joe_biden"]}
 
     again = app.enroller().run(ADMIN, items)  # nothing new: no record of an empty change
     assert again.skipped == 2 and len(records(app, "gallery.enrol")) == 1

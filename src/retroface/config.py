@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     probe_retention_days: float = 90.0
     search_record_retention_days: float = 365.0
     audit_retention_days: float = 2190.0
+    #: ``serve`` runs retention (lapsed urgent cases, expired probes, searches, subjects) every
+    #: N minutes; 0 turns the scheduler off (then run ``retroface retention run`` from cron).
+    retention_interval_minutes: float = 5.0
     #: Sign the audit chain's head every N records (at least 1; also the most unsigned records
     #: ``audit verify`` accepts) and when a record comes more than T minutes after the last
     #: signature (0: no time trigger). See docs/security.md.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -20,6 +22,7 @@ from retroface.api.schemas import ErrorResponse
 from retroface.api.uploads import BodyLimitMiddleware
 from retroface.context import AppContext
 from retroface.core.errors import RetrofaceError
+from retroface.governance.retention import RetentionScheduler
 from retroface.media.images import ImageLoadError
 
 log = logging.getLogger("retroface.api")
@@ -58,7 +61,26 @@ def _error(
 
 def create_app(ctx: AppContext | None = None) -> FastAPI:
     ctx = ctx or AppContext()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        """While serving: scheduled retention, so lapsed urgent cases are purged within minutes
+        even if nobody touches them (issue #11, finding 5); with local jobs, what a crashed
+        predecessor left running is marked interrupted now (the runner itself starts lazily)."""
+        if not ctx.settings.redis_url:
+            ctx.job_store.fail_interrupted("local")
+        scheduler = None
+        if ctx.settings.retention_interval_minutes > 0:
+            scheduler = RetentionScheduler(ctx.retention, ctx.settings.retention_interval_minutes)
+            scheduler.start()
+        try:
+            yield
+        finally:
+            if scheduler is not None:
+                scheduler.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="retroface",
         version=__version__,
         description=(

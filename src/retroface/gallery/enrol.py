@@ -388,8 +388,14 @@ class Enroller:
                     actor=principal,
                     action="gallery.enrol",
                     object_type="reference_image",
-                    object_id=",".join(str(i.id) for i in images),
-                    details={"images": len(images), "subjects": sorted(subjects)},
+                    # ids in details (JSON, uncapped): joined into object_id they overflowed
+                    # its 200 characters once ids reached 100,000 (issue #11, finding 3)
+                    object_id=str(images[0].id),
+                    details={
+                        "images": len(images),
+                        "image_ids": [i.id for i in images],
+                        "subjects": sorted(subjects),
+                    },
                     ts=self.clock(),
                 )
         summary.enrolled += len(added)

@@ -3,6 +3,12 @@
 EU AI Act Art 26(10): each use of RFR is authorised for a specific offence, by someone other than
 the requester; an urgent use may go first but must be authorised within a window, and if it is
 refused (or the window lapses) everything the use produced is deleted.
+
+The deletion is immediate and final: a refusal purges at once; a lapsed window purges at the first
+touch of the case afterwards (authorise, show, list, probe upload, search) and, untouched, at the
+next scheduled retention run (every few minutes in ``serve``, or ``retention run`` from cron). A
+purged case can never be authorised again: its material is gone, and reviving it would turn the
+urgent route into a way round prior authorisation.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from retroface.audit.guard import Guard
-from retroface.core.access import AuditFn, Principal
+from retroface.core.access import SYSTEM_ACTOR, AuditFn, Principal
 from retroface.core.clock import utcnow
 from retroface.core.errors import (
     ConflictError,
@@ -33,6 +39,22 @@ from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.db import Database
 from retroface.storage.references import still_referenced
 from retroface.storage.tables import Case, Probe, SearchRecord
+
+#: The justification of the ``case.purge`` record of a lapsed urgent case.
+LAPSED_REASON = "urgent window expired without authorisation"
+
+
+def _purged_message(reference: str, status: str, purged_at: datetime) -> str:
+    when = f"{purged_at:%Y-%m-%d %H:%M} UTC"
+    why = (
+        f"the urgent window of case {reference} ended without authorisation"
+        if status == CaseStatus.EXPIRED
+        else f"case {reference} was {status}"
+    )
+    return (
+        f"{why}, so its probes and searches were deleted ({when}); it cannot be authorised or "
+        "searched again: open a new case"
+    )
 
 
 class CaseNotSearchableError(PermissionDeniedError):
@@ -138,10 +160,15 @@ class CaseService:
         self.guard.require(actor, Role.AUTHORISER, action=action, case_ref=reference)
         if not note.strip():
             raise InvalidInputError("an authorisation decision needs a note giving its reasons")
+        self.purge_lapsed(reference)  # a lapsed window is purged before anything is decided
         now = self.clock()
         with self.db.session() as s:
             case = self.get(s, reference)
-            opened_by = case.opened_by
+            opened_by, purged_at, status = case.opened_by, case.purged_at, case.status
+        if purged_at is not None:
+            refusal = PermissionDeniedError(_purged_message(reference, status, purged_at))
+            self.refused(actor, action, refusal, reference, details={"status": status})
+            raise refusal
         if opened_by == actor.id:
             refusal = PermissionDeniedError(
                 f"{actor.username} opened case {reference} and may not authorise it "
@@ -201,20 +228,24 @@ class CaseService:
         if case.status == CaseStatus.PENDING and case.urgent:
             if case.urgent_deadline and case.urgent_deadline >= now:
                 return case
+            # purge_lapsed runs before this check in every caller; only a race gets here
             raise CaseNotSearchableError(
                 f"the urgent window of case {reference} ended without authorisation; "
-                "its material is deleted"
+                "its probes and searches are being deleted"
             )
         if case.status == CaseStatus.PENDING:
             raise CaseNotSearchableError(
                 f"case {reference} is awaiting authorisation: no search may run until an "
                 "authoriser approves it (or open it as urgent)"
             )
+        if case.purged_at is not None:
+            raise CaseNotSearchableError(_purged_message(reference, case.status, case.purged_at))
         raise CaseNotSearchableError(f"case {reference} is {case.status}: no search may run")
 
     def check_searchable(self, actor: Principal, reference: str, action: str) -> None:
         """Return if a search may run under the case now; else audit ``<action>.refused`` and
         raise. For callers that check before long work (a probe upload, a footage scan)."""
+        self.purge_lapsed(reference)
         try:
             with self.db.session() as s:
                 self.require_searchable(s, reference)
@@ -246,6 +277,7 @@ class CaseService:
     ) -> list[CaseView]:
         """The cases ``actor`` has need-to-know of (see :mod:`retroface.governance.team`)."""
         self.guard.require(actor, *Role, action="case.list")
+        self.purge_lapsed()
         with self.db.session() as s:
             q = select(Case).where(visible_cases(actor)).order_by(Case.opened_at.desc())
             if status:
@@ -254,9 +286,28 @@ class CaseService:
 
     def show(self, actor: Principal, reference: str) -> CaseView:
         self.guard.require(actor, *Role, action="case.show", case_ref=reference)
+        self.purge_lapsed(reference)
         self.team.require_case(actor, reference, "case.show", work=False)
         with self.db.session() as s:
             return CaseView.model_validate(self.get(s, reference))
+
+    def purge_lapsed(self, reference: str | None = None) -> list[PurgeResult]:
+        """Purge urgent cases whose window ended without authorisation (one, or all).
+
+        Called on every touch of a case, so a lapsed case's material never outlives its first
+        use after the deadline; the actor is the system, which is who decided.
+        """
+        now = self.clock()
+        with self.db.session() as s:
+            q = select(Case.reference).where(
+                Case.status == CaseStatus.PENDING,
+                Case.urgent.is_(True),
+                Case.urgent_deadline < now,
+            )
+            if reference is not None:
+                q = q.where(Case.reference == reference)
+            due = list(s.scalars(q))
+        return [self.purge(ref, SYSTEM_ACTOR, LAPSED_REASON) for ref in due]
 
     def purge(self, reference: str, actor: str | Principal, reason: str) -> PurgeResult:
         """Delete every probe, face, search and result of a case; files after the rows commit."""

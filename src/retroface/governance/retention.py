@@ -12,6 +12,8 @@ as ``retention.run.refused``. A dry run changes nothing and, as before, writes n
 
 from __future__ import annotations
 
+import logging
+import threading
 from datetime import datetime
 
 from pydantic import BaseModel, Field
@@ -23,12 +25,14 @@ from retroface.core.clock import Clock, utcnow
 from retroface.core.roles import Role
 from retroface.core.status import CaseStatus
 from retroface.gallery.service import GalleryService
-from retroface.governance.cases import CaseService
+from retroface.governance.cases import LAPSED_REASON, CaseService
 from retroface.governance.policy import GovernancePolicy
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.db import Database
 from retroface.storage.references import still_referenced
 from retroface.storage.tables import Case, Probe, SearchRecord, Subject
+
+log = logging.getLogger(__name__)
 
 
 class RetentionReport(BaseModel):
@@ -117,9 +121,7 @@ class RetentionService:
         if dry_run:
             return report
         for ref in report.urgent_cases_expired:
-            report.files_deleted += self.cases.purge(
-                ref, actor, "urgent window expired without authorisation"
-            ).files_deleted
+            report.files_deleted += self.cases.purge(ref, actor, LAPSED_REASON).files_deleted
         self._delete_searches(report.searches, actor)
         report.files_deleted += self._delete_probes(report.probes, actor)
         for ref in report.subjects_erased:
@@ -137,9 +139,9 @@ class RetentionService:
                 actor=actor,
                 action="retention.search_delete",
                 object_type="search",
-                object_id=",".join(map(str, ids)),
+                object_id=_summary(ids),
                 justification="search record retention period ended",
-                details={"count": len(ids)},
+                details={"count": len(ids), "ids": sorted(ids)},
                 ts=self.clock(),
             )
 
@@ -157,9 +159,69 @@ class RetentionService:
                 actor=actor,
                 action="retention.probe_delete",
                 object_type="probe",
-                object_id=",".join(map(str, ids)),
+                object_id=_summary(ids),
                 justification="probe retention period ended",
-                details={"count": len(ids)},
+                details={"count": len(ids), "ids": sorted(ids)},
                 ts=self.clock(),
             )
         return sum(self.blobs.delete(h) for h in hashes - shared)
+
+
+def _summary(ids: list[int]) -> str:
+    """A short ``object_id`` for a bulk record: the one id, or the first id and how many.
+
+    The full list goes in ``details`` (JSON, no length cap): joined into ``object_id`` (200
+    characters) it failed the whole run once ~35-100 items were due, so nothing was ever deleted
+    again (issue #11, finding 3).
+    """
+    first = min(ids)
+    return str(first) if len(ids) == 1 else f"{first}+{len(ids) - 1}"
+
+
+class RetentionScheduler:
+    """Runs retention as :data:`SYSTEM` every ``interval_minutes`` on a daemon thread.
+
+    Started by ``serve`` (the API's lifespan) so lapsed urgent cases and expired data go within
+    minutes even when nobody touches them and no cron job is set up; ``retention run`` from cron
+    remains for deployments without a long-running server. The first run comes one interval
+    after the start (a restart is not a reason to delete sooner). A failed run is logged and the
+    next one tries again: every run recomputes what is due, so nothing is lost by waiting.
+    """
+
+    def __init__(self, retention: RetentionService, interval_minutes: float) -> None:
+        if interval_minutes <= 0:
+            raise ValueError("the retention interval must be positive")
+        self.retention = retention
+        self.interval_s = interval_minutes * 60
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="retroface-retention", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.run_once()
+
+    def run_once(self) -> RetentionReport | None:
+        try:
+            report = self.retention.run(SYSTEM)
+        except Exception:  # logged; the next run retries (what is due only grows)
+            log.exception("scheduled retention run failed")
+            return None
+        if report.urgent_cases_expired or report.probes or report.searches:
+            log.info(
+                "scheduled retention: %d urgent cases purged, %d probes, %d searches, "
+                "%d subjects erased",
+                len(report.urgent_cases_expired),
+                report.probes_deleted,
+                report.searches_deleted,
+                len(report.subjects_erased),
+            )
+        return report
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

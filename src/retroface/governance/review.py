@@ -4,11 +4,21 @@ Two different reviewers, neither of whom ran the search, adjudicate each list wi
 other's decision until both are in. Agreement settles the outcome; disagreement goes to a third
 reviewer whose decision settles it. Outcomes and agreement are recorded for the transparency
 report (Cohen's kappa).
+
+Blindness holds whatever roles an account combines (issue #11, finding 7). Two rules, both
+enforced here:
+
+* an account holding reviewer never sees another decision on an unsettled search before its own
+  is in, even when it also holds auditor (auditors who are not reviewers see everything: that
+  is oversight);
+* an account that has seen the decisions on an unsettled search anyway (it viewed them as an
+  auditor before it held reviewer, or it exported the audit log, which records every decision
+  and note, after one was in) may not review that search: refused and audited.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sqlalchemy import select
@@ -35,7 +45,7 @@ from retroface.governance.views import (
     ReviewStage,
 )
 from retroface.storage.db import Database
-from retroface.storage.tables import Case, Review, SearchRecord
+from retroface.storage.tables import AuditRecord, Case, Review, SearchRecord
 
 DECISIONS = ("possible match", "no match", "inconclusive")
 _STAGES: tuple[ReviewStage, ...] = ("first", "second", "tiebreak")
@@ -83,6 +93,8 @@ class ReviewService:
                 reviews = s.scalars(select(Review).where(Review.search_id == rec.id)).all()
                 if rec.user_id == actor.id or any(r.reviewer_id == actor.id for r in reviews):
                     continue
+                if _exposure(s, actor, rec.id, reviews) is not None:
+                    continue  # not blind any more: deciding would be refused
                 case = s.get(Case, rec.case_id) if rec.case_id else None
                 out.append(
                     QueueItem(
@@ -115,17 +127,18 @@ class ReviewService:
                 select(Review).where(Review.search_id == rec.id).order_by(Review.id)
             ).all()
             settled = ReviewStatus(rec.review_status).settled
-            visible = [
-                r
-                for r in reviews
-                if settled or r.reviewer_id == actor.id or actor.has_role(Role.AUDITOR)
-            ]
+            # a reviewer stays blind even if it is an auditor too (see the module)
+            oversight = actor.has_role(Role.AUDITOR) and not actor.has_role(Role.REVIEWER)
+            visible = [r for r in reviews if settled or r.reviewer_id == actor.id or oversight]
+            others_shown = 0 if settled else sum(r.reviewer_id != actor.id for r in visible)
             self.audit(
                 s,
                 actor=actor,
                 action="review.view",
                 object_type="search",
                 object_id=str(search_id),
+                # what an auditor saw before the review settled bars it from reviewing later
+                details={"decisions_shown": others_shown} if others_shown else None,
                 ts=self.clock(),
             )
             return ReviewSheet(
@@ -233,16 +246,28 @@ class ReviewService:
             )
 
     def _refuse_own_search(self, actor: Principal, search_id: int, action: str) -> None:
-        """Separation of duties: whoever ran a search may not review it (refusal audited)."""
+        """Separation of duties: whoever ran a search may not review it, and whoever has seen
+        another decision on it may not either (blindness); each refusal audited."""
         with self.db.session() as s:
             rec = self._search(s, search_id)
             ran_by, case = rec.user_id, s.get(Case, rec.case_id) if rec.case_id else None
             case_ref = case.reference if case else None
+            reviews = s.scalars(select(Review).where(Review.search_id == search_id)).all()
+            exposure = None
+            if not ReviewStatus(rec.review_status).settled:
+                exposure = _exposure(s, actor, search_id, reviews)
+        refusal = None
         if ran_by == actor.id:
             refusal = PermissionDeniedError(
                 f"{actor.username} ran search {search_id} and may not review it "
                 "(separation of duties)"
             )
+        elif exposure is not None:
+            refusal = PermissionDeniedError(
+                f"{actor.username} {exposure} before deciding, so is no longer blind to it and "
+                f"may not review search {search_id} (blind review)"
+            )
+        if refusal is not None:
             self.guard.refused(
                 actor,
                 action,
@@ -282,3 +307,41 @@ class ReviewService:
         if review.decision == "possible match":
             return f"possible match: rank {review.candidate_rank}"
         return review.decision
+
+
+def _exposure(
+    s: Session, actor: Principal, search_id: int, reviews: Sequence[Review]
+) -> str | None:
+    """How ``actor`` has seen another reviewer's decision on this search, or None.
+
+    Read from the audit trail, which records every viewing: a ``review.view`` that showed others'
+    decisions (only an auditor who was not then a reviewer gets one), or an ``audit.export`` (the
+    log holds each decision and its note) made once a decision was in.
+    """
+    if any(r.reviewer_id == actor.id for r in reviews):
+        return None  # decided already: deciding again is refused as a conflict
+    others = [r.created_at for r in reviews]
+    if not others:
+        return None
+    seen = s.scalars(
+        select(AuditRecord.details).where(
+            AuditRecord.actor == actor.username,
+            AuditRecord.action == "review.view",
+            AuditRecord.object_type == "search",
+            AuditRecord.object_id == str(search_id),
+        )
+    ).all()
+    if any((d or {}).get("decisions_shown") for d in seen):
+        return "has seen another reviewer's decision on this search"
+    exported = s.scalar(
+        select(AuditRecord.seq)
+        .where(
+            AuditRecord.actor == actor.username,
+            AuditRecord.action == "audit.export",
+            AuditRecord.ts >= min(others),
+        )
+        .limit(1)
+    )
+    if exported is not None:
+        return "exported the audit log, which holds another reviewer's decision on this search,"
+    return None

@@ -9,7 +9,7 @@ from typing import Any
 
 from retroface.core.status import JobStatus
 from retroface.jobs.base import Handler
-from retroface.jobs.store import JobCancelled, JobStore
+from retroface.jobs.store import JobCancelled, JobStore, new_runner_id, runner_stopped
 from retroface.jobs.views import ACTIVE, JobView
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,11 @@ class LocalJobRunner:
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
+        self.runner_id = new_runner_id("local")
+        # a crashed predecessor's jobs would otherwise stay "running" (or queued) for ever
+        interrupted = store.fail_interrupted("local")
+        if interrupted:
+            log.warning("jobs %s were interrupted by a stopped runner: marked failed", interrupted)
         self.handlers: dict[str, Handler] = {}
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -31,7 +36,7 @@ class LocalJobRunner:
     def submit(self, kind: str, payload: dict[str, Any], created_by: str) -> int:
         if kind not in self.handlers:
             raise ValueError(f"no handler for job kind {kind!r}")
-        job_id = self.store.create(kind, payload, created_by)
+        job_id = self.store.create(kind, payload, created_by, runner=self.runner_id)
         self._ensure_worker()
         self._queue.put(job_id)
         return job_id
@@ -64,12 +69,12 @@ class LocalJobRunner:
             result = self.handlers[job.kind](
                 self.store.payload(job_id), lambda d, t: self.store.progress(job_id, d, t)
             )
-            self.store.update(job_id, status=JobStatus.SUCCEEDED, result=result)
+            self.store.finish(job_id, JobStatus.SUCCEEDED, result=result)
         except JobCancelled:
             log.info("job %s cancelled", job_id)
         except Exception as exc:  # a job's failure is recorded, never lost
             log.exception("job %s failed", job_id)
-            self.store.update(job_id, status=JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            self.store.finish(job_id, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
 
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Block until queued jobs are done (tests and shutdown)."""
@@ -85,3 +90,4 @@ class LocalJobRunner:
         if self._thread and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(timeout=5)
+        runner_stopped(self.runner_id)

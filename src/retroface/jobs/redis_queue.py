@@ -33,7 +33,7 @@ from sqlalchemy import select, update
 from retroface.core.errors import ConflictError
 from retroface.core.status import JobStatus
 from retroface.jobs.base import Handler
-from retroface.jobs.store import JobCancelled, JobStore
+from retroface.jobs.store import JobCancelled, JobStore, new_runner_id, runner_stopped
 from retroface.jobs.views import ACTIVE, JobView
 from retroface.storage.tables import Job
 
@@ -81,6 +81,8 @@ class RedisJobRunner:
         self.checkpoint_root = checkpoint_root
         self.job_timeout_s = job_timeout_s
         self.handlers: dict[str, Handler] = {}
+        #: recorded on each job this process claims, so a cancel can see the worker is gone
+        self.runner_id = new_runner_id("rq")
 
     def register(self, kind: str, handler: Handler) -> None:
         self.handlers[kind] = handler
@@ -173,6 +175,7 @@ class RedisJobRunner:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        runner_stopped(self.runner_id)
         self.redis.close()
 
     # ------------------------------------------------------------------ worker side
@@ -183,7 +186,9 @@ class RedisJobRunner:
             claimed = s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-                .values(status=JobStatus.RUNNING, updated_at=self.store.clock())
+                .values(
+                    status=JobStatus.RUNNING, runner=self.runner_id, updated_at=self.store.clock()
+                )
             )
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 return False
@@ -195,12 +200,12 @@ class RedisJobRunner:
         payload = {**self.store.payload(job_id), "job_id": job_id}
         try:
             result = handler(payload, lambda d, t: self.store.progress(job_id, d, t))
-            self.store.update(job_id, status=JobStatus.SUCCEEDED, result=result)
+            self.store.finish(job_id, JobStatus.SUCCEEDED, result=result)
         except JobCancelled:
             log.info("job %s cancelled", job_id)
         except Exception as exc:  # recorded, and resumable from its checkpoints
             log.exception("job %s failed", job_id)
-            self.store.update(job_id, status=JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            self.store.finish(job_id, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
             return True
         self._clear_checkpoints(job_id)
         return True

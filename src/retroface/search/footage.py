@@ -236,7 +236,8 @@ class FootageSearch:
                 action="video.find",
                 case_ref=case_ref,
                 object_type="video",
-                object_id=",".join((e.sha256 or "?")[:16] for e in out)[:200],
+                # the first video; every one is listed (with its hash) in details["videos"]
+                object_id=(out[0].sha256 or "?")[:16] if out else None,
                 details={
                     "probe": probe_ref or {},
                     "threshold": limit,

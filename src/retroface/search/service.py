@@ -231,6 +231,7 @@ class SearchService:
         self.cases.team.require_case(actor, case_ref, "search.run", work=True)
         if not 1 <= top_k <= 200:
             raise InvalidInputError("top-k must be between 1 and 200")
+        self.cases.purge_lapsed(case_ref)  # a lapsed urgent case loses its probes first
         try:
             return self._run_search(
                 actor, case_ref, probe_id, face_index, top_k, threshold, aggregate
@@ -356,6 +357,7 @@ class SearchService:
             object_type="search",
             object_id=search_id,
         )
+        self._purge_if_lapsed(search_id)
         self.cases.team.require_search(actor, search_id, "search.view", export=False)
         with self.db.session() as s:
             record = s.get(SearchRecord, search_id)
@@ -384,6 +386,7 @@ class SearchService:
             object_type="search",
             object_id=search_id,
         )
+        self._purge_if_lapsed(search_id)
         self.cases.team.require_search(actor, search_id, "search.export", export=True)
         with self.db.session() as s:
             record = s.get(SearchRecord, search_id)
@@ -429,6 +432,14 @@ class SearchService:
                 exported_at=self.clock(),
                 label=LEAD_LABEL,
             )
+
+    def _purge_if_lapsed(self, search_id: int) -> None:
+        """A search of a lapsed urgent case is purged with it when touched (then: not found)."""
+        with self.db.session() as s:
+            record = s.get(SearchRecord, search_id)
+            case_ref = self._case_ref(s, record.case_id) if record and record.case_id else None
+        if case_ref is not None:
+            self.cases.purge_lapsed(case_ref)
 
     @staticmethod
     def _case_ref(s: Any, case_id: int) -> str | None:

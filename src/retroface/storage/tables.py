@@ -349,6 +349,9 @@ class Job(Base):
     created_by: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Who holds the job: ``kind:host:pid:token`` (see ``retroface.jobs.store``), so a job
+    #: whose runner died can be told from one that is merely slow.
+    runner: Mapped[str | None] = mapped_column(String(120))
 
 
 Index("ix_templates_model_subject", FaceTemplate.model_key, FaceTemplate.subject_id)
