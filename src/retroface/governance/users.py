@@ -43,6 +43,7 @@ from retroface.core.errors import (
     PermissionDeniedError,
 )
 from retroface.core.roles import Role, format_roles, parse_roles
+from retroface.core.text import clean_text, optional_text
 from retroface.storage.db import Database
 from retroface.storage.tables import ApiToken, User
 
@@ -167,6 +168,7 @@ class UserService:
             raise InvalidInputError("give the user at least one role")
         if display_name is not None and len(display_name) > 200:
             raise InvalidInputError("display name is longer than 200 characters")
+        optional_text(display_name, "display name", 200)
         pw_hash = None if password is None else self.hasher.hash(_check_password(password, name))
         try:
             with self.db.session() as s:
@@ -305,6 +307,7 @@ class UserService:
 
     def authenticate_password(self, username: str, password: str) -> Principal:
         """Check a password; every outcome is audited and every refusal looks the same."""
+        clean_text(username, "username", 100, required=False)
         name = username.strip().lower()
         principal: Principal | None = None
         with self.db.session() as s:
@@ -370,6 +373,7 @@ class UserService:
         self._require_self_or(principal, username, MANAGERS, action="token.issue")
         if not name or len(name) > 100:
             raise InvalidInputError("token name must be 1 to 100 characters")
+        clean_text(name, "token name", 100)
         if ttl is not None and ttl <= timedelta(0):
             raise InvalidInputError("token lifetime must be positive")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -516,6 +520,7 @@ class UserService:
         )
 
     def _user(self, s: Session, username: str) -> User:
+        clean_text(username, "username", 100)
         user = s.scalar(select(User).where(User.username == username.strip().lower()))
         if user is None:
             raise NotFoundError(f"no user {username!r}")
