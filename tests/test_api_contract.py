@@ -8,23 +8,27 @@ operation so CI stays quick.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
+from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
-from tests.conftest import DATA_DIR
+from tests.conftest import BACKENDS, DATA_DIR, database_on
 
-from retroface.api.app import create_app
+from retroface.api.app import ERROR_CODES, create_app
 from retroface.config import Settings
 from retroface.context import AppContext
 from retroface.gallery.enrol import items_from_paths
+from retroface.vision.types import FaceEngine
 
 #: What the contract promises: no server error, and every response within the declared status
 #: codes, content types and schemas.
@@ -68,3 +72,45 @@ def test_api_contract(case: schemathesis.Case) -> None:
         assert response.status_code < 500
         return
     case.call_and_validate(headers={"Authorization": f"Bearer {_TOKEN}"}, checks=CHECKS)
+
+
+# --------------------------------------------------------------------- negative data, both stores
+
+#: Examples per operation and store: ~30 operations x 2 stores x 6 stays within a minute.
+NEGATIVE_EXAMPLES = 6
+#: The same contract, generating data that breaks it (wrong types, out of range, missing fields).
+negative = schemathesis.openapi.from_asgi("/api/v1/openapi.json", _app)
+negative.config.generation.update(modes=[GenerationMode.NEGATIVE], max_examples=NEGATIVE_EXAMPLES)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def store_app(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, engine: FaceEngine
+) -> Iterator[FastAPI]:
+    """An app on each store, with a token for a caller holding every role."""
+    tmp = tmp_path_factory.mktemp(f"negative-{request.param}")
+    with database_on(request.param, tmp) as url:
+        ctx = AppContext(Settings(home=tmp / "home", database_url=url), engine=engine)
+        try:
+            ctx.users.ensure_admin("root", PASSWORD)
+            root = ctx.users.principal_for("root")
+            ctx.users.add(root, "everyone", "admin,operator,reviewer,authoriser,auditor", PASSWORD)
+            everyone = ctx.users.authenticate_password("everyone", PASSWORD)
+            app = create_app(ctx)
+            app.state.test_token = ctx.users.issue_token(everyone, "everyone")
+            yield app
+        finally:
+            ctx.close()
+
+
+@negative.parametrize()
+@settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_api_negative_data(store_app: FastAPI, case: schemathesis.Case) -> None:
+    """Data outside the contract is refused with a documented error and a request id."""
+    token = store_app.state.test_token
+    response = case.call(app=store_app, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code < 500, response.text[:300]
+    assert response.headers.get("x-request-id")  # schemathesis lower-cases names
+    if response.status_code >= 400:
+        error = response.json()["error"]
+        assert error["code"] in ERROR_CODES, error
