@@ -136,3 +136,15 @@ def test_safe_filename_keeps_the_extension_within_255_bytes() -> None:
     name = safe_filename("\u00e9" * 300 + ".jpeg")
     assert len(name.encode()) <= 255 and name.endswith(".jpeg")
     assert len(safe_filename("x" * 10_000).encode()) == 255
+
+
+def test_refusals_never_write_unstorable_text(app: AppContext) -> None:
+    """A caller refused for their roles is audited; a NUL in what they named is refused first,
+    so the refusal's audit record never fails on PostgreSQL (a 500 before)."""
+    team = add_team(app, {"admin": "admin", "rita": "reviewer"}, PASSWORD)
+    with pytest.raises(InvalidInputError):
+        app.users.issue_token(team["rita"], "someone\x00else")
+    with pytest.raises(InvalidInputError):
+        app.cases.open(team["rita"], "CR\x00/1", "robbery", PURPOSE, WHY)
+    with pytest.raises(InvalidInputError):
+        app.gallery.erase(team["rita"], "subject\x00", reason="asked")

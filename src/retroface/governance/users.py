@@ -509,6 +509,7 @@ class UserService:
         object_id: str | int | None = None,
     ) -> None:
         """Return if ``principal`` acts on their own account or holds one of ``roles``."""
+        clean_text(username, "username", 100)  # before a refusal writes it to the audit log
         if principal != SYSTEM and principal.username == username.strip().lower():
             return
         self.guard.require(
