@@ -8,8 +8,8 @@ bidirectional overrides, zero-width characters, lone surrogates, invalid UTF-8, 
 wrong JSON types and shapes, deeply nested JSON.
 
 The seed the cases expect (see tests/test_hostile_input.py): an authorised case ``HX/1`` with
-probe 1 and search 1, a pending case ``HX/2``, a gallery subject ``hx-subject``, and a caller
-holding every role.
+probe 1 and search 1, a pending case ``HX/2``, a gallery subject ``AJ_Cook``, an empty folder
+``present`` in the import folder, and a caller holding every role.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from urllib.parse import quote
 
 CASE = "HX/1"
 PENDING_CASE = "HX/2"
-SUBJECT = "hx-subject"
+SUBJECT = "AJ_Cook"
+IMPORT_FOLDER = "present"  # an empty folder in the import folder: a job that enrols nothing
 
 #: Text: one of each kind of character a store or a reader can trip over, and each length limit.
 TEXT: dict[str, str] = {
@@ -263,7 +264,7 @@ ROUTES: list[Route] = [
     Route(
         "POST",
         "/api/v1/gallery/enrolments",
-        body={"paths": ["absent"], "source": "import"},
+        body={"paths": [IMPORT_FOLDER], "source": "import"},
         body_kinds={
             "paths": "list",
             "inclusion_reason": "text",

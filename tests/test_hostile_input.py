@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from tests import hostile_cases
 from tests.conftest import DATA_DIR, database_on
-from tests.hostile_cases import CASE, PENDING_CASE, HostileCase
+from tests.hostile_cases import CASE, IMPORT_FOLDER, PENDING_CASE, HostileCase
 
 from retroface.api.app import ERROR_CODES, create_app
 from retroface.config import Settings
@@ -89,7 +89,7 @@ def stores(
             if backend not in built:
                 tmp = tmp_path_factory.mktemp(f"hostile-{backend}")
                 url = stack.enter_context(database_on(backend, tmp))
-                (tmp / "import").mkdir()
+                (tmp / "import" / IMPORT_FOLDER).mkdir(parents=True)
                 settings = Settings(home=tmp / "home", database_url=url, import_dir=tmp / "import")
                 ctx = AppContext(settings, engine=engine)
                 stack.callback(ctx.close)

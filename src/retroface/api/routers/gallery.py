@@ -13,7 +13,7 @@ from retroface.api.deps import Caller, Ctx
 from retroface.api.schemas import EnrolmentRequest
 from retroface.api.uploads import read_upload
 from retroface.core.errors import InvalidInputError, PermissionDeniedError
-from retroface.core.text import MAX_ID, MAX_OFFSET, clean_text, safe_filename
+from retroface.core.text import MAX_ID, MAX_OFFSET, clean_text, optional_text, safe_filename
 from retroface.gallery.enrol import EnrolItem
 from retroface.gallery.views import (
     EnrolSummary,
@@ -116,6 +116,8 @@ def batch_enrol(body: EnrolmentRequest, ctx: Ctx, caller: Caller) -> JobView:
     if root is None:
         raise PermissionDeniedError("batch import over the API is off: set RETROFACE_IMPORT_DIR")
     root = root.resolve()
+    optional_text(body.inclusion_reason, "inclusion reason", 200)
+    optional_text(body.source, "source", 200)
     for p in body.paths:
         clean_text(p, "path", 1024)
         target = (root / p).resolve()
