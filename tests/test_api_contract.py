@@ -8,7 +8,8 @@ operation so CI stays quick.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -39,11 +40,12 @@ CHECKS = [
     response_schema_conformance,
 ]
 PASSWORD = "a long test password"
+ALL_ROLES = "admin,operator,reviewer,authoriser,auditor"
 _home = Path(tempfile.mkdtemp(prefix="retroface-contract-"))
 _ctx = AppContext(Settings(home=_home))
 _ctx.users.ensure_admin("root", PASSWORD)
 _root = _ctx.users.principal_for("root")
-_ctx.users.add(_root, "everyone", "admin,operator,reviewer,authoriser,auditor", PASSWORD)
+_ctx.users.add(_root, "everyone", ALL_ROLES, PASSWORD)
 _TOKEN = _ctx.users.issue_token(_root, "everyone")
 _app = create_app(_ctx)
 schema = schemathesis.openapi.from_asgi("/api/v1/openapi.json", _app)
@@ -83,30 +85,41 @@ negative = schemathesis.openapi.from_asgi("/api/v1/openapi.json", _app)
 negative.config.generation.update(modes=[GenerationMode.NEGATIVE], max_examples=NEGATIVE_EXAMPLES)
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def store_app(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, engine: FaceEngine
-) -> Iterator[FastAPI]:
-    """An app on each store, with a token for a caller holding every role."""
-    tmp = tmp_path_factory.mktemp(f"negative-{request.param}")
-    with database_on(request.param, tmp) as url:
-        ctx = AppContext(Settings(home=tmp / "home", database_url=url), engine=engine)
-        try:
-            ctx.users.ensure_admin("root", PASSWORD)
-            root = ctx.users.principal_for("root")
-            ctx.users.add(root, "everyone", "admin,operator,reviewer,authoriser,auditor", PASSWORD)
-            everyone = ctx.users.authenticate_password("everyone", PASSWORD)
-            app = create_app(ctx)
-            app.state.test_token = ctx.users.issue_token(everyone, "everyone")
-            yield app
-        finally:
-            ctx.close()
+@pytest.fixture(scope="module")
+def store_apps(
+    tmp_path_factory: pytest.TempPathFactory, engine: FaceEngine
+) -> Iterator[Callable[[str], FastAPI]]:
+    """Apps on each store, each with a token for a caller holding every role; built on first
+    use and kept for the module (so a shuffled test order never rebuilds them)."""
+    built: dict[str, FastAPI] = {}
+    with ExitStack() as stack:
+
+        def get(backend: str) -> FastAPI:
+            if backend not in built:
+                tmp = tmp_path_factory.mktemp(f"negative-{backend}")
+                url = stack.enter_context(database_on(backend, tmp))
+                ctx = AppContext(Settings(home=tmp / "home", database_url=url), engine=engine)
+                stack.callback(ctx.close)
+                ctx.users.ensure_admin("root", PASSWORD)
+                root = ctx.users.principal_for("root")
+                ctx.users.add(root, "everyone", ALL_ROLES, PASSWORD)
+                everyone = ctx.users.authenticate_password("everyone", PASSWORD)
+                app = create_app(ctx)
+                app.state.test_token = ctx.users.issue_token(everyone, "everyone")
+                built[backend] = app
+            return built[backend]
+
+        yield get
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @negative.parametrize()
 @settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-def test_api_negative_data(store_app: FastAPI, case: schemathesis.Case) -> None:
+def test_api_negative_data(
+    store_apps: Callable[[str], FastAPI], backend: str, case: schemathesis.Case
+) -> None:
     """Data outside the contract is refused with a documented error and a request id."""
+    store_app = store_apps(backend)
     token = store_app.state.test_token
     response = case.call(app=store_app, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code < 500, response.text[:300]
