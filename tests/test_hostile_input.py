@@ -18,6 +18,7 @@ import pytest
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from httpx import Response
+from sqlalchemy import text
 from tests import hostile_cases
 from tests.conftest import DATA_DIR, database_on
 from tests.hostile_cases import CASE, IMPORT_FOLDER, PENDING_CASE, HostileCase
@@ -151,3 +152,26 @@ def test_hostile_input(stores: dict[str, Any], backend: str, route: str) -> None
         if problem:
             problems.append(f"{case.id}: {problem}")
     assert not problems, f"{len(problems)} failing:\n" + "\n".join(problems)
+
+
+def test_a_server_fault_carries_the_request_id(app: AppContext) -> None:
+    """A real fault (the cases table gone from under the server) is a 500 of the documented
+    shape with the request id, given or generated; before, a 500 had no X-Request-ID."""
+    app.users.ensure_admin("root", PASSWORD)
+    root = app.users.authenticate_password("root", PASSWORD)
+    token = app.users.issue_token(root, "root")
+    with app.db.engine.begin() as conn:
+        conn.execute(text("DROP TABLE cases CASCADE" if _is_pg(app) else "DROP TABLE cases"))
+    with TestClient(create_app(app), raise_server_exceptions=False) as client:
+        auth = {"Authorization": f"Bearer {token}"}
+        given = client.get("/api/v1/cases", headers={**auth, "X-Request-ID": "fault-1"})
+        made = client.get("/api/v1/cases", headers={**auth, "X-Request-ID": "<script>"})
+    assert given.status_code == made.status_code == 500
+    assert given.headers["X-Request-ID"] == "fault-1"
+    assert made.headers["X-Request-ID"] not in ("", "<script>")
+    assert given.json()["error"]["code"] == "internal_error"
+    assert "fault-1" in given.json()["error"]["message"]
+
+
+def _is_pg(app: AppContext) -> bool:
+    return app.db.engine.dialect.name == "postgresql"
