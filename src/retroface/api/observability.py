@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 log = logging.getLogger("retroface.api")
@@ -76,6 +76,18 @@ class Metrics:
         self.queue_depth.set(sum(counts.get(k, 0) for k in ("queued", "running", "cancelling")))
 
 
+_RID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def _request_id(given: str | None) -> str:
+    """The caller's request id if it is a plain token (up to 64 characters), else a new one:
+    an id goes into every log line and a response header, so it must not carry markup or
+    control characters."""
+    if given and len(given) <= 64 and set(given) <= _RID_CHARS:
+        return given
+    return uuid.uuid4().hex
+
+
 class RequestContextMiddleware(BaseHTTPMiddleware):
     def __init__(self, app: Any, metrics: Metrics) -> None:
         super().__init__(app)
@@ -84,14 +96,28 @@ class RequestContextMiddleware(BaseHTTPMiddleware):
     async def dispatch(
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        token = request_id.set(rid[:64])
+        rid = _request_id(request.headers.get("x-request-id"))
+        token = request_id.set(rid)
         start = time.perf_counter()
         status = 500
         try:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception:
+                # Answered here rather than by an app-level handler (which Starlette runs
+                # outside this middleware), so even a 500 carries the request id.
+                log.exception("unhandled error")
+                response = JSONResponse(
+                    {
+                        "error": {
+                            "code": "internal_error",
+                            "message": f"internal error; see the server log (request id {rid})",
+                        }
+                    },
+                    status_code=500,
+                )
             status = response.status_code
-            response.headers["X-Request-ID"] = rid[:64]
+            response.headers["X-Request-ID"] = rid
             return response
         finally:
             elapsed = time.perf_counter() - start

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from retroface.core.text import MAX_ID
+
 
 class ErrorBody(BaseModel):
     code: str = Field(examples=["forbidden"])
@@ -77,7 +79,7 @@ class TeamAdd(BaseModel):
 
 class SearchRequest(BaseModel):
     case: str = Field(min_length=1, max_length=100, examples=["CR/123/26"])
-    probe_id: int = Field(ge=1)
+    probe_id: int = Field(ge=1, le=MAX_ID)
     face: int | None = Field(default=None, ge=0, le=1000)
     top_k: int = Field(default=20, ge=1, le=200)
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)

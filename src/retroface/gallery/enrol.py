@@ -35,6 +35,7 @@ from retroface.core.clock import Clock, utcnow
 from retroface.core.errors import InvalidInputError
 from retroface.core.roles import Role
 from retroface.core.status import SubjectStatus
+from retroface.core.text import optional_text, subject_reference
 from retroface.gallery.views import EnrolSummary, Rejection
 from retroface.media.images import ImageLoadError, decode_image, is_image_path
 from retroface.search.index_manager import IndexManager
@@ -80,6 +81,19 @@ class EnrolItem:
     #: The folder ``path`` must really lie in (``RETROFACE_IMPORT_DIR`` for jobs): checked after
     #: following links, before and after opening, so a link to a file outside is refused unread.
     confine: Path | None = None
+
+
+def check_item(item: EnrolItem) -> None:
+    """Refuse labels the stores cannot hold (control characters, over-long), before any work."""
+    subject_reference(item.subject)
+    for name, value, limit in (
+        ("inclusion reason", item.inclusion_reason, 200),
+        ("legal basis", item.legal_basis, 200),
+        ("source", item.source, 200),
+        ("provenance", item.provenance, 500),
+        ("display name", item.display_name, 200),
+    ):
+        optional_text(value, name, limit)
 
 
 @dataclass
@@ -219,6 +233,10 @@ class Enroller:
 
     def _load(self, item: EnrolItem, known: set[str]) -> _Analysed:
         """Read and hash one image; analyse it unless an earlier run enrolled it already."""
+        try:
+            check_item(item)
+        except InvalidInputError as exc:
+            return _Analysed(item, b"", "", error=exc.message)
         if item.data is not None:
             data = item.data
         elif item.confine is not None and item.path.is_symlink() and item.path.is_dir():

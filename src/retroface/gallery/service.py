@@ -16,6 +16,7 @@ from retroface.core.clock import Clock, utcnow
 from retroface.core.errors import NotFoundError
 from retroface.core.roles import Role
 from retroface.core.status import SubjectStatus
+from retroface.core.text import check_page, optional_text, subject_reference
 from retroface.gallery.views import (
     ErasureResult,
     GalleryCheck,
@@ -72,6 +73,7 @@ class GalleryService:
     def list_subjects(
         self, principal: Principal, offset: int = 0, limit: int = 100
     ) -> list[SubjectSummary]:
+        check_page(offset, limit)
         self.guard.require(principal, *READERS, action="gallery.list")
         with self.db.session() as s:
             rows = s.execute(
@@ -100,6 +102,7 @@ class GalleryService:
         return subject
 
     def show(self, principal: Principal, reference: str) -> SubjectDetail:
+        subject_reference(reference)
         self.guard.require(
             principal, *READERS, action="gallery.show", object_type="subject", object_id=reference
         )
@@ -141,6 +144,8 @@ class GalleryService:
         self, principal: Principal, reference: str, reason: str | None = None
     ) -> ErasureResult:
         """Remove a subject's images, templates, files and index entries (admin)."""
+        subject_reference(reference)
+        optional_text(reason, "reason", 500, multiline=True)
         self.guard.require(
             principal, *WRITERS, action="gallery.erase", object_type="subject", object_id=reference
         )

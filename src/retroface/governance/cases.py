@@ -32,6 +32,7 @@ from retroface.core.errors import (
 )
 from retroface.core.roles import Role
 from retroface.core.status import CaseStatus
+from retroface.core.text import case_reference, clean_text
 from retroface.governance.policy import GovernancePolicy
 from retroface.governance.team import TeamService, visible_cases
 from retroface.governance.views import CaseView
@@ -108,6 +109,10 @@ class CaseService:
         justification: str,
         urgent: bool = False,
     ) -> CaseView:
+        reference = case_reference(reference)
+        clean_text(offence_category, "offence category", 100)
+        clean_text(purpose, "purpose", 5000, multiline=True)
+        clean_text(justification, "justification", 5000, multiline=True)
         self.guard.require(actor, Role.OPERATOR, action="case.open", case_ref=reference)
         self.policy.check_offence(offence_category)
         reference = reference.strip()
@@ -157,6 +162,8 @@ class CaseService:
         valid_days: float | None = None,
     ) -> CaseView:
         action = "case.authorise"
+        reference = case_reference(reference)
+        clean_text(note, "note", 5000, multiline=True, required=False)
         self.guard.require(actor, Role.AUTHORISER, action=action, case_ref=reference)
         if not note.strip():
             raise InvalidInputError("an authorisation decision needs a note giving its reasons")
@@ -245,6 +252,7 @@ class CaseService:
     def check_searchable(self, actor: Principal, reference: str, action: str) -> None:
         """Return if a search may run under the case now; else audit ``<action>.refused`` and
         raise. For callers that check before long work (a probe upload, a footage scan)."""
+        reference = case_reference(reference)
         self.purge_lapsed(reference)
         try:
             with self.db.session() as s:
@@ -276,6 +284,8 @@ class CaseService:
         self, actor: Principal, status: CaseStatus | str | None = None
     ) -> list[CaseView]:
         """The cases ``actor`` has need-to-know of (see :mod:`retroface.governance.team`)."""
+        if status:
+            clean_text(status, "status", 20)
         self.guard.require(actor, *Role, action="case.list")
         self.purge_lapsed()
         with self.db.session() as s:
@@ -285,6 +295,7 @@ class CaseService:
             return [CaseView.model_validate(c) for c in s.scalars(q)]
 
     def show(self, actor: Principal, reference: str) -> CaseView:
+        reference = case_reference(reference)
         self.guard.require(actor, *Role, action="case.show", case_ref=reference)
         self.purge_lapsed(reference)
         self.team.require_case(actor, reference, "case.show", work=False)

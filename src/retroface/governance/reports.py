@@ -37,6 +37,7 @@ from retroface.core.errors import InvalidInputError
 from retroface.core.labels import LEAD_LABEL
 from retroface.core.roles import ROLE_DESCRIPTIONS, Role, parse_roles
 from retroface.core.status import CaseStatus, ReviewStatus
+from retroface.core.text import check_period
 from retroface.gallery.service import gallery_stats
 from retroface.governance.review import DECISIONS
 from retroface.storage.tables import (
@@ -176,6 +177,7 @@ def transparency(app: ReportSource, start: datetime, end: datetime) -> Transpare
 def _check_period(start: datetime, end: datetime) -> None:
     if start.tzinfo is None or end.tzinfo is None:
         raise InvalidInputError("report periods need timezone-aware datetimes (UTC)")
+    check_period(start, end)
     if start >= end:
         raise InvalidInputError("the report period must end after it starts")
 

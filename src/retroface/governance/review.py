@@ -35,6 +35,7 @@ from retroface.core.errors import (
 )
 from retroface.core.roles import Role
 from retroface.core.status import ReviewStatus
+from retroface.core.text import check_id, clean_text
 from retroface.governance.team import NEED_TO_KNOW, REVIEW_OPEN, NeedToKnowError, reviewer_sees
 from retroface.governance.views import (
     QueueItem,
@@ -112,6 +113,7 @@ class ReviewService:
 
     def show(self, actor: Principal, search_id: int) -> ReviewSheet:
         """The candidate list for review; other reviewers' decisions stay hidden until settled."""
+        check_id(search_id, "search id")
         self.guard.require(
             actor,
             Role.REVIEWER,
@@ -176,6 +178,9 @@ class ReviewService:
         candidate_rank: int | None = None,
     ) -> ReviewOutcome:
         action = "review.decide"
+        check_id(search_id, "search id")
+        clean_text(decision, "decision", 40)
+        clean_text(note, "note", 5000, multiline=True, required=False)
         self.guard.require(
             actor, Role.REVIEWER, action=action, object_type="search", object_id=search_id
         )

@@ -51,6 +51,7 @@ from retroface.core.errors import (
     PermissionDeniedError,
 )
 from retroface.core.roles import Role, format_roles, parse_roles
+from retroface.core.text import clean_text, optional_text
 from retroface.storage.db import Database
 from retroface.storage.tables import ApiToken, LoginThrottle, User
 
@@ -276,6 +277,7 @@ class UserService:
             raise InvalidInputError("give the user at least one role")
         if display_name is not None and len(display_name) > 200:
             raise InvalidInputError("display name is longer than 200 characters")
+        optional_text(display_name, "display name", 200)
         pw_hash = None if password is None else self.hasher.hash(_check_password(password, name))
         try:
             with self.db.session() as s:
@@ -457,6 +459,7 @@ class UserService:
         Attempts a client's throttle refuses are counted in memory and their number is written
         into the next record that names the client (one ``login.throttled`` per episode).
         """
+        clean_text(username, "username", 100, required=False)
         name = username.strip().lower()[:100]
         if client is not None:
             self._client_gate(name, client)
@@ -703,6 +706,7 @@ class UserService:
                 raise error
         if not name or len(name) > 100:
             raise InvalidInputError("token name must be 1 to 100 characters")
+        clean_text(name, "token name", 100)
         if ttl is not None and ttl <= timedelta(0):
             raise InvalidInputError("token lifetime must be positive")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -840,6 +844,7 @@ class UserService:
         object_id: str | int | None = None,
     ) -> None:
         """Return if ``principal`` acts on their own account or holds one of ``roles``."""
+        clean_text(username, "username", 100)  # before a refusal writes it to the audit log
         if principal != SYSTEM and principal.username == username.strip().lower():
             return
         self.guard.require(
@@ -851,6 +856,7 @@ class UserService:
         )
 
     def _user(self, s: Session, username: str) -> User:
+        clean_text(username, "username", 100)
         user = s.scalar(select(User).where(User.username == username.strip().lower()))
         if user is None:
             raise NotFoundError(f"no user {username!r}")

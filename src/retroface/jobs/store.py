@@ -24,6 +24,7 @@ from sqlalchemy import select
 from retroface.core.clock import utcnow
 from retroface.core.errors import ConflictError, NotFoundError
 from retroface.core.status import JobStatus
+from retroface.core.text import check_id, check_page
 from retroface.jobs.views import TERMINAL, JobView
 from retroface.storage.db import Database
 from retroface.storage.tables import Job
@@ -113,6 +114,7 @@ class JobStore:
             return job.id
 
     def get(self, job_id: int) -> JobView:
+        check_id(job_id, "job id")
         with self.db.session() as s:
             job = s.get(Job, job_id)
             if job is None:
@@ -120,6 +122,7 @@ class JobStore:
             return job_view(job)
 
     def list(self, limit: int = 50, offset: int = 0) -> list[JobView]:
+        check_page(offset, limit)
         with self.db.session() as s:
             q = select(Job).order_by(Job.id.desc()).offset(offset).limit(limit)
             return [job_view(j) for j in s.scalars(q)]
@@ -170,6 +173,7 @@ class JobStore:
             return True
 
     def cancel(self, job_id: int) -> JobView:
+        check_id(job_id, "job id")
         with self.db.session() as s:
             job = s.get(Job, job_id)
             if job is None:

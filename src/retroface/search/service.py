@@ -22,6 +22,7 @@ from retroface.core.errors import InvalidInputError, NoFaceError, NotFoundError
 from retroface.core.labels import LEAD_LABEL
 from retroface.core.roles import Role
 from retroface.core.status import ReviewStatus
+from retroface.core.text import case_reference, check_id, clean_text, safe_filename
 from retroface.governance.cases import CaseNotSearchableError, CaseService
 from retroface.media.images import decode_image
 from retroface.search.matcher import Aggregate, Matcher
@@ -59,6 +60,8 @@ class ProbeProvenance:
     how_obtained: str  # e.g. "exported from shop DVR by PC 123 on 2026-11-20, exhibit AB/1"
 
     def check(self) -> None:
+        clean_text(self.source, "source", 200, required=False)
+        clean_text(self.how_obtained, "how obtained", 500, multiline=True, required=False)
         if not self.source.strip() or len(self.how_obtained.strip()) < 5:
             raise InvalidInputError(
                 "a probe needs its provenance: source and how it was obtained (e.g. exhibit ref)"
@@ -102,6 +105,8 @@ class SearchService:
         media_type: str = "image",
     ) -> ProbeView:
         """Store a probe image (encrypted) under a searchable case, with its detected faces."""
+        case_ref = case_reference(case_ref)
+        name = safe_filename(name)
         self.guard.require(actor, Role.OPERATOR, action="probe.add", case_ref=case_ref)
         self.cases.team.require_case(actor, case_ref, "probe.add", work=True)
         provenance.check()
@@ -220,6 +225,8 @@ class SearchService:
         is audited as ``search.run.refused``, as is one by a caller who is not an operator or
         not on the case's team (need-to-know).
         """
+        case_ref = case_reference(case_ref)
+        check_id(probe_id, "probe id")
         self.guard.require(
             actor,
             Role.OPERATOR,
@@ -348,6 +355,7 @@ class SearchService:
     def get_search(self, actor: Principal, search_id: int) -> SearchResult:
         """A stored candidate list, for its case's team, an auditor or a reviewer reviewing it;
         viewing it is itself audited."""
+        check_id(search_id, "search id")
         self.guard.require(
             actor,
             Role.OPERATOR,
@@ -378,6 +386,7 @@ class SearchService:
     def export(self, actor: Principal, search_id: int) -> SearchExport:
         """A disclosure package: the search, its case, candidates and settled review; audited.
         For the case's team and auditors only."""
+        check_id(search_id, "search id")
         self.guard.require(
             actor,
             Role.OPERATOR,

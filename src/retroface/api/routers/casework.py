@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import Path as PathParam
 
 from retroface.api.deps import Caller, Ctx
 from retroface.api.schemas import (
@@ -15,6 +16,7 @@ from retroface.api.schemas import (
     TeamAdd,
 )
 from retroface.api.uploads import read_upload
+from retroface.core.text import MAX_ID, MAX_OFFSET, safe_filename
 from retroface.governance.views import (
     CaseView,
     QueueItem,
@@ -27,13 +29,16 @@ from retroface.search.views import ProbeView, SearchExport, SearchResult
 
 router = APIRouter(prefix="/api/v1", tags=["casework"])
 
+#: Ids within what both stores hold (PostgreSQL integer): larger ones are a 422, not a 500.
+SearchId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+
 
 @router.get("/cases", response_model=list[CaseView], summary="Cases, newest first")
 def list_cases(
     ctx: Ctx,
     caller: Caller,
     status: Annotated[str | None, Query(max_length=20)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[CaseView]:
     return ctx.cases.list_cases(caller, status)[offset : offset + limit]
@@ -113,7 +118,7 @@ def add_probe(
 ) -> ProbeView:
     data = read_upload(file, ctx.settings.max_upload_bytes)
     return ctx.searches.add_probe(
-        caller, ref, data, file.filename or "upload", ProbeProvenance(source, how_obtained)
+        caller, ref, data, safe_filename(file.filename), ProbeProvenance(source, how_obtained)
     )
 
 
@@ -125,7 +130,7 @@ def search(body: SearchRequest, ctx: Ctx, caller: Caller) -> SearchResult:
 
 
 @router.get("/searches/{search_id}", response_model=SearchResult, summary="A stored candidate list")
-def get_search(search_id: int, ctx: Ctx, caller: Caller) -> SearchResult:
+def get_search(search_id: SearchId, ctx: Ctx, caller: Caller) -> SearchResult:
     return ctx.searches.get_search(caller, search_id)
 
 
@@ -134,7 +139,7 @@ def get_search(search_id: int, ctx: Ctx, caller: Caller) -> SearchResult:
     response_model=SearchExport,
     summary="Disclosure package: the search, its candidates and the settled review",
 )
-def export_search(search_id: int, ctx: Ctx, caller: Caller) -> SearchExport:
+def export_search(search_id: SearchId, ctx: Ctx, caller: Caller) -> SearchExport:
     return ctx.searches.export(caller, search_id)
 
 
@@ -148,7 +153,7 @@ def review_queue(ctx: Ctx, caller: Caller) -> list[QueueItem]:
     response_model=ReviewSheet,
     summary="A candidate list to adjudicate (others' decisions hidden until settled)",
 )
-def review_show(search_id: int, ctx: Ctx, caller: Caller) -> ReviewSheet:
+def review_show(search_id: SearchId, ctx: Ctx, caller: Caller) -> ReviewSheet:
     return ctx.reviews.show(caller, search_id)
 
 
@@ -158,5 +163,7 @@ def review_show(search_id: int, ctx: Ctx, caller: Caller) -> ReviewSheet:
     status_code=201,
     summary="Record your independent decision",
 )
-def review_decide(search_id: int, body: ReviewDecision, ctx: Ctx, caller: Caller) -> ReviewOutcome:
+def review_decide(
+    search_id: SearchId, body: ReviewDecision, ctx: Ctx, caller: Caller
+) -> ReviewOutcome:
     return ctx.reviews.decide(caller, search_id, body.decision, body.note, body.candidate_rank)
