@@ -148,3 +148,16 @@ def test_refusals_never_write_unstorable_text(app: AppContext) -> None:
         app.cases.open(team["rita"], "CR\x00/1", "robbery", PURPOSE, WHY)
     with pytest.raises(InvalidInputError):
         app.gallery.erase(team["rita"], "subject\x00", reason="asked")
+
+
+def test_authorisation_cannot_outlive_the_policy(app: AppContext) -> None:
+    """#11: `valid_days` up to 3650 was accepted; the policy's authorisation period is the cap."""
+    team = add_team(app, {"olive": "operator", "arthur": "authoriser"}, "a long test password")
+    app.cases.open(
+        team["olive"], "VD/1", "robbery", "identify the suspect", "serious offence; CCTV only"
+    )
+    longest = app.policy.authorisation_days
+    with pytest.raises(InvalidInputError, match="at most"):
+        app.cases.authorise(team["arthur"], "VD/1", True, "necessary", valid_days=3650)
+    case = app.cases.authorise(team["arthur"], "VD/1", True, "necessary", valid_days=longest)
+    assert case.status == "approved"

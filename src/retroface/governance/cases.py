@@ -167,6 +167,13 @@ class CaseService:
         self.guard.require(actor, Role.AUTHORISER, action=action, case_ref=reference)
         if not note.strip():
             raise InvalidInputError("an authorisation decision needs a note giving its reasons")
+        longest = self.policy.authorisation_days
+        if valid_days is not None and not 0 < valid_days <= longest:
+            # an authorisation is for a specific use; the force's policy sets its longest life
+            raise InvalidInputError(
+                f"an authorisation lasts at most {longest:g} days under this force's policy "
+                "(RETROFACE_AUTHORISATION_DAYS); ask again when it ends"
+            )
         self.purge_lapsed(reference)  # a lapsed window is purged before anything is decided
         now = self.clock()
         with self.db.session() as s:
