@@ -85,7 +85,8 @@ def token_for(app: AppContext, username: str, roles: str) -> dict[str, str]:
     app.users.ensure_admin("root", PASSWORD)
     root = app.users.principal_for("root")
     app.users.add(root, username, roles, PASSWORD)
-    return {"Authorization": "Bearer " + app.users.issue_token(root, username)}
+    own = app.users.principal_for(username)  # tokens are issued only to their own user
+    return {"Authorization": "Bearer " + app.users.issue_token(own, username)}
 
 
 # ------------------------------------------------------------------ finding 8: import folder
