@@ -94,7 +94,7 @@ def test_retention_deletes_150_due_probes_and_searches(
     app: AppContext, team: dict[str, Principal], data_dir: Path, clock: Clock
 ) -> None:
     _open(app, team["olive"], "C1")
-    app.cases.authorise(team["arthur"], "C1", True, "proportionate", valid_days=1000)
+    app.cases.authorise(team["arthur"], "C1", True, "proportionate", valid_days=365)
     probe = app.searches.add_probe(team["olive"], "C1", _probe(data_dir), "p.jpg", PROV)
     app.searches.search(team["olive"], "C1", probe.probe_id)
     # 149 more probes and searches, cheaply: rows copied from the real ones (same image)

@@ -204,7 +204,7 @@ def test_retention_with_moved_clock(
     from datetime import timedelta
 
     open_case(app, team["olive"])
-    app.cases.authorise(team["arthur"], "C1", True, "ok", valid_days=1000)
+    app.cases.authorise(team["arthur"], "C1", True, "ok", valid_days=365)
     old = run_search(app, team["olive"], data_dir)
     old_file = app.blobs.path_for(old.probe.sha256)
     with app.db.session() as s:

@@ -66,7 +66,7 @@ class CaseCreate(BaseModel):
 class CaseDecision(BaseModel):
     approve: bool
     note: str = Field(min_length=1, max_length=5000, examples=["necessary and proportionate"])
-    valid_days: float | None = Field(default=None, gt=0, le=3650)  # policy cap in the service
+    valid_days: float | None = Field(default=None, gt=0, le=365)
 
 
 class TeamAdd(BaseModel):

@@ -33,7 +33,7 @@ from retroface.core.errors import (
 from retroface.core.roles import Role
 from retroface.core.status import CaseStatus
 from retroface.core.text import case_reference, clean_text
-from retroface.governance.policy import GovernancePolicy
+from retroface.governance.policy import MAX_AUTHORISATION_DAYS, GovernancePolicy
 from retroface.governance.team import TeamService, visible_cases
 from retroface.governance.views import CaseView
 from retroface.storage.blobstore import EncryptedBlobStore
@@ -167,12 +167,12 @@ class CaseService:
         self.guard.require(actor, Role.AUTHORISER, action=action, case_ref=reference)
         if not note.strip():
             raise InvalidInputError("an authorisation decision needs a note giving its reasons")
-        longest = self.policy.authorisation_days
-        if valid_days is not None and not 0 < valid_days <= longest:
-            # an authorisation is for a specific use; the force's policy sets its longest life
+        if valid_days is not None and not 0 < valid_days <= MAX_AUTHORISATION_DAYS:
+            # an authorisation is for a specific use, reviewed at least yearly; 3650 days was
+            # accepted before (#11), which is no review at all
             raise InvalidInputError(
-                f"an authorisation lasts at most {longest:g} days under this force's policy "
-                "(RETROFACE_AUTHORISATION_DAYS); ask again when it ends"
+                f"an authorisation lasts at most {MAX_AUTHORISATION_DAYS} days; "
+                "ask again when it ends"
             )
         self.purge_lapsed(reference)  # a lapsed window is purged before anything is decided
         now = self.clock()

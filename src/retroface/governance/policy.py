@@ -29,6 +29,8 @@ DEFAULT_OFFENCE_CATEGORIES = (
 #: Audit records must outlive what they describe; UK DPA 2018 s62 logs are kept for review.
 MIN_AUDIT_RETENTION_DAYS = 183
 MAX_URGENT_WINDOW_HOURS = 48.0
+#: An authorisation is reviewed at least yearly: neither the default nor a decision may exceed it.
+MAX_AUTHORISATION_DAYS = 365
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,10 @@ class GovernancePolicy:
             raise InvalidInputError(
                 "the urgent window must be between 0 and 48 hours: EU AI Act Art 26(10) requires "
                 "authorisation of an urgent use within 48 hours at the latest"
+            )
+        if not 0 < self.authorisation_days <= MAX_AUTHORISATION_DAYS:
+            raise InvalidInputError(
+                f"the authorisation period must be between 0 and {MAX_AUTHORISATION_DAYS} days"
             )
         if self.probe_retention_days <= 0 or self.search_record_retention_days <= 0:
             raise InvalidInputError("retention periods must be positive")

@@ -684,6 +684,8 @@ class UserService:
         exception is a service account (created as such, with no password), whose tokens an
         admin issues. An admin may revoke anyone's tokens but not mint them.
         """
+        clean_text(username, "username", 100)  # before a refusal writes it to the audit log
+        clean_text(name, "token name", 100, required=False)
         target = username.strip().lower()
         own = principal != SYSTEM and principal.username == target
         if not own:
