@@ -29,6 +29,9 @@ from retroface.core.roles import Role
 from retroface.storage.db import Database
 from retroface.vision.types import FaceEngine
 
+# Throttled logins are answered after a pause in production (a tarpit); tests that flood the
+# login route would only wait. test_sec_login checks the pause with it set explicitly.
+os.environ.setdefault("RETROFACE_LOGIN_THROTTLE_PAUSE", "0")
 PG_URL = os.environ.get("RETROFACE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DATA_DIR = Path(
     os.environ.get(

@@ -10,6 +10,7 @@ people (only for service accounts), and every audit record names the credential 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -291,3 +292,23 @@ def test_admin_cannot_mint_a_token_for_another_person(app: AppContext) -> None:
         users.set_password(ADMIN, "bot", PASSWORD)
     bot = users.authenticate_token(users.issue_token(ADMIN, "bot"))
     assert bot.credential is not None and bot.credential.startswith("token:")
+
+
+def test_a_throttled_login_is_answered_after_a_pause(tmp_path: Path, engine: FaceEngine) -> None:
+    """The tarpit: a client that ignores Retry-After waits the pause for every refused attempt,
+    so a flood costs the server (and the searches beside it) next to nothing."""
+    url = next(_database_url("sqlite", tmp_path))
+    settings = Settings(home=tmp_path / "home", database_url=url, login_throttle_pause=0.3)
+    ctx = AppContext(settings, engine=engine)
+    try:
+        with TestClient(create_app(ctx)) as client:
+            body = {"username": "nobody", "password": "not the password at all"}
+            for _ in range(12):  # past the client's budget of 10 and the account's 5
+                answer = client.post("/api/v1/auth/token", json=body)
+            started = time.monotonic()
+            answer = client.post("/api/v1/auth/token", json=body)
+            waited = time.monotonic() - started
+        assert answer.status_code == 429
+        assert waited >= 0.3  # a lower bound: asyncio.sleep never returns early
+    finally:
+        ctx.close()

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     #: ``serve`` runs retention (lapsed urgent cases, expired probes, searches, subjects) every
     #: N minutes; 0 turns the scheduler off (then run ``retroface retention run`` from cron).
     retention_interval_minutes: float = 5.0
+    #: A login refused by the throttle is answered after this many seconds: the wait costs the
+    #: server no CPU (the connection is parked on the event loop), and a client that ignores
+    #: Retry-After can then try at most once a second per connection instead of flooding.
+    login_throttle_pause: float = 1.0
     #: Sign the audit chain's head every N records (at least 1; also the most unsigned records
     #: ``audit verify`` accepts) and when a record comes more than T minutes after the last
     #: signature (0: no time trigger). See docs/security.md.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -144,6 +145,8 @@ def create_app(ctx: AppContext | None = None) -> FastAPI:
             code = "invalid_input"
         retry = getattr(exc, "retry_after", None)
         headers = None if retry is None else {"Retry-After": str(retry)}
+        if code == "too_many_attempts" and ctx.settings.login_throttle_pause > 0:
+            await asyncio.sleep(ctx.settings.login_throttle_pause)  # a tarpit, not a thread
         return _error(STATUS_FOR_CODE.get(code, 400), code, exc.message, headers)
 
     @app.exception_handler(ImageLoadError)
