@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from tests.conftest import ADMIN
+from tests.test_api import token_for
 
 from retroface.api.app import create_app
 from retroface.context import AppContext
@@ -38,6 +39,13 @@ from retroface.jobs.handlers import enrol_handler
 from retroface.storage.db import Database
 
 PASSWORD = "a long test password"
+
+
+@pytest.fixture
+def client(app: AppContext) -> Iterator[TestClient]:
+    with TestClient(create_app(app)) as c:
+        yield c
+
 
 _watching: list[tuple[str, str]] | None = None
 
@@ -73,20 +81,6 @@ class FileWatch:
 
     def opened(self, path: str) -> bool:
         return any(p == path for _, p in self.events)
-
-
-@pytest.fixture
-def client(app: AppContext) -> Iterator[TestClient]:
-    with TestClient(create_app(app)) as c:
-        yield c
-
-
-def token_for(app: AppContext, username: str, roles: str) -> dict[str, str]:
-    app.users.ensure_admin("root", PASSWORD)
-    root = app.users.principal_for("root")
-    app.users.add(root, username, roles, PASSWORD)
-    own = app.users.principal_for(username)  # tokens are issued only to their own user
-    return {"Authorization": "Bearer " + app.users.issue_token(own, username)}
 
 
 # ------------------------------------------------------------------ finding 8: import folder
