@@ -173,3 +173,11 @@ def add_team(app: AppContext, roles: dict[str, str], password: str) -> dict[str,
         if name != "admin":
             app.users.add(ADMIN, name, role, password)
     return {n: app.users.authenticate_password(n, password) for n in roles}
+
+
+def enrol_people(app: AppContext, data_dir: Path) -> None:
+    """The four people of ``people/`` that casework tests search for, enrolled by the admin."""
+    from retroface.gallery.enrol import items_from_paths
+
+    people = ("barack_obama", "joe_biden", "kit_harington", "rose_leslie")
+    app.enroller().run(ADMIN, items_from_paths([data_dir / "people" / p for p in people]))

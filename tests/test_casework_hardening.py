@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
-from tests.conftest import ADMIN, Clock, add_team
+from tests.conftest import ADMIN, Clock, add_team, enrol_people
 
 from retroface.context import AppContext
 from retroface.core.access import Principal
@@ -56,8 +56,7 @@ def team(app: AppContext, data_dir: Path) -> dict[str, Principal]:
         "aud": "auditor",
     }
     team = add_team(app, users, PASSWORD)
-    people = ("barack_obama", "joe_biden", "kit_harington", "rose_leslie")
-    app.enroller().run(ADMIN, items_from_paths([data_dir / "people" / p for p in people]))
+    enrol_people(app, data_dir)
     return team
 
 
