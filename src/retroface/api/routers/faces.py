@@ -89,9 +89,9 @@ def probe_image(
     max_side: Annotated[int, Query(ge=64, le=4096)] = 1600,
     blur_all: BlurAll = False,
 ) -> JPEGResponse:
-    return _jpeg(
-        ctx.faces.probe_image(caller, probe_id, keep, blur_all=blur_all, max_side=max_side)
-    )
+    image = ctx.faces.probe_image(caller, probe_id, keep, blur_all=blur_all, max_side=max_side)
+    # the probe's face boxes (POST /cases/{ref}/probes) times this are where the faces are shown
+    return JPEGResponse(content=image.jpeg, headers={**NO_STORE, "X-Image-Scale": str(image.scale)})
 
 
 @router.get(
