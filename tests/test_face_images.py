@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
-from tests.conftest import add_team, enrol_people
+from tests.conftest import Clock, add_team, enrol_people
 
 from retroface.api.app import create_app
 from retroface.context import AppContext
@@ -324,3 +324,25 @@ def test_aligned_landmarks_put_a_template_face_on_the_template() -> None:
     moved = np.array(aligned_landmarks(source, 224))
     expected = (ARCFACE_TEMPLATE + 112 * ALIGN_PADDING) * (224 / (112 * (1 + 2 * ALIGN_PADDING)))
     assert np.abs(moved - expected).max() < 0.05
+
+
+def test_a_lapsed_urgent_case_shows_no_face(app: AppContext, data_dir: Path, clock: Clock) -> None:
+    """An urgent case never authorised is purged before any of its faces is shown."""
+    who = add_team(app, {"admin": "admin", "olive": "operator"}, PASSWORD)
+    app.cases.open(
+        who["olive"],
+        "U/1",
+        "robbery",
+        "identify the suspect",
+        "urgent: the suspect is still at large",
+        True,
+    )
+    data = (data_dir / "lfw/Joseph_Biden/Joseph_Biden_0001.jpg").read_bytes()
+    probe = app.searches.add_probe(
+        who["olive"], "U/1", data, "p.jpg", ProbeProvenance("CCTV", "exhibit U/1, from DVR")
+    )
+    assert jpeg(app.faces.probe_face(who["olive"], probe.probe_id, 0).jpeg).size
+    clock.advance(hours=49)  # the urgent window (48 h) ended without an authorisation
+    with pytest.raises(NotFoundError):
+        app.faces.probe_face(who["olive"], probe.probe_id, 0)
+    assert not app.blobs.exists(probe.sha256)
