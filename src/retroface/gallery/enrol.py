@@ -399,7 +399,7 @@ class Enroller:
                 s.flush()
                 images.append(image)
                 added.append((template.id, subject.id, image.id, vector))
-            version = bump_gallery_version(s)
+            version = bump_gallery_version(s, added=[a[0] for a in added])
             if images:
                 self.audit(
                     s,

@@ -177,7 +177,7 @@ class GalleryService:
             model_keys = {t.model_key for img in images for t in img.templates}
             s.delete(subject)
             s.flush()
-            version = bump_gallery_version(s)
+            version = bump_gallery_version(s, removed=template_ids)
             self.audit(
                 s,
                 actor=principal,

@@ -13,6 +13,12 @@ change of 64 KB. The lock costs a search one uncontended acquire (about a micros
 parallel), and a writer holds it exclusively only while it adds or removes a batch. It prefers
 writers, so a stream of searches cannot starve an update; a search waits at most for one batch.
 
+Following other processes: every gallery version records the template ids it added and removed
+(``gallery_changes``). A state behind the database (this process's cache after another process
+enrolled or erased, or the saved file in a new process) catches up by reading only those ids and
+the added templates, under the exclusive lock for the in-memory step alone; the whole gallery is
+re-read only when the log cannot bridge the gap (versions from before the log existed).
+
 Invariants: the cached ``LoadedIndex`` for a model is always a whole state of the gallery at its
 ``version`` (index, maps and version change together, under the exclusive lock), and is only
 mutated by ``apply`` under that lock. A search takes the shared lock for as long as it touches
@@ -27,10 +33,12 @@ import hashlib
 import json
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -40,7 +48,10 @@ from retroface.storage.crypto import Cipher, DecryptionError, template_aad
 from retroface.storage.db import Database
 from retroface.storage.files import atomic_write
 from retroface.storage.tables import FaceTemplate, ReferenceImage
-from retroface.storage.versions import gallery_version
+from retroface.storage.versions import changes_since, gallery_version
+
+#: Added templates per query when catching up (bounded IN lists on both stores).
+_CHUNK = 1000
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +146,9 @@ class IndexManager:
         # Only a change made by another process costs this wait, before the rebuild it needs.
         self.catch_up_s = catch_up_s
         self._applied = threading.Condition()
+        #: How states came to be: "rebuild" (every template decrypted), "file" (saved file read),
+        #: "catch_up" (followed the change log). Tests and benches read it.
+        self.stats: Counter[str] = Counter()
 
     def path_for(self, model_key: str) -> Path:
         digest = hashlib.sha256(model_key.encode()).hexdigest()[:16]
@@ -197,17 +211,130 @@ class IndexManager:
             return loaded
 
     def _refresh(self, model_key: str, version: int) -> None:
-        """Cache a state at ``version`` or later: the saved file if it is at ``version``, else a
-        rebuild from the database."""
+        """Cache a state at ``version`` or later: the cached state or the saved file brought
+        forward through the change log, else a rebuild from the database."""
         with self._load_lock:
             with self._lock.read():
                 if self._current(model_key, version) is not None:
                     return  # another thread loaded it while this one waited
+                cached = self._loaded.get(model_key)
+            if cached is not None and self._catch_up_cached(cached):
+                return
             loaded = self._load_file(model_key, version)
+            if loaded is not None and loaded.version < version and not self._advance(loaded):
+                loaded = None
             if loaded is None:
                 self.rebuild(model_key)
             else:
                 self._install(loaded)
+
+    def _changes(
+        self, model_key: str, since: int
+    ) -> tuple[int, list[tuple[int, int, int, np.ndarray]], list[int]] | None:
+        """What changed after ``since``: (version reached, added templates, removed ids), or None
+        when the change log cannot bridge the gap.
+
+        Read like ``rebuild``: the version before and after the reads must agree, so the added
+        rows are exactly those of the versions read.
+        """
+        with self.db.session() as s:
+            while True:
+                version = gallery_version(s)
+                rows = changes_since(s, since, version)
+                if rows is None:
+                    return None
+                added_ids: set[int] = set()
+                removed: set[int] = set()
+                for row in rows:
+                    added_ids.update(row.added)
+                    removed.update(row.removed)
+                    added_ids.difference_update(row.removed)
+                wanted = sorted(added_ids)
+                found: list[Any] = []
+                for start in range(0, len(wanted), _CHUNK):
+                    found += s.execute(
+                        select(
+                            FaceTemplate.id,
+                            FaceTemplate.subject_id,
+                            FaceTemplate.image_id,
+                            FaceTemplate.embedding_enc,
+                            ReferenceImage.content_hash,
+                        )
+                        .join(FaceTemplate.image)
+                        .where(
+                            FaceTemplate.model_key == model_key,
+                            FaceTemplate.id.in_(wanted[start : start + _CHUNK]),
+                        )
+                    ).all()
+                s.expire_all()
+                if gallery_version(s) == version:
+                    break
+        added = [
+            (
+                int(r[0]),
+                int(r[1]),
+                int(r[2]),
+                np.frombuffer(
+                    self.cipher.decrypt(r[3], aad=template_aad(r[4], model_key)), dtype=np.float32
+                ),
+            )
+            for r in found
+        ]
+        return version, added, sorted(removed)
+
+    @staticmethod
+    def _apply_to(
+        state: LoadedIndex,
+        version: int,
+        added: list[tuple[int, int, int, np.ndarray]],
+        removed: list[int],
+    ) -> None:
+        gone = [tid for tid in removed if tid in state.subject_of]
+        if gone:
+            state.index.remove(np.array(gone, dtype=np.int64))
+            for tid in gone:
+                del state.subject_of[tid]
+                state.image_of.pop(tid, None)
+        new = [a for a in added if a[0] not in state.subject_of]
+        if new:
+            state.index.add(
+                np.array([a[0] for a in new], dtype=np.int64), np.stack([a[3] for a in new])
+            )
+            for tid, sid, iid, _ in new:
+                state.subject_of[tid] = sid
+                state.image_of[tid] = iid
+        state.version = version
+
+    def _advance(self, loaded: LoadedIndex) -> bool:
+        """Bring a state nobody else holds yet (a file just read) up to the database."""
+        changes = self._changes(loaded.model_key, loaded.version)
+        if changes is None:
+            return False
+        self._apply_to(loaded, *changes)
+        self.stats["catch_up"] += 1
+        return True
+
+    def _catch_up_cached(self, cached: LoadedIndex) -> bool:
+        """Bring the cached state forward in place: the reads and decryption outside the lock,
+        the in-memory change under it (a search waits for that step only)."""
+        base = cached.version
+        changes = self._changes(cached.model_key, base)
+        if changes is None:
+            return False
+        try:
+            with self._lock.write():
+                if self._loaded.get(cached.model_key) is not cached or cached.version != base:
+                    return True  # moved on meanwhile (an apply): the caller looks again
+                try:
+                    self._apply_to(cached, *changes)
+                except BaseException:
+                    del self._loaded[cached.model_key]  # never leave a half-applied state
+                    raise
+        finally:
+            with self._applied:
+                self._applied.notify_all()
+        self.stats["catch_up"] += 1
+        return True
 
     def _install(self, loaded: LoadedIndex) -> None:
         """Cache a freshly built state unless a newer one is cached already."""
@@ -225,14 +352,18 @@ class IndexManager:
             raw = self.cipher.decrypt(path.read_bytes(), aad=model_key.encode())
             header_len = int.from_bytes(raw[:4], "big")
             header = json.loads(raw[4 : 4 + header_len])
-            if header["version"] != version or header["model_key"] != model_key:
-                log.info("index %s stale (v%s, gallery v%s)", path.name, header["version"], version)
+            if header["version"] > version or header["model_key"] != model_key:
+                # ahead of the database (restored from backup?) or another model's: not usable
+                log.info(
+                    "index %s unusable (v%s, gallery v%s)", path.name, header["version"], version
+                )
                 return None
             index = index_from_bytes(self.kind, raw[4 + header_len :])
             maps = header["maps"]
+            self.stats["file"] += 1
             return LoadedIndex(
                 index,
-                version,
+                int(header["version"]),
                 model_key,
                 False,
                 {int(k): v for k, v in maps["subject"].items()},
@@ -269,6 +400,7 @@ class IndexManager:
                 if gallery_version(s) == version:
                     break
                 log.info("gallery changed during the index rebuild: reading it again")
+        self.stats["rebuild"] += 1
         index = new_index(self.kind, self.dim)
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         if rows:
@@ -329,9 +461,8 @@ class IndexManager:
             # nothing cached, or a reader already reloaded from the database after the commit
             return False
         if cached.version != new_version - 1:
-            # another change came between: drop the state (whoever still holds it holds a whole,
-            # older state, never edited again); the next reader reloads
-            del self._loaded[model_key]
+            # another process's change came between: leave the state as it is; the next reader
+            # finds it behind and catches up through the change log (both changes at once)
             return False
         try:
             if added:

@@ -63,6 +63,20 @@ class GalleryState(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class GalleryChange(Base):
+    """What one gallery version changed: the template ids it added and removed.
+
+    Written in the transaction that bumps the version, so another process holding the index at
+    an older version follows by reading only these ids (and the added templates), never the
+    whole gallery (issue #16). Ids only: no biometric data, nothing to erase.
+    """
+
+    __tablename__ = "gallery_changes"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    added: Mapped[list[int]] = mapped_column(JSON, default=list)
+    removed: Mapped[list[int]] = mapped_column(JSON, default=list)
+
+
 class Subject(Base):
     __tablename__ = "subjects"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
