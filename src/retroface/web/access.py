@@ -1,0 +1,28 @@
+"""Which roles may open which page: the web half of the one declared access matrix.
+
+The gate in :func:`retroface.api.deps.authorise` reads this table for every route under
+``/ui`` exactly as it reads :data:`retroface.api.rbac.MATRIX` for the API (fail closed: a page
+that is not listed is refused to everyone), and ``tests/test_web.py`` walks every page with every
+role. As in the API, the services check again; where a page is open to several roles the
+service decides need-to-know (whose case, whose review).
+"""
+
+from __future__ import annotations
+
+from retroface.core.roles import Role
+
+AUTH, OPER, REV, AU, AD = Role.AUTHORISER, Role.OPERATOR, Role.REVIEWER, Role.AUDITOR, Role.ADMIN
+ANY = frozenset(Role)
+PUBLIC: frozenset[Role] | None = None
+#: Roles that may hold casework (the services decide which cases): everyone but an oversight
+#: panel member, who sees aggregated figures only.
+CASEWORK = frozenset({OPER, AUTH, REV, AU, AD})
+
+W = "/ui"
+WEB_MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
+    ("GET", "/"): PUBLIC,  # a redirect to the start page
+    ("GET", f"{W}/login"): PUBLIC,
+    ("POST", f"{W}/login"): PUBLIC,
+    ("GET", f"{W}/"): ANY,
+    ("POST", f"{W}/logout"): ANY,
+}
