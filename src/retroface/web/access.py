@@ -25,4 +25,27 @@ WEB_MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     ("POST", f"{W}/login"): PUBLIC,
     ("GET", f"{W}/"): ANY,
     ("POST", f"{W}/logout"): ANY,
+    # --- operator and authoriser pages (web/routes/casework.py, web/routes/authorise.py) ---
+    # Case, probe and search pages are open to the roles their services serve; need-to-know
+    # (whose case) is the services' (governance/team.py). Forms that act are operator-only.
+    ("GET", f"{W}/cases"): frozenset({OPER, AUTH, AU}),
+    ("GET", f"{W}/cases/new"): frozenset({OPER}),
+    ("POST", f"{W}/cases"): frozenset({OPER}),
+    ("GET", f"{W}/cases/{{ref}}"): frozenset({OPER, AUTH, AU}),
+    ("POST", f"{W}/cases/{{ref}}/probes"): frozenset({OPER}),
+    ("GET", f"{W}/probes/{{probe_id}}"): frozenset({OPER, AUTH, AU}),
+    ("POST", f"{W}/probes/{{probe_id}}/search"): frozenset({OPER}),
+    ("GET", f"{W}/searches/{{search_id}}"): frozenset({OPER, AU}),
+    ("GET", f"{W}/searches/{{search_id}}/export"): frozenset({OPER, AU}),
+    # face images, through the face-image service (need-to-know and audit are its own)
+    ("GET", f"{W}/faces/probes/{{probe_id}}/image.jpg"): frozenset({OPER, AUTH, AU}),
+    ("GET", f"{W}/faces/probes/{{probe_id}}/faces/{{face}}.jpg"): frozenset({OPER, AUTH, AU}),
+    ("GET", f"{W}/faces/searches/{{search_id}}/probe.jpg"): frozenset({OPER, REV, AU}),
+    ("GET", f"{W}/faces/searches/{{search_id}}/candidates/{{rank}}.jpg"): frozenset(
+        {OPER, REV, AU}
+    ),
+    # authoriser
+    ("GET", f"{W}/authorisations"): frozenset({AUTH}),
+    ("POST", f"{W}/cases/{{ref}}/decision"): frozenset({AUTH}),
+    # --- end of operator and authoriser pages ---
 }

@@ -7,7 +7,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from retroface.web.render import HERE
-from retroface.web.routes import home
+from retroface.web.routes import authorise, casework, home  # operator and authoriser pages
 from retroface.web.session import csrf_guard
 
 root = APIRouter(include_in_schema=False)
@@ -20,7 +20,14 @@ def start() -> RedirectResponse:
 
 #: Page routers; each module declares its pages in retroface.web.access.WEB_MATRIX (a test holds
 #: the two equal).
-ROUTERS: tuple[APIRouter, ...] = (root, home.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    root,
+    home.router,
+    # operator and authoriser pages
+    authorise.router,  # before casework: its POST /cases/{ref}/decision has a suffix
+    casework.router,
+    # end of operator and authoriser pages
+)
 
 
 def add_web(app: FastAPI) -> None:
