@@ -237,7 +237,9 @@ def bearer(app: AppContext, who: Principal) -> dict[str, str]:
     return {"Authorization": "Bearer " + app.users.issue_token(who, who.username)}
 
 
-def test_rest_routes_serve_jpeg_without_writing_plaintext(world: World, client: TestClient) -> None:
+def test_rest_routes_serve_jpeg_without_writing_plaintext(
+    world: World, client: TestClient
+) -> None:
     app, who = world.app, world.who
     pid, sid = world.probe_id, world.search_id
     olive, oscar, rita, admin = (bearer(app, who[n]) for n in ("olive", "oscar", "rita", "admin"))
