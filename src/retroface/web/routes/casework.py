@@ -74,7 +74,8 @@ def where(face: FaceView, width: int, height: int) -> str:
         return ""
     x = (face.box[0] + face.box[2]) / 2 / width
     y = (face.box[1] + face.box[3]) / 2 / height
-    across = "left" if x < 1 / 3 else "right" if x > 2 / 3 else "centre"
+    # fifths across: two people side by side in the middle of a photo are told apart
+    across = ("left", "centre left", "centre", "centre right", "right")[min(int(x * 5), 4)]
     down = "top" if y < 1 / 3 else "bottom" if y > 2 / 3 else "middle"
     return f"{down} {across}"
 
