@@ -10,6 +10,7 @@ in Chromium in tests/test_web_browser_casework.py.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,82 @@ def test_a_bad_upload_is_explained_and_stores_nothing(
     else:
         assert "Nothing was added" in r.text
         assert _probe_count(app) == 0 and _blob_count(app) == blobs
+
+
+VIDEO = "video/intel_face-demographics-walking_480x270.mp4"
+
+
+def _scanned(client: TestClient, scan_url: str) -> str:
+    """Poll the status fragment as the page does until the scan is done; the page then."""
+    for _ in range(1200):  # a bound, not a timing: the 2.8 s clip is scanned in a few seconds
+        status = client.get(scan_url + "/status")
+        assert status.status_code == 200
+        if status.headers.get("hx-refresh") == "true":
+            break
+        assert 'hx-trigger="every 1s"' in status.text and "<progress" in status.text
+        time.sleep(0.1)
+    else:
+        pytest.fail("the footage scan never finished")
+    page = client.get(scan_url)
+    assert page.status_code == 200
+    return page.text
+
+
+def test_footage_scan_pick_a_track_and_search(app: AppContext, data_dir: Path) -> None:
+    add_team(app, TEAM, PASSWORD)
+    enrol_people(app, data_dir)
+    olive, csrf = _open_and_approve(app)
+    provenance = {"source": "CCTV", "how_obtained": "exported from DVR, exhibit AB/2"}
+    with olive:
+        r = olive.post(
+            "/ui/cases/CR/7/26/footage",
+            data={**provenance, "csrf": csrf},
+            files={"video": ("walk.mp4", (data_dir / VIDEO).read_bytes(), "video/mp4")},
+        )
+        assert r.status_code == 303 and r.headers["location"].startswith("/ui/footage/")
+        scan_url = r.headers["location"]
+        page = _scanned(olive, scan_url)
+        tracks = re.findall(r'name="track" id="track-(\d+)"', page)
+        assert tracks, "people walk towards the camera in this clip"
+        assert "best shot at" in page and "?veiled=true" in page
+        assert "Search the gallery with track" not in page  # nothing picked yet
+        first = tracks[0]
+        shot = olive.get(f"{scan_url}/tracks/{first}.jpg?veiled=true")
+        assert shot.status_code == 200 and shot.content[:2] == b"\xff\xd8"
+        assert shot.headers["cache-control"] == "no-store"
+        picked = olive.get(scan_url, params={"track": first})
+        assert f"tracks/{first}.jpg\"" in picked.text  # the picked track's best shot, clear
+        r = olive.post(
+            f"{scan_url}/tracks/{first}/search",
+            data={"top_k": "3", "csrf": csrf_of(picked.text)},
+        )
+        assert r.status_code == 303 and r.headers["location"].startswith("/ui/searches/")
+        result = olive.get(r.headers["location"])
+        assert result.status_code == 200 and LEAD_LABEL in result.text
+        case_page = olive.get("/ui/cases/CR/7/26")
+        assert "walk.mp4@" in case_page.text and "video" in case_page.text
+
+        bad = olive.post(
+            "/ui/cases/CR/7/26/footage",
+            data={**provenance, "csrf": csrf},
+            files={"video": ("broken.mp4", b"not a video at all", "video/mp4")},
+        )
+        assert bad.status_code == 303
+        assert "flash error" in _scanned(olive, bad.headers["location"])
+    with page_client(app) as oscar:
+        o_csrf = sign_in(oscar, "oscar", PASSWORD)
+        assert oscar.get(scan_url).status_code == 404  # another operator's scan: not found
+        assert oscar.get(f"{scan_url}/tracks/{first}.jpg").status_code == 404
+        r = oscar.post(
+            "/ui/cases/CR/7/26/footage",
+            data={**provenance, "csrf": o_csrf},
+            files={"video": ("walk.mp4", (data_dir / VIDEO).read_bytes(), "video/mp4")},
+        )
+        assert r.status_code == 403
+    with app.db.session() as s:
+        actions = list(
+            s.execute(select(AuditRecord.actor, AuditRecord.action, AuditRecord.object_type))
+        )
+    assert ("olive", "video.scan", "video") in actions
+    assert ("olive", "face.view", "video") in actions
+    assert ("oscar", "video.scan.refused", "case") in actions

@@ -44,6 +44,12 @@ WEB_MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     ("GET", f"{W}/faces/searches/{{search_id}}/candidates/{{rank}}.jpg"): frozenset(
         {OPER, REV, AU}
     ),
+    # footage: scanned in this server's memory, each scan visible to its operator only
+    ("POST", f"{W}/cases/{{ref}}/footage"): frozenset({OPER}),
+    ("GET", f"{W}/footage/{{scan_id}}"): frozenset({OPER}),
+    ("GET", f"{W}/footage/{{scan_id}}/status"): frozenset({OPER}),
+    ("GET", f"{W}/footage/{{scan_id}}/tracks/{{track}}.jpg"): frozenset({OPER}),
+    ("POST", f"{W}/footage/{{scan_id}}/tracks/{{track}}/search"): frozenset({OPER}),
     # authoriser
     ("GET", f"{W}/authorisations"): frozenset({AUTH}),
     ("POST", f"{W}/cases/{{ref}}/decision"): frozenset({AUTH}),

@@ -7,7 +7,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from retroface.web.render import HERE
-from retroface.web.routes import authorise, casework, home  # operator and authoriser pages
+from retroface.web.routes import authorise, casework, footage, home
 from retroface.web.session import csrf_guard
 
 root = APIRouter(include_in_schema=False)
@@ -26,6 +26,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     # operator and authoriser pages
     authorise.router,  # before casework: its POST /cases/{ref}/decision has a suffix
     casework.router,
+    footage.router,
     # end of operator and authoriser pages
 )
 

@@ -183,7 +183,7 @@ def add_probes(
         if len(added) == 1:
             return RedirectResponse(f"/ui/probes/{added[0][1]}", status_code=303)
         return RedirectResponse(case_url(ref), status_code=303)
-    return _case_page(
+    return render_case(
         request,
         ctx,
         caller,
@@ -197,10 +197,10 @@ def add_probes(
 
 @router.get("/cases/{ref:path}", response_class=HTMLResponse)
 def case_page(request: Request, ref: str, ctx: Ctx, caller: Caller) -> Response:
-    return _case_page(request, ctx, caller, ref)
+    return render_case(request, ctx, caller, ref)
 
 
-def _case_page(
+def render_case(
     request: Request,
     ctx: AppContext,
     caller: Principal,
@@ -210,7 +210,7 @@ def _case_page(
 ) -> Response:
     case = ctx.cases.show(caller, ref)
     probes = ctx.searches.case_probes(caller, case.reference)
-    context: dict[str, object] = {"form": {}, "added": [], "failed": []}
+    context: dict[str, object] = {"form": {}, "footage_form": {}, "added": [], "failed": []}
     context.update(extra)
     return render(
         request,
