@@ -23,6 +23,7 @@ from retroface.core.labels import LEAD_LABEL
 
 PASSWORD = "correct horse battery staple"
 SCENE = "people/_multi_face_scenes/obama_and_biden.jpg"
+VIDEO = "video/intel_face-demographics-walking_480x270.mp4"
 
 
 @pytest.fixture
@@ -70,8 +71,8 @@ def test_operator_and_authoriser_in_the_browser(
         olive.reload()
         assert "approved" in olive.text_content("#authorisation")
         olive.get_by_label("Images").set_input_files(str(data_dir / SCENE))
-        olive.get_by_label("Source").fill("CCTV")
-        olive.get_by_label("How it was obtained").fill("exported from DVR, exhibit AB/1")
+        olive.locator("#source").fill("CCTV")
+        olive.locator("#how_obtained").fill("exported from DVR, exhibit AB/1")
         b.shot(olive, "12-operator-upload")
         olive.get_by_role("button", name="Upload and find faces").click()
         olive.wait_for_url("**/ui/probes/*")
@@ -97,6 +98,17 @@ def test_operator_and_authoriser_in_the_browser(
             "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
         )
         b.shot(olive, "15-operator-candidate-list")
+
+        # footage: the track list appears by itself once the scan is done (htmx polling)
+        olive.get_by_role("link", name="Case CR/9/26").click()
+        olive.get_by_label("Video file").set_input_files(str(data_dir / VIDEO))
+        olive.get_by_label("Source of the footage").fill("CCTV")
+        olive.get_by_label("How the footage was obtained").fill("exported from DVR, exhibit AB/2")
+        olive.get_by_role("button", name="Scan the video").click()
+        olive.wait_for_url("**/ui/footage/*")
+        olive.locator("legend", has_text="Pick the track").wait_for(timeout=120_000)
+        assert "best shot at" in (olive.text_content("main") or "")
+        b.shot(olive, "16-operator-footage-tracks")
         narrow = b.page(width=420, height=800)
         b.sign_in(narrow, "olive", PASSWORD)
         narrow.goto(olive.url)
