@@ -260,7 +260,7 @@ def test_footage_scan_pick_a_track_and_search(app: AppContext, data_dir: Path) -
         assert shot.status_code == 200 and shot.content[:2] == b"\xff\xd8"
         assert shot.headers["cache-control"] == "no-store"
         picked = olive.get(scan_url, params={"track": first})
-        assert f"tracks/{first}.jpg\"" in picked.text  # the picked track's best shot, clear
+        assert f'tracks/{first}.jpg"' in picked.text  # the picked track's best shot, clear
         r = olive.post(
             f"{scan_url}/tracks/{first}/search",
             data={"top_k": "3", "csrf": csrf_of(picked.text)},
