@@ -270,6 +270,7 @@ def test_footage_scan_pick_a_track_and_search(app: AppContext, data_dir: Path) -
         assert result.status_code == 200 and LEAD_LABEL in result.text
         case_page = olive.get("/ui/cases/CR/7/26")
         assert "walk.mp4@" in case_page.text and "video" in case_page.text
+        assert f'href="{scan_url}"' in case_page.text  # the operator's scans of the case
 
         bad = olive.post(
             "/ui/cases/CR/7/26/footage",

@@ -33,6 +33,7 @@ from retroface.media.images import ImageLoadError
 from retroface.search.service import ProbeProvenance
 from retroface.search.views import FaceImage, FaceView
 from retroface.web.render import render
+from retroface.web.scans import clock_time, scans_of
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -210,6 +211,7 @@ def render_case(
 ) -> Response:
     case = ctx.cases.show(caller, ref)
     probes = ctx.searches.case_probes(caller, case.reference)
+    scans = scans_of(request).of_case(caller, case.reference)
     context: dict[str, object] = {"form": {}, "footage_form": {}, "added": [], "failed": []}
     context.update(extra)
     return render(
@@ -222,6 +224,8 @@ def render_case(
         upload=may_upload(case, caller),
         case_url=case_url,
         max_files=MAX_FILES,
+        scans=scans,
+        clock_time=clock_time,
         max_mb=ctx.settings.max_upload_bytes // 1_000_000,
         **context,
     )
