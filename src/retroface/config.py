@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_queue: str = "retroface"
 
+    #: Web pages: a sign-in lasts this many hours (it is an API token named "web session").
+    web_session_hours: float = 12.0
+    #: Session cookies only over HTTPS (browsers treat ``localhost`` as secure). Turn off only for
+    #: a plain-HTTP trial on a private network.
+    secure_cookies: bool = True
+
     #: Governance policy (see docs/governance.md). Offence categories: comma-separated.
     offence_categories: str = ""
     urgent_window_hours: float = 48.0

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -26,6 +26,8 @@ from retroface.context import AppContext
 from retroface.core.errors import RetrofaceError
 from retroface.governance.retention import RetentionScheduler
 from retroface.media.images import ImageLoadError
+from retroface.web.app import add_web
+from retroface.web.errors import is_page, page_error
 
 log = logging.getLogger("retroface.api")
 
@@ -89,8 +91,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def _error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    request: Request | None = None,
+) -> Response:
+    """The one error shape: JSON for the API, the same status and code as a page for ``/ui``."""
+    if request is not None and is_page(request):
+        return page_error(request, status, code, message, headers)
     body = {"error": {"code": code, "message": message}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -138,7 +147,7 @@ def create_app(ctx: AppContext | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
 
     @app.exception_handler(RetrofaceError)
-    async def domain_error(_: Request, exc: RetrofaceError) -> JSONResponse:
+    async def domain_error(request: Request, exc: RetrofaceError) -> Response:
         code = exc.code
         if code not in ERROR_CODES:  # a new error class nobody documented: say so in the log
             log.warning("undocumented error code %r answered as invalid_input", code)
@@ -147,30 +156,32 @@ def create_app(ctx: AppContext | None = None) -> FastAPI:
         headers = None if retry is None else {"Retry-After": str(retry)}
         if code == "too_many_attempts" and ctx.settings.login_throttle_pause > 0:
             await asyncio.sleep(ctx.settings.login_throttle_pause)  # a tarpit, not a thread
-        return _error(STATUS_FOR_CODE.get(code, 400), code, exc.message, headers)
+        return _error(STATUS_FOR_CODE.get(code, 400), code, exc.message, headers, request)
 
     @app.exception_handler(ImageLoadError)
-    async def image_error(_: Request, exc: ImageLoadError) -> JSONResponse:
-        return _error(422, "invalid_image", str(exc))
+    async def image_error(request: Request, exc: ImageLoadError) -> Response:
+        return _error(422, "invalid_image", str(exc), request=request)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         parts = [
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
         ]
-        return _error(422, "invalid_request", "; ".join(parts)[:2000])
+        return _error(422, "invalid_request", "; ".join(parts)[:2000], request=request)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = http_code(exc.status_code)
-        return _error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        return _error(exc.status_code, code, str(exc.detail), headers, request)
 
     @app.exception_handler(DataError)
-    async def data_error(_: Request, exc: DataError) -> JSONResponse:
+    async def data_error(request: Request, exc: DataError) -> Response:
         # A safety net behind the services' own checks (retroface.core.text): a value the
         # database refused (too long, out of range) is the caller's error, not the server's.
         log.warning("database refused a value: %s", type(exc.orig).__name__)
-        return _error(422, "invalid_input", "a value is too long or out of range for its field")
+        message = "a value is too long or out of range for its field"
+        return _error(422, "invalid_input", message, request=request)
 
     # Unexpected exceptions are answered by RequestContextMiddleware, so that the 500 carries
     # the request id like every other response (a handler registered here runs outside it).
@@ -178,6 +189,7 @@ def create_app(ctx: AppContext | None = None) -> FastAPI:
     for module in (system, accounts, casework, faces, gallery, oversight):
         app.include_router(module.router)
     app.include_router(system.metrics_router)
+    add_web(app)
     add_docs_routes(app, offline_assets())
     app.openapi = lambda: _openapi_with_roles(app)  # type: ignore[method-assign]
     return app

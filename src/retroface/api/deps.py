@@ -13,6 +13,10 @@ from retroface.context import AppContext
 from retroface.core.access import Principal
 from retroface.core.errors import PermissionDeniedError, RetrofaceError
 from retroface.governance.users import AuthenticationError
+from retroface.web.session import session_token
+
+#: Pages live under this prefix; the API under /api/v1.
+WEB_PREFIX = "/ui/"
 
 bearer = HTTPBearer(auto_error=False, description="An API token from POST /api/v1/auth/token")
 
@@ -41,9 +45,16 @@ def authorise(
         raise RouteNotDeclaredError(f"{request.method} {path} has no access rule") from None
     if roles is None:
         return None
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    if path.startswith(WEB_PREFIX):
+        # A page: the session cookie, never a bearer header (a page is what a browser opens).
+        token = session_token(request)
+        if token is None:
+            raise AuthenticationError("sign in to continue")
+    elif credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthenticationError("authentication required: send 'Authorization: Bearer <token>'")
-    principal = ctx.users.authenticate_token(credentials.credentials)
+    else:
+        token = credentials.credentials
+    principal = ctx.users.authenticate_token(token)
     if not principal.has_role(*roles):
         needed = ", ".join(sorted(r.value for r in roles))
         error = PermissionDeniedError(f"{principal.username} may not call this: needs {needed}")

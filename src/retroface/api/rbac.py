@@ -8,6 +8,7 @@ check the same rules again, so the API is never the only gate.
 from __future__ import annotations
 
 from retroface.core.roles import Role
+from retroface.web.access import WEB_MATRIX
 
 AUTH, OPER, REV, AU, AD = Role.AUTHORISER, Role.OPERATOR, Role.REVIEWER, Role.AUDITOR, Role.ADMIN
 ANY = frozenset(Role)
@@ -93,6 +94,9 @@ DOCS_ROUTES = frozenset(
 
 def allowed_roles(method: str, path: str, public_docs: bool = True) -> frozenset[Role] | None:
     """Roles for a route template; ``KeyError`` for an undeclared route (callers fail closed)."""
-    if (method.upper(), path) in DOCS_ROUTES:
+    key = (method.upper(), path)
+    if key in DOCS_ROUTES:
         return PUBLIC if public_docs else ANY
-    return MATRIX[(method.upper(), path)]
+    if key in WEB_MATRIX:
+        return WEB_MATRIX[key]
+    return MATRIX[key]

@@ -204,7 +204,7 @@ def serve(
     port: int = typer.Option(8000, min=1, max=65535),
     log_level: str = typer.Option("info"),
 ) -> None:
-    """Run the REST API with uvicorn (no web UI yet: interactive API docs at /api/v1/docs)."""
+    """Run the REST API and the web pages with uvicorn (pages at /ui/, API docs at /api/v1/docs)."""
     import uvicorn
 
     from retroface.api.app import create_app

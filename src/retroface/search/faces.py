@@ -267,6 +267,34 @@ class FaceImages:
         assert source.face is not None
         return self._done(actor, access, face_crop(image, source.face), blurred, blur_all)
 
+    # ------------------------------------------------------------------ footage in memory
+    # (the web pages' video scan: tracks' best shots are shown before anything is stored)
+
+    def footage_face(
+        self,
+        actor: Principal,
+        case_ref: str,
+        frame: ImageArray,
+        box: Box,
+        *,
+        details: Mapping[str, Any],
+        veiled: bool = False,
+        blur_all: bool = False,
+    ) -> FaceImage:
+        """A face track's best shot from footage scanned in memory for ``case_ref`` (not yet a
+        probe), cropped as :meth:`probe_face`; the case's operators only (need-to-know), audited
+        like any face view with ``details`` naming the video and track. The frame's other faces
+        were never recorded, so everything but this face is blurred; ``veiled`` blurs it too (a
+        track not yet picked)."""
+        self.guard.require(
+            actor, Role.OPERATOR, action=ACTION, case_ref=case_ref, object_type="video"
+        )
+        self.cases.team.require_case(actor, case_ref, ACTION, work=True)
+        access = _Access(case_ref, "video", str(details.get("sha256", "")), dict(details))
+        veil = veiled or blur_all or self.blur_all
+        image = blur_all_but(frame, None if veil else box)
+        return self._done(actor, access, face_crop(image, box), 1, blur_all)
+
     # ------------------------------------------------------------------ access
 
     def _probe(

@@ -11,6 +11,8 @@ where it was found.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -26,6 +28,7 @@ from retroface.core.clock import utcnow
 from retroface.core.errors import InvalidInputError, PermissionDeniedError
 from retroface.core.labels import LEAD_LABEL
 from retroface.core.roles import Role
+from retroface.core.text import case_reference, safe_filename
 from retroface.governance.cases import CaseService
 from retroface.media.footage import (
     ScanProgress,
@@ -173,6 +176,63 @@ class FootageSearch:
             top_k=top_k,
             threshold=threshold,
         )
+
+    # ------------------------------------------------------------------ uploaded footage
+    # (the web pages: a video uploaded under a case is scanned from memory)
+
+    def scan_upload(
+        self,
+        actor: Principal,
+        case_ref: str,
+        data: bytes,
+        name: str,
+        provenance: ProbeProvenance,
+        *,
+        fps: float | None = 5.0,
+        progress: ScanProgress | None = None,
+    ) -> VideoScan:
+        """Scan footage uploaded under a case without writing it to disk: its tracks, to pick
+        one for :meth:`search_track` (with ``video_sha256=scan.extra["sha256"]``).
+
+        The bytes go into an anonymous in-memory file (Linux ``memfd``) that the decoder opens
+        by its ``/proc/self/fd`` path and that vanishes when closed: no plaintext footage on
+        any filesystem, as for probe images. Role, team and case are checked before the scan
+        (refusals audited as ``video.scan.refused``); the scan is audited as ``video.scan``.
+        """
+        case_ref = case_reference(case_ref)
+        name = safe_filename(name)
+        self.require_searchable_case(actor, case_ref, action="video.scan")
+        provenance.check()
+        sha = hashlib.sha256(data).hexdigest()
+        fd = os.memfd_create("retroface-footage", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            scan = scan_video(f"/proc/self/fd/{fd}", self.engine, fps=fps, progress=progress)
+        finally:
+            os.close(fd)
+        scan.info = replace(scan.info, path=name)  # the exhibit's name, not the descriptor
+        scan.extra["sha256"] = sha
+        with self.db.session() as s:
+            self.audit(
+                s,
+                actor=actor,
+                action="video.scan",
+                case_ref=case_ref,
+                object_type="video",
+                object_id=sha,
+                details={
+                    "video": name,
+                    "source": provenance.source,
+                    "how_obtained": provenance.how_obtained,
+                    "tracks": len(scan.tracks),
+                    "sampling_fps": fps,
+                    "decode": scan.report.to_dict(),
+                },
+                ts=self.clock(),
+            )
+        return scan
 
     def find(
         self,

@@ -31,9 +31,12 @@ from retroface.search.views import (
     DisclosedDecision,
     DisclosedReview,
     FaceView,
+    ProbeDetail,
+    ProbeListing,
     ProbeSummary,
     ProbeView,
     SearchExport,
+    SearchListing,
     SearchResult,
 )
 from retroface.storage.blobstore import EncryptedBlobStore
@@ -206,6 +209,126 @@ class SearchService:
         aad = template_aad(probe.content_hash, pf.model_key) + f":{face_index}".encode()
         vector = np.frombuffer(self.cipher.decrypt(pf.embedding_enc, aad=aad), dtype=np.float32)
         return pf, vector
+
+    # ------------------------------------------------------------------ probes seen again
+    # (the web pages: a probe's faces after the upload, a case's probes and their searches)
+
+    #: Who may look at a case's probes (need-to-know then decides which: the case's team, the
+    #: authoriser deciding or having decided it, auditors) - the roles that may see its faces.
+    VIEW_ROLES = (Role.OPERATOR, Role.AUTHORISER, Role.AUDITOR)
+
+    def probe(self, actor: Principal, probe_id: int) -> ProbeDetail:
+        """A stored probe with its detected faces, quality verdicts and provenance; audited
+        (``probe.view``), as is a refusal (need-to-know: not the caller's case)."""
+        check_id(probe_id, "probe id")
+        self.guard.require(
+            actor, *self.VIEW_ROLES, action="probe.view", object_type="probe", object_id=probe_id
+        )
+        with self.db.session() as s:
+            probe = s.get(Probe, probe_id)
+            case_ref = self._case_ref(s, probe.case_id) if probe is not None else None
+        if case_ref is None:
+            raise NotFoundError(f"no probe {probe_id}")
+        self.cases.purge_lapsed(case_ref)  # a lapsed urgent case's probes are gone first
+        self.cases.team.require_case(actor, case_ref, "probe.view", work=False)
+        with self.db.session() as s:
+            probe = s.get(Probe, probe_id)
+            if probe is None:
+                raise NotFoundError(f"no probe {probe_id}")
+            faces = s.scalars(
+                select(ProbeFace)
+                .where(ProbeFace.probe_id == probe.id)
+                .order_by(ProbeFace.face_index)
+            )
+            detail = ProbeDetail(
+                probe_id=probe.id,
+                case=case_ref,
+                sha256=probe.content_hash,
+                faces=[
+                    FaceView(
+                        face=pf.face_index,
+                        box=list(pf.box.get("box", [])),
+                        landmarks=list(pf.box.get("landmarks", [])),
+                        det_score=pf.det_score,
+                        quality=pf.quality,
+                    )
+                    for pf in faces
+                ],
+                name=probe.original_name,
+                source=probe.source,
+                how_obtained=probe.how_obtained,
+                media_type=probe.media_type,
+                width=probe.width,
+                height=probe.height,
+                created_at=probe.created_at,
+            )
+            self.audit(
+                s,
+                actor=actor,
+                action="probe.view",
+                case_ref=case_ref,
+                object_type="probe",
+                object_id=str(probe_id),
+                ts=self.clock(),
+            )
+            return detail
+
+    def case_probes(self, actor: Principal, case_ref: str) -> list[ProbeListing]:
+        """A case's probes, newest first, each with its searches: for whoever may see the case
+        (as :meth:`CaseService.show`; a refusal is audited as ``probe.list.refused``)."""
+        case_ref = case_reference(case_ref)
+        self.guard.require(actor, *self.VIEW_ROLES, action="probe.list", case_ref=case_ref)
+        self.cases.purge_lapsed(case_ref)
+        self.cases.team.require_case(actor, case_ref, "probe.list", work=False)
+        with self.db.session() as s:
+            case = self.cases.get(s, case_ref)
+            probes = list(
+                s.scalars(
+                    select(Probe)
+                    .where(Probe.case_id == case.id)
+                    .order_by(Probe.created_at.desc(), Probe.id.desc())
+                )
+            )
+            ids = [p.id for p in probes]
+            face_rows = s.execute(
+                select(ProbeFace.id, ProbeFace.probe_id, ProbeFace.face_index).where(
+                    ProbeFace.probe_id.in_(ids)
+                )
+            ).all()
+            face_of = {fid: index for fid, _, index in face_rows}
+            counts: dict[int, int] = {}
+            for _, pid, _ in face_rows:
+                counts[pid] = counts.get(pid, 0) + 1
+            searches: dict[int, list[SearchListing]] = {}
+            records = s.scalars(
+                select(SearchRecord)
+                .where(SearchRecord.probe_id.in_(ids))
+                .order_by(SearchRecord.started_at.desc(), SearchRecord.id.desc())
+            )
+            for r in records:
+                assert r.probe_id is not None
+                searches.setdefault(r.probe_id, []).append(
+                    SearchListing(
+                        search_id=r.id,
+                        face=face_of.get(r.probe_face_id) if r.probe_face_id else None,
+                        started_at=r.started_at,
+                        candidates=len(r.candidates),
+                        review_status=ReviewStatus(r.review_status),
+                    )
+                )
+            return [
+                ProbeListing(
+                    probe_id=p.id,
+                    name=p.original_name,
+                    source=p.source,
+                    how_obtained=p.how_obtained,
+                    media_type=p.media_type,
+                    faces=counts.get(p.id, 0),
+                    created_at=p.created_at,
+                    searches=searches.get(p.id, []),
+                )
+                for p in probes
+            ]
 
     # ------------------------------------------------------------------ search
 

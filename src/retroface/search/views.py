@@ -42,6 +42,41 @@ class ProbeView(View):
     faces: list[FaceView]
 
 
+class ProbeDetail(ProbeView):
+    """A stored probe as its case page shows it: the faces, and where the image came from."""
+
+    name: str | None
+    source: str
+    how_obtained: str
+    media_type: str
+    width: int
+    height: int
+    created_at: datetime
+
+
+class SearchListing(View):
+    """One search of a probe, as a case page lists it (no candidates: open it to see them)."""
+
+    search_id: int
+    face: int | None
+    started_at: datetime
+    candidates: int
+    review_status: ReviewStatus
+
+
+class ProbeListing(View):
+    """A probe of a case with the searches run on it, newest first on the case page."""
+
+    probe_id: int
+    name: str | None
+    source: str
+    how_obtained: str
+    media_type: str
+    faces: int
+    created_at: datetime
+    searches: list[SearchListing]
+
+
 class ProbeSummary(View):
     """The probe a search used, with its provenance and quality warnings."""
 

@@ -1,0 +1,1 @@
+"""Page routes, one module per group of users (each registered in :mod:`retroface.web.app`)."""
