@@ -24,8 +24,12 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageFilter
 from sqlalchemy import literal, select, text
 from tests.conftest import ADMIN, Clock, add_team, enrol_people
+from typer.testing import CliRunner, Result
 
 from retroface.api.app import create_app
+from retroface.cli import report_cmds
+from retroface.cli.session import state
+from retroface.config import get_settings
 from retroface.context import AppContext
 from retroface.core.access import Principal
 from retroface.core.errors import InvalidInputError, PermissionDeniedError
@@ -420,3 +424,55 @@ def test_oversight_over_the_api(month: Month) -> None:
     assert {"GET /api/v1/cases", "GET /api/v1/cases/{ref}", "GET /api/v1/reviews/{search_id}"} <= (
         logged
     )
+
+
+def test_cli_report_oversight(
+    month: Month, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``retroface report oversight`` as each person would run it (its own context, real clock:
+    60 months reach back past March 2026)."""
+    monkeypatch.setenv("RETROFACE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RETROFACE_DATABASE_URL", database_url)
+    monkeypatch.setenv("RETROFACE_PROBE_RETENTION_DAYS", "10")
+    monkeypatch.setenv("RETROFACE_PASSWORD", PASSWORD)
+    monkeypatch.delenv("RETROFACE_TOKEN", raising=False)
+    get_settings.cache_clear()
+    runner = CliRunner()
+
+    def invoke(user: str, *args: str) -> Result:
+        _reset_cli()  # the CLI's state is a module singleton: each call is a fresh process
+        try:
+            return runner.invoke(report_cmds.app, list(args), env={"RETROFACE_USER": user})
+        finally:
+            _reset_cli()
+
+    try:
+        result = invoke("ovid", "oversight", "--months", "60", "--json")
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.output)
+        assert len(out["months"]) == 60
+        march = next(m for m in out["months"] if m["month"] == "2026-03")
+        expected = month.app.oversight.monthly(month.team["ovid"], months=2).months[1]
+        assert march["searches"] == expected.searches.model_dump(mode="json")
+        assert march["reviews"] == expected.reviews.model_dump(mode="json")
+        result = invoke("audrey", "oversight", "--months", "60")
+        assert result.exit_code == 0, result.output
+        row = next(line for line in result.output.splitlines() if "2026-03" in line)
+        assert row.split()[1] == "5"  # searches run
+        assert "total" in result.output and "held past their deletion date" in result.output
+        result = invoke("olive", "oversight")
+        assert result.exit_code != 0 and "oversight" in result.output
+        result = invoke("ovid", "oversight", "--months", "61")
+        assert result.exit_code != 0 and "1 to 60" in result.output
+        result = invoke("ovid", "transparency", "--from", "2026-03-01", "--to", "2026-03-31")
+        assert result.exit_code != 0  # the role sees the monthly figures only
+    finally:
+        get_settings.cache_clear()
+
+
+def _reset_cli() -> None:
+    ctx = state.__dict__.pop("ctx", None)
+    if ctx is not None:
+        ctx.close()
+    state._principal = None
+    state.user = None
