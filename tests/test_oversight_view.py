@@ -15,7 +15,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from retroface.config import get_settings
 from retroface.context import AppContext
 from retroface.core.access import Principal
 from retroface.core.errors import InvalidInputError, PermissionDeniedError
+from retroface.gallery.enrol import items_from_paths
 from retroface.governance.oversight_figures import month_bounds, reason_category
 from retroface.governance.views import OversightFigures
 from retroface.media.images import decode_image
@@ -55,7 +56,8 @@ TEAM = {
     "ovid": "oversight",
 }
 CASES = ("PREV/7/26", "CR/11/26", "CR/12/26", "URG/13/26", "URG/14/26", "CR/15/26")
-SUBJECTS = ("barack_obama", "joe_biden", "kit_harington", "rose_leslie", "obama", "biden")
+EXTRA = ("alex_lacamoire", "lin_manuel_miranda")
+SUBJECTS = ("barack_obama", "joe_biden", "kit_harington", "rose_leslie", "obama", "biden", *EXTRA)
 FEB = datetime(2026, 2, 20, 9, 0, tzinfo=UTC)
 MAR = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -107,6 +109,11 @@ def month(
     app = make_app(probe_retention_days=10)  # a short period, so a month sees probes deleted
     team = add_team(app, TEAM, PASSWORD)
     enrol_people(app, data_dir)
+    # two more subjects: one kept until 3 March (erased late, on the 4th), one an admin removes
+    extra = list(items_from_paths([data_dir / "people" / p for p in EXTRA]))
+    kept = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
+    extra = [replace(i, retention_until=kept) if i.subject == EXTRA[0] else i for i in extra]
+    assert app.enroller().run(ADMIN, extra).enrolled > 0
     olive, arthur = team["olive"], team["arthur"]
     faces: dict[str, list[Face]] = {}
 
@@ -164,6 +171,8 @@ def month(
     app.reviews.decide(ronan, searches["S2"], "possible match", "similar", 1)
     app.reviews.decide(ruth, searches["S2"], "no match", "tiebreak: different person")
     app.searches.export(olive, searches["S1"])
+    clock.now = datetime(2026, 3, 3, 10, 0, tzinfo=UTC)
+    app.gallery.erase(ADMIN, EXTRA[1], "no longer wanted")
     return Month(app, clock, team, searches, faces)
 
 
@@ -209,12 +218,13 @@ def test_monthly_figures_are_exact(month: Month) -> None:
     assert before.overdue_now.model_dump() == {
         "probes": 1,  # February's, due on 2 March (10 days), a day of grace gone
         "search_records": 0,
-        "subjects": 0,
+        "subjects": 1,  # kept until 3 March 09:00
         "urgent_cases": 0,  # the lapsed one is within its day of grace
     }
-    app.retention.run(ADMIN)  # purges the lapsed urgent case, deletes February's probe (late)
+    # purges the lapsed urgent case; deletes February's probe and erases the subject, both late
+    app.retention.run(ADMIN)
     fig = app.oversight.monthly(team["ovid"], months=2)
-    assert fig.overdue_now.probes == 0
+    assert fig.overdue_now.probes == fig.overdue_now.subjects == 0
     assert [m.month for m in fig.months] == ["2026-02", "2026-03"]
     assert fig.period_start == datetime(2026, 2, 1, tzinfo=UTC)
     assert fig.period_end == datetime(2026, 4, 1, tzinfo=UTC)
@@ -298,19 +308,19 @@ def test_monthly_figures_are_exact(month: Month) -> None:
         "probes_late": 1,  # due 2 March 09:00, deleted 4 March 16:00
         "search_records": 0,
         "search_records_late": 0,
-        "subjects": 0,
-        "subjects_late": 0,
+        "subjects": 1,
+        "subjects_late": 1,  # due 3 March 09:00, erased 4 March 16:00
         "urgent_cases": 1,
         "urgent_cases_late": 0,  # purged an hour after its window ended
         "due_unknown": 0,
         "purged_on_refusal": 1,
         "probes_purged": 1,
         "search_records_purged": 1,
-        "erased_on_decision": 0,
-        "due": 2,
-        "late": 1,
+        "erased_on_decision": 1,
+        "due": 3,
+        "late": 2,
         "on_time": 1,
-        "on_time_rate": 0.5,
+        "on_time_rate": 0.3333,
     }
     assert fig.total.searches.run == 6 and fig.total.authorisations.requested == 6
     assert fig.total.authorisations.median_hours_to_decision == 1.5  # 0, 1, 2, 3 h
@@ -330,7 +340,7 @@ def test_monthly_figures_are_exact(month: Month) -> None:
     after = app.oversight.monthly(team["ovid"], months=1).months[0]
     assert after.month == "2026-03"
     assert after.deletions.probes == 6 and after.deletions.probes_late == 1
-    assert after.deletions.on_time == 6 and after.deletions.on_time_rate == round(6 / 7, 4)
+    assert after.deletions.on_time == 6 and after.deletions.on_time_rate == 0.75  # 6 of 8
     assert after.probe_quality.probes == 6 and after.probe_quality.faces == march_faces
     assert after.probe_quality.faces_assessed == 0 and after.probe_quality.share_acceptable is None
     assert after.searches == mar.searches and after.reviews == mar.reviews

@@ -78,8 +78,6 @@ _COUNTED_ACTIONS = (
     "video.find",
     "search.export",
     "probe.add",
-    "review.decide",
-    "gallery.erase",
     *REFUSED_SEARCH_ACTIONS,
 )
 _CHUNK = 500  # ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits
