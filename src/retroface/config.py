@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     #: Serve the OpenAPI document and the docs pages (``/api/v1/openapi.json``, ``/docs``,
     #: ``/redoc``) without a token. False: any signed-in role may read them, nobody else.
     public_docs: bool = True
+    #: Blur every face in every face image the API and the web pages serve (privacy display
+    #: for documentation screenshots and demonstrations); a request may add blurring, never
+    #: remove it.
+    blur_all_faces: bool = False
     #: Cosine similarity at which ``compare`` calls two faces the same person.
     match_threshold: float = 0.36
     #: Redis for background jobs (RQ workers: ``python -m retroface.jobs.redis_queue``); unset,

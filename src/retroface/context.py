@@ -32,6 +32,7 @@ from retroface.jobs.handlers import JobServices, register_handlers
 from retroface.jobs.local import LocalJobRunner
 from retroface.jobs.redis_queue import RedisJobRunner
 from retroface.jobs.store import JobStore
+from retroface.search.faces import FaceImages
 from retroface.search.footage import FootageSearch
 from retroface.search.index_manager import IndexManager
 from retroface.search.matcher import Matcher
@@ -185,6 +186,19 @@ class AppContext:
             self.matcher,
             self.cases,
             self.audit.record,
+            max_image_pixels=self.settings.max_image_pixels,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def faces(self) -> FaceImages:
+        """Face images for screens: need-to-know, audited, decrypted in memory, privacy blur."""
+        return FaceImages(
+            self.db,
+            self.blobs,
+            self.cases,
+            self.audit.record,
+            blur_all=self.settings.blur_all_faces,
             max_image_pixels=self.settings.max_image_pixels,
             clock=self.clock,
         )

@@ -46,6 +46,20 @@ MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     ("GET", f"{P}/reviews/queue"): frozenset({REV}),
     ("GET", f"{P}/reviews/{{search_id}}"): frozenset({REV, AU}),
     ("POST", f"{P}/reviews/{{search_id}}"): frozenset({REV}),
+    # face images (need-to-know in retroface.search.faces: the case's team and its authoriser
+    # for probes; the team and the reviewers reviewing it for a search; every view audited)
+    ("GET", f"{P}/probes/{{probe_id}}/faces/{{face}}.jpg"): frozenset({OPER, AUTH, AU}),
+    ("GET", f"{P}/probes/{{probe_id}}/image.jpg"): frozenset({OPER, AUTH, AU}),
+    ("GET", f"{P}/searches/{{search_id}}/probe/face.jpg"): frozenset({OPER, REV, AU}),
+    ("GET", f"{P}/searches/{{search_id}}/probe/aligned.jpg"): frozenset({OPER, REV, AU}),
+    ("GET", f"{P}/searches/{{search_id}}/candidates/{{rank}}/face.jpg"): frozenset({OPER, REV, AU}),
+    ("GET", f"{P}/searches/{{search_id}}/candidates/{{rank}}/aligned.jpg"): frozenset(
+        {OPER, REV, AU}
+    ),
+    ("GET", f"{P}/searches/{{search_id}}/candidates/{{rank}}/landmarks"): frozenset(
+        {OPER, REV, AU}
+    ),
+    ("GET", f"{P}/gallery/images/{{image_id}}/face.jpg"): frozenset({AD, AU}),
     # gallery
     ("GET", f"{P}/gallery/subjects"): frozenset({AD, AU}),
     ("GET", f"{P}/gallery/subjects/{{ref}}"): frozenset({AD, AU}),

@@ -163,3 +163,44 @@ class FootageFind(View):
     threshold: float
     probe: dict[str, Any]  # what the caller said the probe was (name, hash, face)
     videos: list[FootageScanned | FootageUnreadable]
+
+
+#: The 5 landmarks every face carries, in order (left and right as seen in the image).
+LANDMARK_NAMES = (
+    "eye (image left)",
+    "eye (image right)",
+    "nose tip",
+    "mouth corner (image left)",
+    "mouth corner (image right)",
+)
+
+
+class FaceImage(View):
+    """A face image to show a person: JPEG bytes decoded from the encrypted store in memory.
+
+    ``landmarks`` are the 5 points (:data:`LANDMARK_NAMES`) in this image's pixels, given for
+    aligned crops (the comparison view's overlay); ``blurred`` counts the regions blurred in it
+    (faces not chosen, or every face with blur-all).
+    """
+
+    jpeg: bytes
+    width: int
+    height: int
+    blurred: int = 0
+    landmarks: list[list[float]] | None = None
+    media_type: str = "image/jpeg"
+
+
+class ComparisonLandmarks(View):
+    """The 5 landmarks of a search's probe face and of one candidate's reference face, each in
+    its aligned ``size`` x ``size`` crop (``…/probe/aligned.jpg`` and
+    ``…/candidates/{rank}/aligned.jpg`` at the same size): both crops share one frame, so the
+    points can be drawn over either and compared. No similarity, no decision: nothing here
+    unblinds a reviewer."""
+
+    search_id: int
+    rank: int
+    size: int
+    points: list[str] = list(LANDMARK_NAMES)
+    probe: list[list[float]]
+    candidate: list[list[float]]
