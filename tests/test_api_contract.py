@@ -40,7 +40,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 PASSWORD = "a long test password"
-ALL_ROLES = "admin,operator,reviewer,authoriser,auditor"
+ALL_ROLES = "admin,operator,reviewer,authoriser,auditor,oversight"
 _home = Path(tempfile.mkdtemp(prefix="retroface-contract-"))
 _ctx = AppContext(Settings(home=_home))
 _ctx.users.ensure_admin("root", PASSWORD)

@@ -320,6 +320,7 @@ def test_dpia_lists_counts_and_policy(history: History) -> None:
         "reviewer": 3,
         "authoriser": 1,
         "auditor": 1,
+        "oversight": 0,
     }
     assert report["users"] == {"active": 8, "disabled": 0}
     assert report["model"] == app.engine.identity.to_dict() and report["model"]["licence"]

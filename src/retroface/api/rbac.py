@@ -7,11 +7,15 @@ check the same rules again, so the API is never the only gate.
 
 from __future__ import annotations
 
-from retroface.core.roles import Role
+from retroface.core.roles import INTERNAL_ROLES, Role
 from retroface.web.access import WEB_MATRIX
 
 AUTH, OPER, REV, AU, AD = Role.AUTHORISER, Role.OPERATOR, Role.REVIEWER, Role.AUDITOR, Role.ADMIN
+OVS = Role.OVERSIGHT
 ANY = frozenset(Role)
+#: Every role but oversight: routes that may show a case (the services then ask need-to-know);
+#: an oversight account (a regulator, an ethics panel) sees aggregated figures only.
+STAFF = INTERNAL_ROLES
 PUBLIC: frozenset[Role] | None = None  # no authentication at all
 
 P = "/api/v1"
@@ -30,12 +34,12 @@ MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     # admins, for themselves or a service account only (the service refuses anyone else: 403)
     ("POST", f"{P}/users/{{username}}/tokens"): frozenset({AD}),
     # cases and authorisation
-    ("GET", f"{P}/cases"): ANY,
+    ("GET", f"{P}/cases"): STAFF,
     ("POST", f"{P}/cases"): frozenset({OPER}),
-    ("GET", f"{P}/cases/{{ref}}"): ANY,
+    ("GET", f"{P}/cases/{{ref}}"): STAFF,
     ("POST", f"{P}/cases/{{ref}}/decision"): frozenset({AUTH}),
     # need-to-know: the services decide whose case it is (owner, authoriser, auditor)
-    ("GET", f"{P}/cases/{{ref}}/team"): ANY,
+    ("GET", f"{P}/cases/{{ref}}/team"): STAFF,
     ("POST", f"{P}/cases/{{ref}}/team"): frozenset({OPER, AUTH}),
     ("DELETE", f"{P}/cases/{{ref}}/team/{{username}}"): frozenset({OPER, AUTH}),
     # probes, searches, review
@@ -76,6 +80,8 @@ MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     ("POST", f"{P}/retention/run"): frozenset({AD}),
     ("GET", f"{P}/reports/transparency"): frozenset({AU, AD}),
     ("GET", f"{P}/reports/dpia"): frozenset({AU, AD}),
+    # aggregated monthly figures, no faces and no names: the one route for an oversight account
+    ("GET", f"{P}/reports/oversight"): frozenset({OVS, AU, AD}),
 }
 
 

@@ -54,7 +54,7 @@ def init(
 def user_add(
     username: str,
     roles: str = typer.Option(
-        ..., help="Comma-separated: admin,operator,reviewer,authoriser,auditor."
+        ..., help="Comma-separated: admin,operator,reviewer,authoriser,auditor,oversight."
     ),
     display_name: str | None = typer.Option(None),
     token_only: bool = typer.Option(

@@ -1,8 +1,11 @@
-"""Oversight reports on the command line: transparency (per period) and DPIA facts.
+"""Oversight reports on the command line: transparency (per period), DPIA facts, and the monthly
+oversight figures.
 
-Only auditors and admins may produce them, and producing one is itself audited: a report reveals
-activity across every case, so who looked, and at what period, belongs in the trail. Both rules
-live in :class:`retroface.governance.oversight.OversightService`; this module only translates.
+Only auditors and admins may produce the first two, and producing one is itself audited: a report
+reveals activity across every case, so who looked, and at what period, belongs in the trail. The
+monthly figures name nobody, so an oversight account (a regulator, an ethics panel) may read them
+too. The rules live in :class:`retroface.governance.oversight.OversightService`; this module only
+translates.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from retroface.cli.session import state
 
 if TYPE_CHECKING:
     from retroface.governance.reports import DpiaReport, TransparencyReport
+    from retroface.governance.views import OversightFigures
 
-app = typer.Typer(help="Reports for oversight bodies: transparency, dpia.", no_args_is_help=True)
+app = typer.Typer(
+    help="Reports for oversight bodies: transparency, dpia, oversight.", no_args_is_help=True
+)
 
 _HTML_HELP = "Write a self-contained HTML report to this file."
 
@@ -75,6 +81,64 @@ def dpia(
         _print_dpia(report)
     if html is not None:
         console.print(f"DPIA facts written to {html}")
+
+
+@app.command()
+def oversight(
+    months: int = typer.Option(12, "--months", help="How many calendar months, this one last."),
+    json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+) -> None:
+    """Figures per month (UTC) for an ethics panel or a regulator: no faces, no names."""
+    with user_errors():
+        figures = state.ctx.oversight.monthly(state.principal(), months)
+    if json_out:
+        print_json(figures.model_dump(mode="json"))
+    else:
+        _print_oversight(figures)
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.0%}"
+
+
+def _print_oversight(f: OversightFigures) -> None:
+    table = Table(
+        "month",
+        "searches",
+        "requested",
+        "granted",
+        "refused",
+        "urgent",
+        "lapsed",
+        "reviewed",
+        "agreement",
+        "probes ok",
+        "deleted on time",
+        "late",
+    )
+    for m in [*f.months, f.total]:
+        table.add_row(
+            m.month,
+            str(m.searches.run),
+            str(m.authorisations.requested),
+            str(m.authorisations.granted),
+            str(m.authorisations.refused),
+            str(m.urgent.opened),
+            str(m.urgent.lapsed),
+            str(m.reviews.pairs),
+            _pct(m.reviews.agreement_rate),
+            _pct(m.probe_quality.share_acceptable),
+            f"{m.deletions.on_time}/{m.deletions.due}",
+            str(m.deletions.late),
+        )
+    console.print(table)
+    o = f.overdue_now
+    console.print(
+        f"held past their deletion date (over {f.deletion_grace_hours:g} h): {o.probes} probe(s), "
+        f"{o.search_records} search record(s), {o.subjects} subject(s), "
+        f"{o.urgent_cases} lapsed urgent case(s)"
+    )
+    console.print(f.notice)
 
 
 def _print_transparency(report: TransparencyReport) -> None:

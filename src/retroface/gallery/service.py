@@ -7,6 +7,8 @@ audited as ``<action>.refused``; an erasure is audited in the transaction that e
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -174,6 +176,11 @@ class GalleryService:
             images = list(subject.images)
             hashes = [img.content_hash for img in images]
             template_ids = [t.id for img in images for t in img.templates]
+            details: dict[str, Any] = {"images": len(images), "templates": len(template_ids)}
+            if action == "retention.subject_erase" and subject.retention_until is not None:
+                # when it fell due, so the oversight figures can tell an erasure on time from one
+                # made late (the subject row, which held the date, is gone)
+                details["due"] = subject.retention_until.isoformat()
             model_keys = {t.model_key for img in images for t in img.templates}
             s.delete(subject)
             s.flush()
@@ -185,7 +192,7 @@ class GalleryService:
                 object_type="subject",
                 object_id=reference,
                 justification=reason,
-                details={"images": len(images), "templates": len(template_ids)},
+                details=details,
                 ts=self.clock(),
             )
             still_used = still_referenced(s, hashes)

@@ -30,7 +30,7 @@ from retroface.core.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from retroface.core.roles import Role
+from retroface.core.roles import INTERNAL_ROLES, Role
 from retroface.core.status import CaseStatus
 from retroface.core.text import case_reference, clean_text
 from retroface.governance.policy import MAX_AUTHORISATION_DAYS, GovernancePolicy
@@ -293,7 +293,7 @@ class CaseService:
         """The cases ``actor`` has need-to-know of (see :mod:`retroface.governance.team`)."""
         if status:
             clean_text(status, "status", 20)
-        self.guard.require(actor, *Role, action="case.list")
+        self.guard.require(actor, *INTERNAL_ROLES, action="case.list")
         self.purge_lapsed()
         with self.db.session() as s:
             q = select(Case).where(visible_cases(actor)).order_by(Case.opened_at.desc())
@@ -303,7 +303,7 @@ class CaseService:
 
     def show(self, actor: Principal, reference: str) -> CaseView:
         reference = case_reference(reference)
-        self.guard.require(actor, *Role, action="case.show", case_ref=reference)
+        self.guard.require(actor, *INTERNAL_ROLES, action="case.show", case_ref=reference)
         self.purge_lapsed(reference)
         self.team.require_case(actor, reference, "case.show", work=False)
         with self.db.session() as s:

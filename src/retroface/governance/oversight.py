@@ -6,7 +6,9 @@ audit record itself, so the CLI and the API cannot produce a report without leav
 attempts are audited too (``<action>.refused``).
 
 Roles (the same as the API's access matrix): reports and verification, auditor or admin; an
-export of the log, auditor only (the log records what admins do, so its custodian is the auditor).
+export of the log, auditor only (the log records what admins do, so its custodian is the auditor);
+the monthly oversight figures, which name nobody, also the oversight role (an ethics panel or a
+regulator), which may see nothing else.
 
 Verification is not itself recorded: it reads nothing about people or cases, and appending to a
 chain that was just found broken would only muddy the evidence; a refused verification is.
@@ -24,7 +26,8 @@ from retroface.core.access import Principal
 from retroface.core.clock import utcnow
 from retroface.core.errors import InvalidInputError
 from retroface.core.roles import Role
-from retroface.governance import reports
+from retroface.governance import oversight_figures, reports
+from retroface.governance.views import OversightFigures
 
 if TYPE_CHECKING:
     from retroface.audit.chain import VerifyResult
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 REPORT_ROLES = (Role.AUDITOR, Role.ADMIN)
 VERIFY_ROLES = (Role.AUDITOR, Role.ADMIN)
 EXPORT_ROLES = (Role.AUDITOR,)
+FIGURES_ROLES = (Role.OVERSIGHT, Role.AUDITOR, Role.ADMIN)
 
 
 class OversightService:
@@ -103,6 +107,23 @@ class OversightService:
             _write(reports.render_dpia_html(report), html)
         self._record(principal, action, html, via, {})
         return report
+
+    def monthly(
+        self, principal: Principal, months: int = 12, *, via: str | None = None
+    ) -> OversightFigures:
+        """Aggregated figures for the last ``months`` calendar months (UTC, the current one so
+        far last): no faces, no names, no case references (see
+        :mod:`retroface.governance.oversight_figures`). Audited as ``report.oversight``."""
+        action = "report.oversight"
+        self.guard.require(principal, *FIGURES_ROLES, action=action, object_type="report")
+        figures = oversight_figures.monthly(self, months)
+        period = {
+            "months": months,
+            "start": figures.period_start.isoformat(),
+            "end": figures.period_end.isoformat(),
+        }
+        self._record(principal, action, None, via, period)
+        return figures
 
     def _record(
         self,

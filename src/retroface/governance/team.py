@@ -12,6 +12,7 @@ refused, and the refusal is audited as ``<action>.refused`` with reason ``need_t
 - reviewer: sees the searches in their review queue (open, run by someone else) and those they
   reviewed: the candidate list is what they adjudicate; not the case;
 - admin: none; accounts, not casework.
+- oversight: none, refused by role before need-to-know is asked (aggregated figures only).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from retroface.core.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from retroface.core.roles import Role, parse_roles
+from retroface.core.roles import INTERNAL_ROLES, Role, parse_roles
 from retroface.core.status import CaseStatus, ReviewStatus
 from retroface.governance.views import TeamMemberView
 from retroface.storage.db import Database
@@ -171,7 +172,7 @@ class TeamService:
 
     def members(self, actor: Principal, reference: str) -> list[TeamMemberView]:
         """The owner first, then members and supervisors in the order they were added."""
-        self.guard.require(actor, *Role, action="case.team.list", case_ref=reference)
+        self.guard.require(actor, *INTERNAL_ROLES, action="case.team.list", case_ref=reference)
         self.require_case(actor, reference, "case.team.list", work=False)
         with self.db.session() as s:
             case = _case(s, reference)

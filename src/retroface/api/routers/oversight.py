@@ -1,4 +1,5 @@
-"""Audit verification and export, retention, and transparency/DPIA reports."""
+"""Audit verification and export, retention, transparency/DPIA reports and the monthly
+oversight figures (the one route an oversight account may call besides ``/me`` and ``/models``)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from fastapi import APIRouter, Query, Response
 
 from retroface.api.deps import Caller, Ctx
 from retroface.audit.chain import VerifyResult
+from retroface.governance.oversight_figures import MAX_MONTHS
 from retroface.governance.reports import DpiaReport, TransparencyReport
 from retroface.governance.retention import RetentionReport
+from retroface.governance.views import OversightFigures
 
 router = APIRouter(prefix="/api/v1", tags=["oversight"])
 
@@ -78,3 +81,16 @@ def transparency(
 @router.get("/reports/dpia", response_model=DpiaReport, summary="DPIA facts from the live system")
 def dpia(ctx: Ctx, caller: Caller) -> DpiaReport:
     return ctx.oversight.dpia(caller, via="api")
+
+
+@router.get(
+    "/reports/oversight",
+    response_model=OversightFigures,
+    summary="Aggregated figures per month for an oversight body: no faces, no names",
+)
+def oversight_figures(
+    ctx: Ctx,
+    caller: Caller,
+    months: Annotated[int, Query(ge=1, le=MAX_MONTHS)] = 12,
+) -> OversightFigures:
+    return ctx.oversight.monthly(caller, months, via="api")
