@@ -7,7 +7,9 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from retroface.web.render import HERE
-from retroface.web.routes import home
+
+# reviewer, auditor, oversight and admin pages
+from retroface.web.routes import admin, audit, home, oversight, review
 from retroface.web.session import csrf_guard
 
 root = APIRouter(include_in_schema=False)
@@ -20,7 +22,15 @@ def start() -> RedirectResponse:
 
 #: Page routers; each module declares its pages in retroface.web.access.WEB_MATRIX (a test holds
 #: the two equal).
-ROUTERS: tuple[APIRouter, ...] = (root, home.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    root,
+    home.router,
+    # reviewer, auditor, oversight and admin pages
+    review.router,
+    audit.router,
+    oversight.router,
+    admin.router,
+)
 
 
 def add_web(app: FastAPI) -> None:
