@@ -49,7 +49,11 @@ def _reveal(ctx: Ctx) -> str:
 
 
 def _common(request: Request, ctx: Ctx) -> dict[str, Any]:
-    return {"blur_all": ctx.settings.blur_all_faces, "reveal": _reveal(ctx)}
+    return {
+        "blur_all": ctx.settings.blur_all_faces,
+        "reveal": _reveal(ctx),
+        "decisions": DECISIONS,
+    }
 
 
 @router.get("/reviews", response_class=HTMLResponse)
@@ -74,7 +78,6 @@ def _sheet_page(
         status_code=status_code,
         sheet=sheet,
         quality=quality,
-        decisions=DECISIONS,
         # a reviewer decides; an auditor reads (the service refuses a decision anyway)
         may_decide=caller.has_role(Role.REVIEWER) and not sheet.status.settled,
         mine=[r for r in sheet.reviews if r.reviewer_id == caller.id],
