@@ -48,8 +48,8 @@ def test_every_page_by_every_role(app: AppContext) -> None:
         for name in team:
             c = page_client(app).__enter__()
             clients[name] = (c, sign_in(c, name, PASSWORD))
-        # signing out ends the session every later request would use: last
-        for method, path in sorted(sorted(page_routes()), key=lambda r: r[1] == "/ui/logout"):
+        # sign-out last: it revokes the session the later pages would need
+        for method, path in sorted(page_routes(), key=lambda r: (r == ("POST", "/ui/logout"), r)):
             url = re.sub(r"\{[^}]+\}", "1", path)
             allowed = WEB_MATRIX[(method, path)]
             if allowed is None:

@@ -151,6 +151,17 @@ def test_two_blind_reviewers_and_a_tiebreak_through_the_pages(world: World) -> N
     mine = rita.get(f"/ui/reviews/{sid}")
     assert NOTE_RITA in mine.text and "You decided" in mine.text
 
+    # the log browser keeps the review blind for an auditor who is also a reviewer; a plain
+    # auditor reads every decision, and reading the log costs neither the right to review
+    app.users.add(world.who["admin"], "ava", "auditor,reviewer", PASSWORD)
+    ava, _ = client_for(app, "ava")
+    aud, _ = client_for(app, "aud")
+    hidden = ava.get("/ui/audit", params={"action": "review.decide"})
+    assert hidden.status_code == 200 and "rita" in hidden.text
+    assert NOTE_RITA not in hidden.text and "hidden: blind review" in hidden.text
+    assert NOTE_RITA in aud.get("/ui/audit", params={"action": "review.decide"}).text
+    assert f'href="/ui/reviews/{sid}"' in ava.get("/ui/reviews").text
+
     # rob is blind to rita's decision, and decides otherwise
     blind = rob.get(f"/ui/reviews/{sid}")
     assert blind.status_code == 200 and NOTE_RITA not in blind.text
@@ -175,7 +186,7 @@ def test_two_blind_reviewers_and_a_tiebreak_through_the_pages(world: World) -> N
         data={"csrf": rita_csrf, "decision": "no match", "candidate_rank": "", "note": ""},
     )
     assert again.status_code == 409
-    for c in (rita, rob, ray):
+    for c in (rita, rob, ray, ava, aud):
         c.__exit__(None, None, None)
 
 
