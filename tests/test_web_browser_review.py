@@ -100,8 +100,9 @@ def review_in_comparison(b: Any, base: str, who: str, decision: str, note: str) 
     b.shot(page, f"{who}-3-decided")
     narrow = b.page(width=420, height=800)
     b.sign_in(narrow, who, PASSWORD)
-    narrow.goto(page.url.split("?")[0])
-    assert narrow.evaluate("document.documentElement.scrollWidth") <= 420
+    for url in (page.url.split("?")[0], page.url.split("?")[0] + "/compare/1"):
+        narrow.goto(url)
+        assert narrow.evaluate("document.documentElement.scrollWidth") <= 420, url
 
 
 def test_reviewers_compare_auditor_verifies_oversight_reads(
