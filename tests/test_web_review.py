@@ -190,7 +190,7 @@ def test_two_blind_reviewers_and_a_tiebreak_through_the_pages(world: World) -> N
         c.__exit__(None, None, None)
 
 
-def test_who_may_not_open_review_pages_and_faces(world: World) -> None:
+def test_who_may_not_open_review_pages_and_faces(world: World, data_dir: Path) -> None:
     app, sid = world.app, world.search_id
     rita, _ = client_for(app, "rita")
     oscar, _ = client_for(app, "oscar")
@@ -216,6 +216,28 @@ def test_who_may_not_open_review_pages_and_faces(world: World) -> None:
     refused = audited(app, "ray", "face.view.refused")
     assert refused and refused[-1].details["reason"] == "need_to_know"
     assert refused[-1].object_id == str(sid)
+    # an operator who is also a reviewer may not review the search she ran: no sheet, and a
+    # decision posted anyway is refused by the service and audited
+    app.users.add(world.who["admin"], "opal", "operator,reviewer", PASSWORD)
+    opal_p = app.users.principal_for("opal")
+    app.cases.open(opal_p, "CR/W12b", "robbery", "identify the suspect", "a second CCTV still is all there is")
+    app.cases.authorise(world.who["arthur"], "CR/W12b", True, "necessary and proportionate")
+    data = (data_dir / SCENE).read_bytes()
+    probe = app.searches.add_probe(
+        opal_p, "CR/W12b", data, "scene.jpg", ProbeProvenance("CCTV", "exhibit AB/2")
+    )
+    own = app.searches.search(opal_p, "CR/W12b", probe.probe_id, 0, top_k=2).search_id
+    opal, opal_csrf = client_for(app, "opal")
+    assert f'href="/ui/reviews/{own}"' not in opal.get("/ui/reviews").text
+    assert opal.get(f"/ui/reviews/{own}").status_code == 403
+    r = opal.post(
+        f"/ui/reviews/{own}",
+        data={"csrf": opal_csrf, "decision": "no match", "candidate_rank": "", "note": ""},
+    )
+    assert r.status_code == 403 and "separation of duties" in r.text
+    assert audited(app, "opal", "review.decide.refused")
+    opal.__exit__(None, None, None)
+
     # the auditor reads the settled sheet and its faces
     aud, _ = client_for(app, "aud")
     assert aud.get(f"/ui/reviews/{sid}").status_code == 200

@@ -113,8 +113,8 @@ def decide(
     try:
         outcome = ctx.reviews.decide(caller, search_id, decision, note, rank)
     except RetrofaceError as exc:
-        if exc.code == "not_found":
-            raise
+        if exc.code not in ("invalid_input", "conflict"):
+            raise  # refused or gone: the error page says why (the sheet may not be shown)
         return _sheet_page(request, ctx, caller, search_id, form_status(exc), exc.message, form)
     return RedirectResponse(f"/ui/reviews/{search_id}?decided={outcome.stage}", status_code=303)
 
