@@ -220,7 +220,9 @@ def test_who_may_not_open_review_pages_and_faces(world: World, data_dir: Path) -
     # decision posted anyway is refused by the service and audited
     app.users.add(world.who["admin"], "opal", "operator,reviewer", PASSWORD)
     opal_p = app.users.principal_for("opal")
-    app.cases.open(opal_p, "CR/W12b", "robbery", "identify the suspect", "a second CCTV still is all there is")
+    app.cases.open(
+        opal_p, "CR/W12b", "robbery", "identify the suspect", "a second CCTV still is all there is"
+    )
     app.cases.authorise(world.who["arthur"], "CR/W12b", True, "necessary and proportionate")
     data = (data_dir / SCENE).read_bytes()
     probe = app.searches.add_probe(
