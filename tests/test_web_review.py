@@ -307,6 +307,15 @@ def test_auditor_oversight_and_admin_pages(world: World, data_dir: Path) -> None
     assert 'data-subject="lin_manuel_miranda"' in found.text
     assert 'data-subject="joe_biden"' not in found.text
 
+    # the subject's reference faces, to check before erasing (each view audited)
+    detail = admin.get("/ui/gallery/subjects/lin_manuel_miranda")
+    assert detail.status_code == 200
+    image_ids = re.findall(r'src="/ui/faces/gallery/(\d+)\.jpg"', detail.text)
+    assert image_ids
+    face = admin.get(f"/ui/faces/gallery/{image_ids[0]}.jpg")
+    assert face.status_code == 200 and face.headers["cache-control"] == "no-store"
+    assert audited(app, "admin", "face.view")[-1].object_id == image_ids[0]
+
     # erasure needs a reason, and removes the subject
     no_reason = admin.post(
         "/ui/gallery/subjects/lin_manuel_miranda/erase", data={"csrf": admin_csrf, "reason": ""}
@@ -317,6 +326,7 @@ def test_auditor_oversight_and_admin_pages(world: World, data_dir: Path) -> None
         data={"csrf": admin_csrf, "reason": "enrolled in error"},
     )
     assert erased.status_code == 303
+    assert admin.get(f"/ui/faces/gallery/{image_ids[0]}.jpg").status_code == 404
     after = admin.get("/ui/gallery/subjects", params={"q": "miranda"})
     assert "lin_manuel_miranda" not in after.text.split("</form>", 1)[1]
     erasures = audited(app, "admin", "gallery.erase")

@@ -142,6 +142,30 @@ def subjects(
     )
 
 
+@router.get("/gallery/subjects/{ref:path}", response_class=HTMLResponse)
+def subject(ref: str, request: Request, ctx: Ctx, caller: Caller) -> Response:
+    """One subject with its reference faces: what an admin checks before erasing."""
+    return render(
+        request,
+        "subject.html",
+        subject=ctx.gallery.show(caller, ref),
+        is_admin=caller.has_role(Role.ADMIN),
+        blur_all=ctx.settings.blur_all_faces,
+    )
+
+
+@router.get("/faces/gallery/{image_id}.jpg")
+def reference_face(
+    image_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], ctx: Ctx, caller: Caller
+) -> Response:
+    face = ctx.faces.reference_face(caller, image_id)
+    return Response(
+        content=face.jpeg,
+        media_type="image/jpeg",
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
+
+
 @router.post("/gallery/subjects/{ref:path}/erase", response_class=HTMLResponse)
 def erase(
     ref: str,
