@@ -247,6 +247,30 @@ ROUTES: list[Route] = [
         body={"decision": "no match", "note": "different person"},
         body_kinds={"decision": "text", "note": "text", "candidate_rank": "number"},
     ),
+    Route(
+        "GET",
+        "/api/v1/probes/{id}/faces/{n}.jpg",
+        path_params={"id": ("int", "1"), "n": ("int", "0")},
+        query={"blur_all": ("text", "true")},
+    ),
+    Route(
+        "GET",
+        "/api/v1/probes/{id}/image.jpg",
+        path_params={"id": ("int", "1")},
+        query={"keep": ("int", "0"), "max_side": ("int", "256")},
+    ),
+    Route(
+        "GET",
+        "/api/v1/searches/{id}/candidates/{rank}/aligned.jpg",
+        path_params={"id": ("int", "1"), "rank": ("int", "1")},
+        query={"size": ("int", "128")},
+    ),
+    Route(
+        "GET",
+        "/api/v1/searches/{id}/candidates/{rank}/landmarks",
+        path_params={"id": ("int", "1"), "rank": ("int", "1")},
+        query={"size": ("int", "128")},
+    ),
     Route("GET", "/api/v1/gallery/subjects", query={"offset": ("int", "0"), "limit": ("int", "5")}),
     Route("GET", "/api/v1/gallery/subjects/{ref}", path_params={"ref": ("text", SUBJECT)}),
     Route(

@@ -18,16 +18,23 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
-from tests.conftest import add_team, enrol_people
+from tests.conftest import Clock, add_team, enrol_people
 
 from retroface.api.app import create_app
 from retroface.context import AppContext
 from retroface.core.access import Principal
 from retroface.core.errors import NotFoundError, PermissionDeniedError
-from retroface.media.display import expand_box
+from retroface.media.display import (
+    ALIGN_PADDING,
+    aligned_landmarks,
+    blur_all_but,
+    expand_box,
+    face_crop,
+)
 from retroface.media.images import decode_image
 from retroface.search.service import ProbeProvenance
 from retroface.storage.tables import AuditRecord
+from retroface.vision.alignment import ARCFACE_TEMPLATE
 
 PASSWORD = "a long test password"
 CASE = "CR/12"
@@ -237,9 +244,7 @@ def bearer(app: AppContext, who: Principal) -> dict[str, str]:
     return {"Authorization": "Bearer " + app.users.issue_token(who, who.username)}
 
 
-def test_rest_routes_serve_jpeg_without_writing_plaintext(
-    world: World, client: TestClient
-) -> None:
+def test_rest_routes_serve_jpeg_without_writing_plaintext(world: World, client: TestClient) -> None:
     app, who = world.app, world.who
     pid, sid = world.probe_id, world.search_id
     olive, oscar, rita, admin = (bearer(app, who[n]) for n in ("olive", "oscar", "rita", "admin"))
@@ -260,6 +265,9 @@ def test_rest_routes_serve_jpeg_without_writing_plaintext(
         assert r.headers["content-type"] == "image/jpeg"
         assert r.headers["cache-control"] == "no-store"
         assert jpeg(r.content).size
+    r = client.get(f"{api}/probes/{pid}/image.jpg?max_side=500", headers=olive)
+    scale = float(r.headers["x-image-scale"])
+    assert jpeg(r.content).shape[1] == round(world.original.shape[1] * scale) == 500
     r = client.get(f"{api}/searches/{sid}/candidates/1/landmarks", headers=rita)
     assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
     body: dict[str, Any] = r.json()
@@ -281,3 +289,60 @@ def test_rest_routes_serve_jpeg_without_writing_plaintext(
     after = files_under(app.home)
     assert set(after) == set(before)
     assert not [name for name, head in after.items() if head.startswith(b"\xff\xd8\xff")]
+
+
+# ----------------------------------------------------------------------------- image operations
+
+
+def test_blur_all_but_hides_everything_except_the_kept_face() -> None:
+    """A video frame records only its track's face: everything else is blurred."""
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, size=(200, 300, 3), dtype=np.uint8)
+    kept = (100.0, 50.0, 160.0, 120.0)
+    out = blur_all_but(image, kept, margin=0.0)
+    assert np.array_equal(out[50:120, 100:160], image[50:120, 100:160])
+    outside = np.abs(out.astype(float) - image.astype(float))
+    outside[50:120, 100:160] = np.nan
+    assert np.nanmean(outside) > 40  # random noise averaged away: nothing of it is left
+    assert np.abs(blur_all_but(image, None).astype(float) - image.astype(float)).mean() > 40
+
+
+def test_face_crop_is_square_and_padded_past_the_edge() -> None:
+    image = np.full((100, 100, 3), 255, dtype=np.uint8)
+    crop = face_crop(image, (0.0, 0.0, 40.0, 40.0), margin=0.5)
+    assert crop.shape == (80, 80, 3)
+    assert (crop[:15, :15] == 128).all() and (crop[-15:, -15:] == 255).all()
+    assert face_crop(np.zeros((4000, 4000, 3), np.uint8), (0, 0, 3000, 3000)).shape[0] == 512
+
+
+def test_aligned_landmarks_put_a_template_face_on_the_template() -> None:
+    """Landmarks already on the ArcFace template (at any scale, rotation and place) land on the
+    display template: one frame for every face, whatever its size in the source image."""
+    angle = np.deg2rad(20)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    source = (ARCFACE_TEMPLATE * 3.1) @ rot.T + [400.0, 250.0]
+    moved = np.array(aligned_landmarks(source, 224))
+    expected = (ARCFACE_TEMPLATE + 112 * ALIGN_PADDING) * (224 / (112 * (1 + 2 * ALIGN_PADDING)))
+    assert np.abs(moved - expected).max() < 0.05
+
+
+def test_a_lapsed_urgent_case_shows_no_face(app: AppContext, data_dir: Path, clock: Clock) -> None:
+    """An urgent case never authorised is purged before any of its faces is shown."""
+    who = add_team(app, {"admin": "admin", "olive": "operator"}, PASSWORD)
+    app.cases.open(
+        who["olive"],
+        "U/1",
+        "robbery",
+        "identify the suspect",
+        "urgent: the suspect is still at large",
+        True,
+    )
+    data = (data_dir / "lfw/Joseph_Biden/Joseph_Biden_0001.jpg").read_bytes()
+    probe = app.searches.add_probe(
+        who["olive"], "U/1", data, "p.jpg", ProbeProvenance("CCTV", "exhibit U/1, from DVR")
+    )
+    assert jpeg(app.faces.probe_face(who["olive"], probe.probe_id, 0).jpeg).size
+    clock.advance(hours=49)  # the urgent window (48 h) ended without an authorisation
+    with pytest.raises(NotFoundError):
+        app.faces.probe_face(who["olive"], probe.probe_id, 0)
+    assert not app.blobs.exists(probe.sha256)

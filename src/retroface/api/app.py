@@ -20,7 +20,7 @@ from retroface.api.docs import add_docs_routes, offline_assets
 from retroface.api.observability import Metrics, RequestContextMiddleware
 from retroface.api.rbac import MATRIX
 from retroface.api.routers import accounts, casework, faces, gallery, oversight, system
-from retroface.api.schemas import ErrorResponse
+from retroface.api.schemas import ERROR_STATUSES, ErrorResponse
 from retroface.api.uploads import BodyLimitMiddleware
 from retroface.context import AppContext
 from retroface.core.errors import RetrofaceError
@@ -86,7 +86,7 @@ def http_code(status: int) -> str:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422)
+    code: {"model": ErrorResponse} for code in ERROR_STATUSES
 }
 
 

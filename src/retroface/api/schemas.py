@@ -18,6 +18,10 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+#: The error statuses every operation documents (with :class:`ErrorResponse` as the body).
+ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 422)
+
+
 class TokenRequest(BaseModel):
     username: str = Field(min_length=1, max_length=100, examples=["olive"])
     password: str = Field(min_length=1, max_length=1024, examples=["correct horse battery"])

@@ -173,7 +173,8 @@ class FaceImages:
         _check_range(max_side, "max side", MAX_SIDES)
         access, source = self._probe(actor, probe_id, keep, {"view": "scene", "keep": keep})
         image, blurred = self._prepared(source, blur_all)
-        return self._done(actor, access, shrink(image, max_side)[0], blurred, blur_all)
+        small, scale = shrink(image, max_side)
+        return self._done(actor, access, small, blurred, blur_all, scale=scale)
 
     # ------------------------------------------------------------------ searches
 
@@ -442,6 +443,7 @@ class FaceImages:
         blurred: int,
         blur_all: bool,
         landmarks: list[list[float]] | None = None,
+        scale: float = 1.0,
     ) -> FaceImage:
         """Encode, then audit the view (committed before the bytes are handed out)."""
         jpeg = to_jpeg(image)
@@ -450,6 +452,7 @@ class FaceImages:
             jpeg=jpeg,
             width=int(image.shape[1]),
             height=int(image.shape[0]),
+            scale=round(scale, 6),
             blurred=blurred,
             landmarks=landmarks,
         )

@@ -180,12 +180,15 @@ class FaceImage(View):
 
     ``landmarks`` are the 5 points (:data:`LANDMARK_NAMES`) in this image's pixels, given for
     aligned crops (the comparison view's overlay); ``blurred`` counts the regions blurred in it
-    (faces not chosen, or every face with blur-all).
+    (faces not chosen, or every face with blur-all); ``scale`` maps the probe's face boxes (in
+    the stored image's pixels, as :class:`FaceView` gives them) onto a whole probe image shown
+    smaller, so a page can place a "pick this face" control over each blurred face.
     """
 
     jpeg: bytes
     width: int
     height: int
+    scale: float = 1.0  # a whole image scaled down: box coordinates x scale = this image's
     blurred: int = 0
     landmarks: list[list[float]] | None = None
     media_type: str = "image/jpeg"

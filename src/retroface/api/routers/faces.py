@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi import Path as PathParam
 
 from retroface.api.deps import Caller, Ctx
+from retroface.api.schemas import ERROR_STATUSES
 from retroface.core.text import MAX_ID
 from retroface.search.views import ComparisonLandmarks, FaceImage
 
@@ -36,13 +37,24 @@ class JPEGResponse(Response):
     media_type = "image/jpeg"
 
 
+#: The success is a JPEG, the errors the usual JSON shape. Declared here in full: FastAPI puts
+#: the app-wide error models under the route's own media type, which would promise JPEG errors.
 JPEG: dict[str, Any] = {
     "response_class": JPEGResponse,
     "responses": {
         200: {
             "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
             "description": "a JPEG image",
-        }
+        },
+        **{
+            code: {
+                "description": "an error",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+                },
+            }
+            for code in ERROR_STATUSES
+        },
     },
 }
 
@@ -77,9 +89,9 @@ def probe_image(
     max_side: Annotated[int, Query(ge=64, le=4096)] = 1600,
     blur_all: BlurAll = False,
 ) -> JPEGResponse:
-    return _jpeg(
-        ctx.faces.probe_image(caller, probe_id, keep, blur_all=blur_all, max_side=max_side)
-    )
+    image = ctx.faces.probe_image(caller, probe_id, keep, blur_all=blur_all, max_side=max_side)
+    # the probe's face boxes (POST /cases/{ref}/probes) times this are where the faces are shown
+    return JPEGResponse(content=image.jpeg, headers={**NO_STORE, "X-Image-Scale": str(image.scale)})
 
 
 @router.get(
