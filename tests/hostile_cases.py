@@ -307,6 +307,7 @@ ROUTES: list[Route] = [
             "to": ("date", "2026-02-01T00:00:00Z"),
         },
     ),
+    Route("GET", "/api/v1/reports/oversight", query={"months": ("int", "12")}),
     Route("POST", "/api/v1/retention/run", query={"dry_run": ("text", "true")}),
 ]
 

@@ -101,11 +101,21 @@ def test_api_doc_examples_run_as_written(server: tuple[int, dict[str, str]]) -> 
         timeout=600,
     )
     assert done.returncode == 0, f"docs/api.md examples failed:\n{done.stdout}\n{done.stderr}"
-    # curl prints the answers back to back (no newline after each); the last is the disclosure.
+    # curl prints the answers back to back (no newline after each)
     answers = json_documents(done.stdout)
     assert answers[0]["token_type"] == "bearer"
     assert any(a.get("status") == "approved" for a in answers)
     searched = next(a for a in answers if "candidates" in a and "label" in a)
     assert searched["candidates"][0]["subject"] == "joe_biden"
     assert any(a.get("status") == "agreed" for a in answers)
-    assert '"joe_biden"' in json.dumps(answers[-1])
+    disclosure = next(a for a in answers if "disclosure" in a)
+    assert '"joe_biden"' in json.dumps(disclosure)
+    # the oversight figures count this month's work and name nobody; the oversight account is
+    # refused the case list (the status code is printed after the figures)
+    figures = next(a for a in answers if a.get("report") == "oversight")
+    now = figures["months"][-1]
+    assert now["searches"]["run"] == 1 and now["reviews"]["agreed"] == 1
+    assert now["authorisations"]["granted"] == 1
+    named = json.dumps(figures)
+    assert not any(n in named for n in ("joe_biden", "CR/1/26", "olive", "arthur", "rita"))
+    assert done.stdout.rstrip().endswith("403")

@@ -15,7 +15,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,11 +24,16 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageFilter
 from sqlalchemy import literal, select, text
 from tests.conftest import ADMIN, Clock, add_team, enrol_people
+from typer.testing import CliRunner, Result
 
 from retroface.api.app import create_app
+from retroface.cli import report_cmds
+from retroface.cli.session import state
+from retroface.config import get_settings
 from retroface.context import AppContext
 from retroface.core.access import Principal
 from retroface.core.errors import InvalidInputError, PermissionDeniedError
+from retroface.gallery.enrol import items_from_paths
 from retroface.governance.oversight_figures import month_bounds, reason_category
 from retroface.governance.views import OversightFigures
 from retroface.media.images import decode_image
@@ -51,7 +56,8 @@ TEAM = {
     "ovid": "oversight",
 }
 CASES = ("PREV/7/26", "CR/11/26", "CR/12/26", "URG/13/26", "URG/14/26", "CR/15/26")
-SUBJECTS = ("barack_obama", "joe_biden", "kit_harington", "rose_leslie", "obama", "biden")
+EXTRA = ("alex_lacamoire", "lin_manuel_miranda")
+SUBJECTS = ("barack_obama", "joe_biden", "kit_harington", "rose_leslie", "obama", "biden", *EXTRA)
 FEB = datetime(2026, 2, 20, 9, 0, tzinfo=UTC)
 MAR = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -103,6 +109,11 @@ def month(
     app = make_app(probe_retention_days=10)  # a short period, so a month sees probes deleted
     team = add_team(app, TEAM, PASSWORD)
     enrol_people(app, data_dir)
+    # two more subjects: one kept until 3 March (erased late, on the 4th), one an admin removes
+    extra = list(items_from_paths([data_dir / "people" / p for p in EXTRA]))
+    kept = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
+    extra = [replace(i, retention_until=kept) if i.subject == EXTRA[0] else i for i in extra]
+    assert app.enroller().run(ADMIN, extra).enrolled > 0
     olive, arthur = team["olive"], team["arthur"]
     faces: dict[str, list[Face]] = {}
 
@@ -160,6 +171,8 @@ def month(
     app.reviews.decide(ronan, searches["S2"], "possible match", "similar", 1)
     app.reviews.decide(ruth, searches["S2"], "no match", "tiebreak: different person")
     app.searches.export(olive, searches["S1"])
+    clock.now = datetime(2026, 3, 3, 10, 0, tzinfo=UTC)
+    app.gallery.erase(ADMIN, EXTRA[1], "no longer wanted")
     return Month(app, clock, team, searches, faces)
 
 
@@ -205,12 +218,13 @@ def test_monthly_figures_are_exact(month: Month) -> None:
     assert before.overdue_now.model_dump() == {
         "probes": 1,  # February's, due on 2 March (10 days), a day of grace gone
         "search_records": 0,
-        "subjects": 0,
+        "subjects": 1,  # kept until 3 March 09:00
         "urgent_cases": 0,  # the lapsed one is within its day of grace
     }
-    app.retention.run(ADMIN)  # purges the lapsed urgent case, deletes February's probe (late)
+    # purges the lapsed urgent case; deletes February's probe and erases the subject, both late
+    app.retention.run(ADMIN)
     fig = app.oversight.monthly(team["ovid"], months=2)
-    assert fig.overdue_now.probes == 0
+    assert fig.overdue_now.probes == fig.overdue_now.subjects == 0
     assert [m.month for m in fig.months] == ["2026-02", "2026-03"]
     assert fig.period_start == datetime(2026, 2, 1, tzinfo=UTC)
     assert fig.period_end == datetime(2026, 4, 1, tzinfo=UTC)
@@ -294,19 +308,19 @@ def test_monthly_figures_are_exact(month: Month) -> None:
         "probes_late": 1,  # due 2 March 09:00, deleted 4 March 16:00
         "search_records": 0,
         "search_records_late": 0,
-        "subjects": 0,
-        "subjects_late": 0,
+        "subjects": 1,
+        "subjects_late": 1,  # due 3 March 09:00, erased 4 March 16:00
         "urgent_cases": 1,
         "urgent_cases_late": 0,  # purged an hour after its window ended
         "due_unknown": 0,
         "purged_on_refusal": 1,
         "probes_purged": 1,
         "search_records_purged": 1,
-        "erased_on_decision": 0,
-        "due": 2,
-        "late": 1,
+        "erased_on_decision": 1,
+        "due": 3,
+        "late": 2,
         "on_time": 1,
-        "on_time_rate": 0.5,
+        "on_time_rate": 0.3333,
     }
     assert fig.total.searches.run == 6 and fig.total.authorisations.requested == 6
     assert fig.total.authorisations.median_hours_to_decision == 1.5  # 0, 1, 2, 3 h
@@ -326,7 +340,7 @@ def test_monthly_figures_are_exact(month: Month) -> None:
     after = app.oversight.monthly(team["ovid"], months=1).months[0]
     assert after.month == "2026-03"
     assert after.deletions.probes == 6 and after.deletions.probes_late == 1
-    assert after.deletions.on_time == 6 and after.deletions.on_time_rate == round(6 / 7, 4)
+    assert after.deletions.on_time == 6 and after.deletions.on_time_rate == 0.75  # 6 of 8
     assert after.probe_quality.probes == 6 and after.probe_quality.faces == march_faces
     assert after.probe_quality.faces_assessed == 0 and after.probe_quality.share_acceptable is None
     assert after.searches == mar.searches and after.reviews == mar.reviews
@@ -420,3 +434,73 @@ def test_oversight_over_the_api(month: Month) -> None:
     assert {"GET /api/v1/cases", "GET /api/v1/cases/{ref}", "GET /api/v1/reviews/{search_id}"} <= (
         logged
     )
+
+
+def test_cli_report_oversight(
+    month: Month, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``retroface report oversight`` as each person would run it (its own context, real clock:
+    60 months reach back past March 2026)."""
+    monkeypatch.setenv("RETROFACE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RETROFACE_DATABASE_URL", database_url)
+    monkeypatch.setenv("RETROFACE_PROBE_RETENTION_DAYS", "10")
+    monkeypatch.setenv("RETROFACE_PASSWORD", PASSWORD)
+    monkeypatch.delenv("RETROFACE_TOKEN", raising=False)
+    get_settings.cache_clear()
+    runner = CliRunner()
+
+    def invoke(user: str, *args: str) -> Result:
+        _reset_cli()  # the CLI's state is a module singleton: each call is a fresh process
+        try:
+            return runner.invoke(report_cmds.app, list(args), env={"RETROFACE_USER": user})
+        finally:
+            _reset_cli()
+
+    try:
+        result = invoke("ovid", "oversight", "--months", "60", "--json")
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.output)
+        assert len(out["months"]) == 60
+        march = next(m for m in out["months"] if m["month"] == "2026-03")
+        expected = month.app.oversight.monthly(month.team["ovid"], months=2).months[1]
+        assert march["searches"] == expected.searches.model_dump(mode="json")
+        assert march["reviews"] == expected.reviews.model_dump(mode="json")
+        result = invoke("audrey", "oversight", "--months", "60")
+        assert result.exit_code == 0, result.output
+        row = next(line for line in result.output.splitlines() if "2026-03" in line)
+        assert row.split()[1] == "5"  # searches run
+        assert "total" in result.output and "held past their deletion date" in result.output
+        result = invoke("olive", "oversight")
+        assert result.exit_code != 0 and "oversight" in result.output
+        result = invoke("ovid", "oversight", "--months", "61")
+        assert result.exit_code != 0 and "1 to 60" in result.output
+        result = invoke("ovid", "transparency", "--from", "2026-03-01", "--to", "2026-03-31")
+        assert result.exit_code != 0  # the role sees the monthly figures only
+    finally:
+        get_settings.cache_clear()
+
+
+def _reset_cli() -> None:
+    ctx = state.__dict__.pop("ctx", None)
+    if ctx is not None:
+        ctx.close()
+    state._principal = None
+    state.user = None
+
+
+def test_deletions_recorded_without_due_times(month: Month) -> None:
+    """A deletion record written before records carried ``due`` is dated from the upload it
+    deleted (the ``probe.add`` record): the same figures either way."""
+    app, clock = month.app, month.clock
+    clock.now = datetime(2026, 3, 4, 16, 0, tzinfo=UTC)
+    app.retention.run(ADMIN)
+    with_due = app.oversight.monthly(month.team["ovid"], months=2)
+    with app.db.session() as s:
+        (record,) = s.scalars(
+            select(AuditRecord).where(AuditRecord.action == "retention.probe_delete")
+        )
+        assert len(record.details["due"]) == len(record.details["ids"]) == 1
+        record.details = {k: v for k, v in record.details.items() if k != "due"}
+    without = app.oversight.monthly(month.team["ovid"], months=2)
+    assert without.months == with_due.months and without.total == with_due.total
+    assert without.months[1].deletions.probes_late == 1

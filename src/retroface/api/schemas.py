@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from retroface.core.roles import Role
 from retroface.core.text import MAX_ID
 
 
@@ -39,9 +40,8 @@ USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
 
 class UserCreate(BaseModel):
     username: str = Field(pattern=USERNAME_PATTERN, examples=["rita"])
-    roles: list[Literal["admin", "operator", "reviewer", "authoriser", "auditor"]] = Field(
-        min_length=1, examples=[["reviewer"]]
-    )
+    # the enum itself, so a new role is accepted here the day it exists (oversight was not)
+    roles: list[Role] = Field(min_length=1, examples=[["reviewer"]])
     password: str | None = Field(default=None, min_length=12, max_length=1024)
     display_name: str | None = Field(default=None, max_length=200)
     service: bool = Field(

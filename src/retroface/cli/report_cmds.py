@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich import box
 from rich.table import Table
 
 from retroface.cli.common import UserError, console, print_json, user_errors
@@ -102,20 +103,13 @@ def _pct(rate: float | None) -> str:
 
 
 def _print_oversight(f: OversightFigures) -> None:
-    table = Table(
-        "month",
-        "searches",
-        "requested",
-        "granted",
-        "refused",
-        "urgent",
-        "lapsed",
-        "reviewed",
-        "agreement",
-        "probes ok",
-        "deleted on time",
-        "late",
-    )
+    # eleven narrow columns without borders: a month per line stays readable at 80 columns
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    table.add_column("month", no_wrap=True)
+    for name in ("searches", "asked", "granted", "refused", "urgent", "lapsed", "pairs"):
+        table.add_column(name, justify="right")
+    for name in ("agree", "probes ok", "deleted on time"):
+        table.add_column(name, justify="right")
     for m in [*f.months, f.total]:
         table.add_row(
             m.month,
@@ -129,7 +123,6 @@ def _print_oversight(f: OversightFigures) -> None:
             _pct(m.reviews.agreement_rate),
             _pct(m.probe_quality.share_acceptable),
             f"{m.deletions.on_time}/{m.deletions.due}",
-            str(m.deletions.late),
         )
     console.print(table)
     o = f.overdue_now
