@@ -186,6 +186,13 @@ def test_two_blind_reviewers_and_a_tiebreak_through_the_pages(world: World) -> N
         data={"csrf": rita_csrf, "decision": "no match", "candidate_rank": "", "note": ""},
     )
     assert again.status_code == 409
+    # RETROFACE_REVIEW_REVEAL_SCORES: "always" puts the score on the sheet, "never" nowhere
+    app.settings.review_reveal_scores = "always"
+    assert score in rita.get(f"/ui/reviews/{sid}").text
+    app.settings.review_reveal_scores = "never"
+    assert score not in rita.get(f"/ui/reviews/{sid}").text
+    assert score not in rita.get(f"/ui/reviews/{sid}/compare/1").text
+    assert score not in rita.get(f"/ui/reviews/{sid}/similarity").text
     for c in (rita, rob, ray, ava, aud):
         c.__exit__(None, None, None)
 
