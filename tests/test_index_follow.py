@@ -10,12 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import delete, select
+from tests.conftest import ADMIN
+from tests.test_gallery import embedding_of
 
 from retroface.context import AppContext
 from retroface.gallery.enrol import items_from_paths
 from retroface.storage.tables import FaceTemplate, GalleryChange, Subject
-from tests.conftest import ADMIN
-from tests.test_gallery import embedding_of
 
 
 def enrol(app: AppContext, data_dir: Path, *people: str) -> None:

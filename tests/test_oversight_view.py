@@ -486,3 +486,21 @@ def _reset_cli() -> None:
         ctx.close()
     state._principal = None
     state.user = None
+
+
+def test_deletions_recorded_without_due_times(month: Month) -> None:
+    """A deletion record written before records carried ``due`` is dated from the upload it
+    deleted (the ``probe.add`` record): the same figures either way."""
+    app, clock = month.app, month.clock
+    clock.now = datetime(2026, 3, 4, 16, 0, tzinfo=UTC)
+    app.retention.run(ADMIN)
+    with_due = app.oversight.monthly(month.team["ovid"], months=2)
+    with app.db.session() as s:
+        (record,) = s.scalars(
+            select(AuditRecord).where(AuditRecord.action == "retention.probe_delete")
+        )
+        assert len(record.details["due"]) == len(record.details["ids"]) == 1
+        record.details = {k: v for k, v in record.details.items() if k != "due"}
+    without = app.oversight.monthly(month.team["ovid"], months=2)
+    assert without.months == with_due.months and without.total == with_due.total
+    assert without.months[1].deletions.probes_late == 1

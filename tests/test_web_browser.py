@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from retroface.context import AppContext
 from tests.browser import browser_on, live_server
 from tests.conftest import add_team
+
+from retroface.context import AppContext
 
 PASSWORD = "correct horse battery staple"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,15 @@ class Settings(BaseSettings):
     #: Session cookies only over HTTPS (browsers treat ``localhost`` as secure). Turn off only for
     #: a plain-HTTP trial on a private network.
     secure_cookies: bool = True
+    #: When the reviewer's pages show a candidate's similarity score: ``after-look`` (hidden
+    #: until the reviewer asks for it, or has had the comparison view open for
+    #: ``review_look_seconds``: a score seen first anchors the judgement of the faces),
+    #: ``always`` or ``never``.
+    review_reveal_scores: Literal["after-look", "always", "never"] = "after-look"
+    review_look_seconds: float = Field(default=20.0, ge=0)
+    #: The latest evaluation report (``retroface eval identify --html PATH``) shown to auditors on
+    #: the reports page (default ``home/reports/evaluation.html``).
+    eval_report: Path | None = None
 
     #: Governance policy (see docs/governance.md). Offence categories: comma-separated.
     offence_categories: str = ""

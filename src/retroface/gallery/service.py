@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from retroface.audit.guard import Guard
@@ -73,18 +73,25 @@ class GalleryService:
         self.guard = Guard(db, audit, clock)
 
     def list_subjects(
-        self, principal: Principal, offset: int = 0, limit: int = 100
+        self, principal: Principal, offset: int = 0, limit: int = 100, query: str | None = None
     ) -> list[SubjectSummary]:
+        """Subjects by reference; with ``query``, those whose reference or display name
+        contains it (case-insensitive): the admin's subject search before an erasure."""
         check_page(offset, limit)
+        optional_text(query, "query", 100)
         self.guard.require(principal, *READERS, action="gallery.list")
+        stmt = select(Subject, func.count(ReferenceImage.id)).outerjoin(ReferenceImage)
+        if query and query.strip():
+            pattern = "%" + _escape_like(query.strip().lower()) + "%"
+            stmt = stmt.where(
+                or_(
+                    func.lower(Subject.reference).like(pattern, escape="\\"),
+                    func.lower(func.coalesce(Subject.display_name, "")).like(pattern, escape="\\"),
+                )
+            )
         with self.db.session() as s:
             rows = s.execute(
-                select(Subject, func.count(ReferenceImage.id))
-                .outerjoin(ReferenceImage)
-                .group_by(Subject.id)
-                .order_by(Subject.reference)
-                .offset(offset)
-                .limit(limit)
+                stmt.group_by(Subject.id).order_by(Subject.reference).offset(offset).limit(limit)
             ).all()
             # who looked through the gallery, and which page of it (a read of personal data)
             self.audit(
@@ -92,7 +99,8 @@ class GalleryService:
                 actor=principal,
                 action="gallery.list",
                 object_type="subject",
-                details={"offset": offset, "limit": limit, "returned": len(rows)},
+                details={"offset": offset, "limit": limit, "returned": len(rows)}
+                | ({"query": query.strip()} if query and query.strip() else {}),
                 ts=self.clock(),
             )
             return [subject_summary(subj, n) for subj, n in rows]
@@ -292,3 +300,7 @@ def gallery_stats(db: Database) -> GalleryStats:
             subjects_by_source=by_source,
             gallery_version=gallery_version(s),
         )
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

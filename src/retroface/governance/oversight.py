@@ -27,6 +27,7 @@ from retroface.core.clock import utcnow
 from retroface.core.errors import InvalidInputError
 from retroface.core.roles import Role
 from retroface.governance import oversight_figures, reports
+from retroface.governance.audit_browse import AuditPage, AuditQuery, check_query, read_page
 from retroface.governance.views import OversightFigures
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ REPORT_ROLES = (Role.AUDITOR, Role.ADMIN)
 VERIFY_ROLES = (Role.AUDITOR, Role.ADMIN)
 EXPORT_ROLES = (Role.AUDITOR,)
 FIGURES_ROLES = (Role.OVERSIGHT, Role.AUDITOR, Role.ADMIN)
+#: Reading the log on screen: as its export, the auditor's (it records what admins do).
+BROWSE_ROLES = (Role.AUDITOR,)
 
 
 class OversightService:
@@ -151,6 +154,41 @@ class OversightService:
         an earlier export is still held unchanged (not recorded; see the module)."""
         self.guard.require(principal, *VERIFY_ROLES, action="audit.verify")
         return self.audit.verify(against=against)
+
+    def audit_records(
+        self,
+        principal: Principal,
+        query: AuditQuery | None = None,
+        *,
+        offset: int = 0,
+        limit: int = 50,
+        via: str | None = None,
+    ) -> AuditPage:
+        """One page of the log matching ``query``, newest first (auditor): the log browser.
+
+        Recorded as ``audit.query`` with the filters used (reading the log is a read of every
+        case in it); decisions of unsettled reviews stay hidden from an auditor who is also a
+        reviewer (see :mod:`retroface.governance.audit_browse`).
+        """
+        action = "audit.query"
+        query = query or AuditQuery()
+        check_query(query)
+        self.guard.require(principal, *BROWSE_ROLES, action=action)
+        with self.db.session() as s:
+            page = read_page(s, principal, query, offset, limit)
+            self.audit.record(
+                s,
+                actor=principal,
+                action=action,
+                details={
+                    **query.used(),
+                    "offset": offset,
+                    "returned": len(page.items),
+                    "via": via,
+                },
+                ts=self.clock(),
+            )
+        return page
 
     def export_audit(
         self,

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from retroface.core.errors import InvalidInputError
@@ -347,55 +347,81 @@ def _cases(
 # -- reviews
 
 
-def _decision_key(details: Mapping[str, Any]) -> tuple[str, int | None]:
-    """As ``governance.review``: a possible match agrees only on the same candidate."""
-    decision = str(details.get("decision"))
-    return (decision, details.get("rank") if decision == "possible match" else None)
+def _previous(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The value on the decision recorded just before, on the same search."""
+    return func.lag(column).over(partition_by=A.object_id, order_by=A.seq)
 
 
 def _reviews(s: Session, start: datetime, end: datetime) -> Callable[[str], ReviewFigures]:
     """Outcomes and agreement, rebuilt from the ``review.decide`` records of the period.
 
-    A second blind decision is compared with the first decision on the same search made before
-    it (the latest such: a SQLite search id can be reused once its record is deleted), exactly as
-    the review service compared them when it was made.
+    A second blind decision is compared with the decision recorded just before it on the same
+    search (``LAG`` over the search's decisions in log order), exactly as the review service
+    compared them when it was made; if that one is not a first decision (a SQLite search id
+    reused after its record was deleted), the pair is not counted. The database pairs and counts
+    them (a few rows per month reach Python, however many decisions there were).
     """
     t = _Tally()
     index = {d: i for i, d in enumerate(DECISIONS)}
     matrix: dict[str, list[list[int]]] = defaultdict(
         lambda: [[0] * len(DECISIONS) for _ in DECISIONS]
     )
-    rows = s.execute(
-        select(A.object_id, A.ts, A.details)
-        .where(A.action == "review.decide", _in(A.ts, start, end))
-        .order_by(A.seq)
-    ).all()
-    seconds = [(oid, ts, d or {}) for oid, ts, d in rows if (d or {}).get("stage") == "second"]
-    firsts = _earlier(
-        s, "review.decide", [oid for oid, _, _ in seconds], end, stage="first", with_details=True
+    stage = A.details["stage"].as_string()
+    decision = A.details["decision"].as_string()
+    rank = A.details["rank"].as_integer()
+    decided = (
+        select(
+            A.ts.label("ts"),
+            stage.label("stage"),
+            decision.label("decision"),
+            rank.label("rank"),
+            _previous(stage).label("prev_stage"),
+            _previous(decision).label("prev_decision"),
+            _previous(rank).label("prev_rank"),
+        )
+        .where(A.action == "review.decide", A.ts < end)
+        .subquery()
     )
-    for oid, ts, details in rows:
-        details = details or {}
-        m = month_key(ts)
-        t.add(m, "decisions")
-        stage = details.get("stage")
-        if stage == "tiebreak":
-            t.add(m, "tiebreaks")
-            t.add(m, f"outcome:{details.get('decision')}")
-        elif stage == "second":
-            first = _latest_before(firsts.get(oid, []), ts)
-            if first is None:
-                continue  # the first decision predates the log: cannot be compared
-            t.add(m, "pairs")
-            a, b = _decision_key(first[1]), _decision_key(details)
-            if a == b:
-                t.add(m, "agreed")
-                t.add(m, f"outcome:{b[0]}")
+    month = utc_month(decided.c.ts)
+    same_rank = case((decided.c.rank == decided.c.prev_rank, 1), else_=0)
+    rows = s.execute(
+        select(
+            month,
+            decided.c.stage,
+            decided.c.decision,
+            decided.c.prev_stage,
+            decided.c.prev_decision,
+            same_rank,
+            func.count(),
+        )
+        .where(decided.c.ts >= start)
+        .group_by(
+            month,
+            decided.c.stage,
+            decided.c.decision,
+            decided.c.prev_stage,
+            decided.c.prev_decision,
+            same_rank,
+        )
+    ).all()
+    for m, stage_, decision_, prev_stage, prev_decision, ranks_agree, n in rows:
+        t.add(m, "decisions", n)
+        if stage_ == "tiebreak":
+            t.add(m, "tiebreaks", n)
+            t.add(m, f"outcome:{decision_}", n)
+        elif stage_ == "second":
+            if prev_stage != "first":
+                continue  # no first decision to compare with: not counted as a pair
+            t.add(m, "pairs", n)
+            # as governance.review: a possible match agrees only on the same candidate
+            if decision_ == prev_decision and (decision_ != "possible match" or ranks_agree):
+                t.add(m, "agreed", n)
+                t.add(m, f"outcome:{decision_}", n)
             else:
-                t.add(m, "disputed")
-            if a[0] in index and b[0] in index:
+                t.add(m, "disputed", n)
+            if decision_ in index and prev_decision in index:
                 for key in (m, TOTAL):
-                    matrix[key][index[a[0]]][index[b[0]]] += 1
+                    matrix[key][index[prev_decision]][index[decision_]] += n
 
     def build(key: str) -> ReviewFigures:
         c = t.get(key)
@@ -414,36 +440,25 @@ def _reviews(s: Session, start: datetime, end: datetime) -> Callable[[str], Revi
 
 
 def _earlier(
-    s: Session,
-    action: str,
-    object_ids: Sequence[str | None],
-    before: datetime,
-    *,
-    stage: str | None = None,
-    with_details: bool = False,
-) -> dict[str, list[tuple[datetime, dict[str, Any]]]]:
-    """The ``action`` records on these objects before ``before``, by object id, oldest first."""
-    found: dict[str, list[tuple[datetime, dict[str, Any]]]] = defaultdict(list)
+    s: Session, action: str, object_ids: Sequence[str | None], before: datetime
+) -> dict[str, list[datetime]]:
+    """When ``action`` was recorded on these objects before ``before``, by object id."""
+    found: dict[str, list[datetime]] = defaultdict(list)
     ids = sorted({o for o in object_ids if o is not None})
     for chunk in _chunks(ids, _CHUNK):
-        columns = (A.object_id, A.ts, A.details) if with_details else (A.object_id, A.ts)
-        for row in s.execute(
-            select(*columns)
-            .where(A.action == action, A.object_id.in_(chunk), A.ts < before)
-            .order_by(A.seq)
+        for object_id, ts in s.execute(
+            select(A.object_id, A.ts).where(
+                A.action == action, A.object_id.in_(chunk), A.ts < before
+            )
         ).all():
-            details = (row[2] or {}) if with_details else {}
-            if stage is not None and details.get("stage") != stage:
-                continue
-            found[row[0]].append((row[1], details))
+            if object_id is not None:
+                found[object_id].append(ts)
     return found
 
 
-def _latest_before(
-    records: Iterable[tuple[datetime, dict[str, Any]]], ts: datetime
-) -> tuple[datetime, dict[str, Any]] | None:
-    earlier = [r for r in records if r[0] <= ts]
-    return max(earlier, key=lambda r: r[0]) if earlier else None
+def _latest_before(times: Iterable[datetime], ts: datetime) -> datetime | None:
+    earlier = [t for t in times if t <= ts]
+    return max(earlier) if earlier else None
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
@@ -542,13 +557,14 @@ def _deletions(
         )
         .order_by(A.seq)
     ).all()
-    # the uploads and searches these deletions removed, for their due times
+    # A deletion record lists when each item fell due (``due``, beside ``ids``); one written
+    # before it did is dated from the upload or search it deleted, looked up in the log.
     deleted_ids: dict[str, list[str]] = {"probe.add": [], "search.run": []}
     sources = {"retention.probe_delete": "probe.add", "retention.search_delete": "search.run"}
     for action, _, _, details in rows:
-        if action in sources:
+        if action in sources and _due_list(details or {}) is None:
             deleted_ids[sources[action]] += [str(i) for i in (details or {}).get("ids") or ()]
-    created = {a: _earlier(s, a, ids, end) for a, ids in deleted_ids.items()}
+    created = {a: _earlier(s, a, ids, end) for a, ids in deleted_ids.items() if ids}
     periods = {"probe.add": policy.probe_retention, "search.run": policy.search_record_retention}
     fields = {"probe.add": "probes", "search.run": "search_records"}
     for action, ts, why, details in rows:
@@ -556,12 +572,17 @@ def _deletions(
         m = month_key(ts)
         if action in sources:
             source = sources[action]
-            for i in details.get("ids") or ():
+            dues = _due_list(details)
+            for n, i in enumerate(details.get("ids") or ()):
                 t.add(m, fields[source])
-                made = _latest_before(created[source].get(str(i), []), ts)
-                if made is None:
+                if dues is not None:
+                    due = dues[n]
+                else:
+                    made = _latest_before(created.get(source, {}).get(str(i), []), ts)
+                    due = None if made is None else made + periods[source]
+                if due is None:
                     t.add(m, "due_unknown")
-                elif ts - (made[0] + periods[source]) > DELETION_GRACE:
+                elif ts - due > DELETION_GRACE:
                     t.add(m, f"{fields[source]}_late")
         elif action == "retention.subject_erase":
             t.add(m, "subjects")
@@ -636,6 +657,14 @@ def _overdue(s: Session, now: datetime, policy: GovernancePolicy) -> OverdueFigu
             table=Case,
         ),
     )
+
+
+def _due_list(details: Mapping[str, Any]) -> list[datetime | None] | None:
+    """The due times a deletion record gives, one per id; None if it gives none (older ones)."""
+    dues, ids = details.get("due"), details.get("ids")
+    if not isinstance(dues, list) or not isinstance(ids, list) or len(dues) != len(ids):
+        return None
+    return [_parse_time(d) for d in dues]
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -132,7 +132,12 @@ class RetentionService:
         if not ids:
             return
         with self.db.session() as s:
-            for rec in s.scalars(select(SearchRecord).where(SearchRecord.id.in_(ids))):
+            records = sorted(
+                s.scalars(select(SearchRecord).where(SearchRecord.id.in_(ids))),
+                key=lambda r: r.id,
+            )
+            due = [_iso(r.started_at + self.policy.search_record_retention) for r in records]
+            for rec in records:
                 s.delete(rec)
             self.audit(
                 s,
@@ -141,7 +146,8 @@ class RetentionService:
                 object_type="search",
                 object_id=_summary(ids),
                 justification="search record retention period ended",
-                details={"count": len(ids), "ids": sorted(ids)},
+                # when each fell due (in id order), so oversight can tell on time from late
+                details={"count": len(records), "ids": [r.id for r in records], "due": due},
                 ts=self.clock(),
             )
 
@@ -149,7 +155,8 @@ class RetentionService:
         if not ids:
             return 0
         with self.db.session() as s:
-            probes = list(s.scalars(select(Probe).where(Probe.id.in_(ids))))
+            probes = sorted(s.scalars(select(Probe).where(Probe.id.in_(ids))), key=lambda p: p.id)
+            due = [_iso(p.created_at + self.policy.probe_retention) for p in probes]
             hashes = {p.content_hash for p in probes}
             for p in probes:
                 s.delete(p)
@@ -161,10 +168,14 @@ class RetentionService:
                 object_type="probe",
                 object_id=_summary(ids),
                 justification="probe retention period ended",
-                details={"count": len(ids), "ids": sorted(ids)},
+                details={"count": len(probes), "ids": [p.id for p in probes], "due": due},
                 ts=self.clock(),
             )
         return sum(self.blobs.delete(h) for h in hashes - shared)
+
+
+def _iso(ts: datetime) -> str:
+    return ts.isoformat(timespec="seconds")
 
 
 def _summary(ids: list[int]) -> str:

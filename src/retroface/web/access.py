@@ -12,6 +12,7 @@ from __future__ import annotations
 from retroface.core.roles import Role
 
 AUTH, OPER, REV, AU, AD = Role.AUTHORISER, Role.OPERATOR, Role.REVIEWER, Role.AUDITOR, Role.ADMIN
+OVS = Role.OVERSIGHT
 ANY = frozenset(Role)
 PUBLIC: frozenset[Role] | None = None
 #: Roles that may hold casework (the services decide which cases): everyone but an oversight
@@ -54,4 +55,37 @@ WEB_MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     ("GET", f"{W}/authorisations"): frozenset({AUTH}),
     ("POST", f"{W}/cases/{{ref}}/decision"): frozenset({AUTH}),
     # --- end of operator and authoriser pages ---
+    # ---- reviewer, auditor, oversight and admin pages (web/routes/review.py, audit.py,
+    # oversight.py, admin.py) ----
+    # blind review: ReviewService decides whose search (queue, own decisions; auditors all)
+    ("GET", f"{W}/reviews"): frozenset({REV}),
+    ("GET", f"{W}/reviews/{{search_id}}"): frozenset({REV, AU}),
+    ("POST", f"{W}/reviews/{{search_id}}"): frozenset({REV}),
+    ("GET", f"{W}/reviews/{{search_id}}/compare/{{rank}}"): frozenset({REV, AU}),
+    ("GET", f"{W}/reviews/{{search_id}}/similarity"): frozenset({REV, AU}),
+    # face images of a search under review (need-to-know and audit: retroface.search.faces)
+    ("GET", f"{W}/faces/reviews/{{search_id}}/probe.jpg"): frozenset({REV, AU}),
+    ("GET", f"{W}/faces/reviews/{{search_id}}/candidates/{{rank}}.jpg"): frozenset({REV, AU}),
+    ("GET", f"{W}/faces/reviews/{{search_id}}/candidates/{{rank}}/landmarks.json"): frozenset(
+        {REV, AU}
+    ),
+    # the log on screen is the auditor's, as its export; verification also the admin's
+    ("GET", f"{W}/audit"): frozenset({AU}),
+    ("POST", f"{W}/audit/verify"): frozenset({AU, AD}),
+    ("GET", f"{W}/reports"): frozenset({AU, AD}),
+    ("GET", f"{W}/reports/transparency"): frozenset({AU, AD}),
+    ("GET", f"{W}/reports/dpia"): frozenset({AU, AD}),
+    ("GET", f"{W}/reports/evaluation"): frozenset({AU, AD}),
+    ("GET", f"{W}/oversight"): frozenset({OVS, AU, AD}),
+    ("GET", f"{W}/gallery"): frozenset({AD, AU}),
+    ("POST", f"{W}/gallery/enrolments"): frozenset({AD}),
+    ("GET", f"{W}/jobs/{{job_id}}"): frozenset({AD}),
+    ("GET", f"{W}/gallery/subjects"): frozenset({AD, AU}),
+    ("GET", f"{W}/gallery/subjects/{{ref}}"): frozenset({AD, AU}),
+    ("POST", f"{W}/gallery/subjects/{{ref}}/erase"): frozenset({AD}),
+    ("GET", f"{W}/faces/gallery/{{image_id}}.jpg"): frozenset({AD, AU}),
+    ("GET", f"{W}/users"): frozenset({AD, AU}),
+    ("POST", f"{W}/users"): frozenset({AD}),
+    ("POST", f"{W}/users/{{username}}/disable"): frozenset({AD}),
+    # ---- end of the reviewer, auditor, oversight and admin pages ----
 }

@@ -7,7 +7,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from retroface.web.render import HERE
-from retroface.web.routes import authorise, casework, footage, home
+from retroface.web.routes import admin, audit, authorise, casework, footage, home, oversight, review
 from retroface.web.session import csrf_guard
 
 root = APIRouter(include_in_schema=False)
@@ -28,6 +28,11 @@ ROUTERS: tuple[APIRouter, ...] = (
     casework.router,
     footage.router,
     # end of operator and authoriser pages
+    # reviewer, auditor, oversight and admin pages
+    review.router,
+    audit.router,
+    oversight.router,
+    admin.router,
 )
 
 

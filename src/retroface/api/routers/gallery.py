@@ -11,6 +11,8 @@ from fastapi import Path as PathParam
 from retroface.api.deps import Caller, Ctx
 from retroface.api.schemas import EnrolmentRequest
 from retroface.api.uploads import read_upload
+from retroface.context import AppContext
+from retroface.core.access import Principal
 from retroface.core.errors import InvalidInputError, PermissionDeniedError
 from retroface.core.text import MAX_ID, MAX_OFFSET, clean_text, optional_text, safe_filename
 from retroface.gallery.enrol import EnrolItem
@@ -111,6 +113,12 @@ def gallery_stats(ctx: Ctx, caller: Caller) -> GalleryStats:
     summary="Batch enrolment from RETROFACE_IMPORT_DIR as a background job",
 )
 def batch_enrol(body: EnrolmentRequest, ctx: Ctx, caller: Caller) -> JobView:
+    return submit_enrolment(ctx, caller, body)
+
+
+def submit_enrolment(ctx: AppContext, caller: Principal, body: EnrolmentRequest) -> JobView:
+    """Check a batch enrolment request against the import folder and start its job (the API
+    route and the admin's gallery page both submit through here)."""
     root = ctx.settings.import_dir
     if root is None:
         raise PermissionDeniedError("batch import over the API is off: set RETROFACE_IMPORT_DIR")

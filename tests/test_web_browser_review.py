@@ -1,0 +1,138 @@
+"""The reviewer's comparison view, the auditor's verification and the oversight view in a real
+browser (Debian's Chromium via Playwright), on the real app, models and a real search.
+
+Two reviewers compare the probe and candidate 1 (landmarks on, zoom by keyboard, pan, wipe,
+overlay and flicker), ask for the similarity, and decide in the comparison view; the auditor
+verifies the chain; the oversight panel reads the month's figures. Every face is blurred
+(``RETROFACE_BLUR_ALL_FACES``) so that the screenshots, written to the folder the test prints,
+show no recognisable face. No page may load anything from outside the server.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.browser import browser_on, live_server
+from tests.test_web_review import PASSWORD, build_world
+
+from retroface.context import AppContext
+
+
+@pytest.fixture
+def sqlite_app(make_app: Callable[..., AppContext], database_url: str) -> AppContext:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("browser tests run on the embedded default store")
+    return make_app(blur_all_faces=True)
+
+
+def shots_dir(tmp_path: Path) -> Path:
+    return Path(os.environ.get("RETROFACE_SCREENSHOTS") or tmp_path / "screenshots")
+
+
+def wait_until(page: Any, script: str, seconds: float = 20) -> None:
+    """Poll ``script`` in the page (``wait_for_function`` evaluates a string, which the pages'
+    CSP forbids)."""
+    deadline = time.monotonic() + seconds
+    while not page.evaluate(script):
+        assert time.monotonic() < deadline, f"timed out waiting for {script}"
+        page.wait_for_timeout(100)
+
+
+def review_in_comparison(b: Any, base: str, who: str, decision: str, note: str) -> None:
+    page = b.page()
+    b.sign_in(page, who, PASSWORD)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Review queue").click()
+    page.get_by_role("link", name="Review search").first.click()
+    assert page.locator("img.face").count() >= 2
+    page.get_by_role("link", name="Compare candidate 1").click()
+    wait_until(
+        page,
+        "Array.from(document.querySelectorAll('#cmp img'))"
+        ".every(i => i.complete && i.naturalWidth == 512)",
+    )
+    cmp = page.locator("#cmp")
+    # landmarks: five points of each face over each face (own, and the other's faintly)
+    page.get_by_label("Landmarks (L)").check()
+    wait_until(page, "document.querySelectorAll('#cmp circle.mark-probe').length == 5")
+    assert page.locator("#cmp circle.mark-candidate").count() == 5
+    assert page.locator("#cmp .ghost circle").count() == 10
+    # zoom and pan from the keyboard, both faces in step
+    cmp.focus()
+    page.keyboard.press("+")
+    page.keyboard.press("+")
+    page.keyboard.press("ArrowLeft")
+    assert float(cmp.get_attribute("data-zoom") or 1) > 1.5
+    transforms = page.eval_on_selector_all(".cmp-stage", "s => s.map(e => e.style.transform)")
+    assert len(set(transforms)) == 1 and "scale(1.5625)" in transforms[0]
+    assert page.locator("#zoom-level").text_content() == "156%"
+    b.shot(page, f"{who}-1-compare-landmarks-zoom")
+    # the wipe: the candidate shown from the slider's position rightwards
+    page.get_by_label("Wipe", exact=True).check()
+    page.get_by_label("Wipe position (probe left, candidate right)").fill("30")
+    clip = page.eval_on_selector('[data-pane="candidate"]', "e => e.style.clipPath")
+    assert clip == "inset(0px 0px 0px 30%)" or clip == "inset(0 0 0 30%)"
+    b.shot(page, f"{who}-2-compare-wipe")
+    # overlay and flicker, then back to side by side
+    page.get_by_label("Overlay / flicker").check()
+    page.get_by_label("Candidate opacity").fill("70")
+    assert page.eval_on_selector('[data-pane="candidate"]', "e => e.style.opacity") == "0.7"
+    page.get_by_role("button", name="Flicker (F)").click()
+    assert page.get_by_role("button", name="Flicker (F)").get_attribute("aria-pressed") == "true"
+    page.keyboard.press("0")
+    assert page.locator("#zoom-level").text_content() == "100%"
+    page.get_by_label("Side by side").check()
+    assert page.locator("#flicker").get_attribute("aria-pressed") == "false"  # stopped, hidden
+    # the similarity only on request (after-look), then the decision in the comparison view
+    assert page.locator("#scores .score").count() == 0
+    page.get_by_role("button", name="Show similarity").click()
+    page.wait_for_selector("#scores .score")
+    page.get_by_label("Decision").select_option(decision)
+    assert page.get_by_label("Candidate rank (for a possible match)").input_value() == "1"
+    page.get_by_label("Note (what you compared, why)").fill(note)
+    page.get_by_role("button", name="Record my decision").click()
+    page.wait_for_url("**/ui/reviews/*?decided=*")
+    assert "Your decision is recorded" in page.text_content("main")
+    b.shot(page, f"{who}-3-decided")
+    narrow = b.page(width=420, height=800)
+    b.sign_in(narrow, who, PASSWORD)
+    for url in (page.url.split("?")[0], page.url.split("?")[0] + "/compare/1"):
+        narrow.goto(url)
+        assert narrow.evaluate("document.documentElement.scrollWidth") <= 420, url
+
+
+def test_reviewers_compare_auditor_verifies_oversight_reads(
+    sqlite_app: AppContext, data_dir: Path, tmp_path: Path
+) -> None:
+    world = build_world(sqlite_app, data_dir)
+    with live_server(sqlite_app) as base, browser_on(base, shots_dir(tmp_path)) as b:
+        review_in_comparison(b, base, "rita", "possible match", "ears and jaw agree")
+        review_in_comparison(b, base, "rob", "possible match", "same ear shape")
+        settled = b.page()
+        b.sign_in(settled, "rita", PASSWORD)
+        settled.goto(f"{base}/ui/reviews/{world.search_id}")
+        assert "same ear shape" in settled.text_content("main")  # both in: now visible
+
+        audit = b.page()
+        b.sign_in(audit, "aud", PASSWORD)
+        audit.get_by_role("navigation", name="Main").get_by_role("link", name="Audit log").click()
+        audit.get_by_label("Action starts with").fill("review.")
+        audit.get_by_role("button", name="Apply filters").click()
+        assert audit.locator("table.audit code", has_text="review.decide").count() == 2
+        b.shot(audit, "aud-1-audit-log")
+        audit.get_by_role("button", name="Verify the chain").first.click()
+        assert audit.locator("[data-verify]").get_attribute("data-verify") == "ok"
+        b.shot(audit, "aud-2-verified")
+
+        panel = b.page()
+        b.sign_in(panel, "ovid", PASSWORD)
+        panel.get_by_role("navigation", name="Main").get_by_role("link", name="Oversight").click()
+        month = sqlite_app.clock().strftime("%Y-%m")
+        row = panel.locator(f'tr[data-month="{month}"]')
+        assert row.locator('[data-figure="searches"]').text_content() == "1"
+        assert row.locator('[data-figure="decisions"]').text_content() == "2"
+        b.shot(panel, "ovid-oversight")
