@@ -8,7 +8,8 @@ with htmx while the scan runs (and offers a "check again" link without script). 
 queue: a job's result is JSON in the jobs table and holds no pixels or embeddings by design
 (docs/video.md); a track's best shot and fused template must not be written anywhere before the
 operator chooses to search it. The cost: a scan belongs to the server process that ran it (one
-uvicorn worker, or sticky sessions) and is forgotten after an hour (:data:`retroface.web.scans.KEEP_S`) or a restart.
+uvicorn worker, or sticky sessions) and is forgotten after an hour
+(:data:`retroface.web.scans.KEEP_S`) or a restart.
 
 Best shots reach the browser through the face-image service
 (:meth:`FaceImages.footage_face`: the case's operators only, every view audited), blurred until
