@@ -341,3 +341,48 @@ def test_lfw_acceptance(cli: Run, data_dir: Path) -> None:
     assert d["rank1"] >= 0.993
     assert d["fnir_at_fpir"]["0.01"]["fnir"] <= 0.025
     assert not d["fnir_at_fpir"]["0.001"]["insufficient_samples"]
+
+
+def test_unlabelled_identities_are_counted_but_never_compared(tmp_path: Path) -> None:
+    """Issue #17: identities with no label formed a group "unknown" which the summary then
+    compared with a real group, as if it were a demographic. They are shown, never compared."""
+    from retroface.eval.runner import Searches, demographics
+
+    def arr(values: list[float]) -> np.ndarray:
+        return np.asarray(values, dtype=np.float64)
+
+    no = np.zeros(6, dtype=bool)
+    # at t=0.5: Ann (female) one miss of two, Bob (male) none; Zed (no label) misses both;
+    # leave-one-out + non-mated tops: female 1/3 above, male 0/3, unlabelled 3/3
+    s = Searches(
+        mated_identity=["Ann", "Ann", "Bob", "Bob", "Zed", "Zed"],
+        mate_rank=np.asarray([1, 1, 1, 1, 1, 1], dtype=np.int64),
+        mate_score=arr([0.9, 0.3, 0.8, 0.7, 0.2, 0.1]),
+        mated_ftd=no,
+        mated_fte=no,
+        mated_acceptable=~no,
+        loo_top=arr([0.6, 0.1, 0.2, 0.3, 0.9, 0.9]),
+        nonmated_identity=["Fay", "Max", "Uma"],
+        nonmated_top=arr([0.1, 0.2, 0.8]),
+        nonmated_ftd=np.zeros(3, dtype=bool),
+        gallery_templates=3,
+        gallery_identities=3,
+    )
+    attrs = tmp_path / "attributes.csv"
+    attrs.write_text("identity,sex\nAnn,female\nBob,male\nFay,female\nMax,male\nZed,\n")
+    d = demographics(s, attrs, 0.5, min_searches=1, n_boot=20)["sex"]
+    groups = d["result"]["groups"]
+    assert set(groups) == {"female", "male", "unlabelled"}  # counted and shown
+    assert (groups["unlabelled"]["n_mated"], groups["unlabelled"]["n_nonmated"]) == (2, 3)
+    assert groups["unlabelled"]["fnir"] == 1.0 and groups["unlabelled"]["fpir"] == 1.0
+    r = d["result"]
+    # the highest rates are the unlabelled ones, yet only real groups are compared
+    assert (r["fnir_highest"], r["fnir_lowest"]) == ("female", "male")
+    assert (r["fpir_highest"], r["fpir_lowest"]) == ("female", "male")
+    assert "unlabelled" not in d["insufficient_groups"]
+    summary = d["summary"]
+    assert "for unlabelled" not in summary and "as for unlabelled" not in summary
+    assert "unknown" not in summary
+    assert "No label: 2 mated and 3 non-mated searches (unlabelled), counted, not compared." in (
+        summary
+    )
