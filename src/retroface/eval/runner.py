@@ -43,6 +43,7 @@ from retroface.eval.embeddings_cache import (
 )
 from retroface.eval.metrics import (
     DEFAULT_FPIRS,
+    UNLABELLED,
     IdentificationResult,
     VerificationResult,
     by_group,
@@ -604,14 +605,15 @@ def demographics(
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Per attribute column: FNIR/FPIR per group at the one operating threshold (FPIR 1%),
-    with the plain-language summary. Identities missing from the CSV form the group
-    ``unknown``; groups with fewer than ``min_searches`` searches of a kind are flagged."""
+    with the plain-language summary. Identities with no label in the CSV form the group
+    ``unlabelled``, counted and shown but never compared (issue #17); groups with fewer than
+    ``min_searches`` searches of a kind are flagged."""
     if threshold is None:
         raise InvalidInputError("no operating threshold (FPIR 1%) to compare groups at")
     out: dict[str, dict[str, Any]] = {}
     for column, values in read_attributes(attributes).items():
-        mated_groups = [values.get(i, "unknown") for i in s.mated_identity]
-        nonmated_groups = [values.get(i, "unknown") for i in s.augmented_identity]
+        mated_groups = [values.get(i, UNLABELLED) for i in s.mated_identity]
+        nonmated_groups = [values.get(i, UNLABELLED) for i in s.augmented_identity]
         result = by_group(
             s.mate_rank,
             np.where(s.mated_ftd | s.mated_fte, np.nan, s.mate_score),
@@ -626,7 +628,9 @@ def demographics(
         out[column] = {
             "result": result.to_dict(),
             "summary": plain_language_summary(result),
-            "insufficient_groups": [g for g, m in result.groups.items() if m.insufficient_samples],
+            "insufficient_groups": [
+                g for g, m in result.groups.items() if m.insufficient_samples and g != UNLABELLED
+            ],
         }
     return out
 
