@@ -696,6 +696,49 @@ def calibrate(s: Searches, protocol: Protocol, model_key: str, target_fpir: floa
     )
 
 
+#: The FPIR points recorded with every calibration besides its target (where the sample allows).
+CALIBRATION_POINTS = (0.01, 0.001)
+
+
+def calibration_evaluation(
+    s: Searches,
+    protocol: Protocol,
+    cal: Calibration,
+    attributes: Path | None = None,
+    *,
+    min_searches: int = 100,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """What is stored with a threshold besides its value: the threshold at each FPIR point of
+    :data:`CALIBRATION_POINTS` (or why the sample cannot show it) and, with ``attributes``,
+    FNIR/FPIR per group at ``cal.threshold`` with intervals and ratios. The DPIA report shows
+    these figures for the live threshold, so they are those of this run, not recomputed."""
+    points: dict[str, Any] = {}
+    for target in CALIBRATION_POINTS:
+        try:
+            c = calibrate(s, protocol, cal.model_key, target)
+        except InvalidInputError as exc:
+            points[rate_key(target)] = {"insufficient_samples": True, "why": str(exc)}
+            continue
+        points[rate_key(target)] = {
+            "threshold": c.threshold,
+            "achieved_fpir": c.achieved_fpir,
+            "fnir": c.fnir,
+            "insufficient_samples": False,
+        }
+    out: dict[str, Any] = {
+        "points": points,
+        "nonmated_set": NONMATED_SET,
+        "protocol": protocol.describe(),
+    }
+    if attributes is not None:
+        out["attributes_file"] = attributes.name
+        out["demographics"] = demographics(
+            s, attributes, cal.threshold, min_searches=min_searches, n_boot=n_boot
+        )
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Verification
 # --------------------------------------------------------------------------------------------
