@@ -331,6 +331,61 @@ def test_calibrate_writes_threshold_and_audit(
     assert code == 2 and "rule of three" in err  # 19 non-mated searches cannot show FPIR 1%
 
 
+def test_dpia_shows_the_per_group_figures_of_the_calibration_run(
+    cli: Run, app: AppContext, small_lfw: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DPIA report's per-group figures for the live threshold are those the calibration run
+    measured and stored with it (issue #13), and a recorded calibration replaces the shipped
+    threshold there; the change is audited with its per-group rates."""
+    from retroface.governance.reports import render_dpia_html
+
+    app.users.ensure_admin("admin", PASSWORD)
+    monkeypatch.setenv("RETROFACE_PASSWORD", PASSWORD)
+    before = app.oversight.dpia(ADMIN)["thresholds"]["operating"]
+    assert before is not None and before["source"] == "shipped"
+    attrs = data_dir / "lfw_attributes.csv"
+    code, out, err = cli(
+        "--user",
+        "admin",
+        "eval",
+        "calibrate",
+        str(small_lfw),
+        "--target-fpir",
+        "0.2",
+        "--attributes",
+        str(attrs),
+        "--min-group",
+        "5",
+        "--n-boot",
+        "50",
+        "--json",
+        ctx=app,
+    )
+    assert code == 0, err
+    run = json.loads(out)
+    measured = run["evaluation"]["demographics"]["sex"]
+    assert set(measured["result"]["groups"]) <= {"female", "male"}
+    live = app.oversight.dpia(ADMIN)["thresholds"]["operating"]
+    assert live is not None
+    assert (live["source"], live["record_id"]) == ("calibrated", run["threshold_record_id"])
+    assert live["threshold"] == run["threshold"] == measured["result"]["threshold"]
+    shown = live["demographics"]["sex"]
+    assert shown["groups"] == list(measured["result"]["groups"].values())
+    for key in ("fnir_ratio", "fpir_ratio", "fnir_highest", "fpir_highest"):
+        assert shown[key] == measured["result"][key]
+    assert shown["summary"] == measured["summary"]
+    html = render_dpia_html(app.oversight.dpia(ADMIN))
+    for g in shown["groups"]:
+        assert f'<th scope="row">{g["group"]}</th>' in html
+    with app.db.session() as s:
+        audit = s.scalars(
+            select(AuditRecord).where(AuditRecord.action == "threshold.calibrate")
+        ).one()
+    assert audit.details["demographics"]["sex"] == {
+        g: {"fnir": m["fnir"], "fpir": m["fpir"]} for g, m in measured["result"]["groups"].items()
+    }
+
+
 @pytest.mark.slow
 def test_lfw_acceptance(cli: Run, data_dir: Path) -> None:
     """The default backend on the full LFW protocol (minutes: embeds 6,175 images)."""

@@ -581,8 +581,10 @@ def _write_shipped(
     )
     proto = dict(evaluation.get("protocol") or {})
     proto["path"] = Path(str(proto.get("path", cal.dataset))).name
-    if str(proto.get("protocol", "")).startswith("/"):
-        proto["protocol"] = Path(str(proto["protocol"])).name
+    source = str(proto.get("protocol", ""))
+    if "/" in source:  # e.g. "file:/data/lfw_1n_protocol.csv": keep the kind and the name
+        kind = source.split(":", 1)[0] + ":" if ":" in source else ""
+        proto["protocol"] = kind + Path(source.split(":", 1)[-1]).name
     models = doc.setdefault("models", {})
     models[cal.model_key] = {
         "threshold": cal.threshold,
