@@ -305,6 +305,7 @@ def render(
     if choices:
         out += _choices_section(choices)
     out += _quality_section(ok)
+    out += _operating_section(ok)
     out += _demographics_section(ok)
     out += [
         "## Reproduce",
@@ -545,6 +546,46 @@ def _choices_notes(choices: Sequence[tuple[str, IdentifyReport, VerifyReport | N
             )
         notes.append(f"- {label[0].upper() + label[1:]} {text}.")
     return [*notes, ""]
+
+
+def _operating_section(runs: Sequence[BackendRun]) -> list[str]:
+    """The operating threshold each model ships with, beside this run's FPIR-1%/0.1% points."""
+    from retroface.governance.thresholds import shipped_threshold
+
+    rows = []
+    for r in runs:
+        if r.identification is None:
+            continue
+        d = r.identification.to_dict()
+        points = d["fnir_at_fpir"]
+        shipped = shipped_threshold(d["model"]["key"])
+        cells = [
+            "n/a" if p is None or p.get("threshold") is None else f"{p['threshold']:.4f}"
+            for p in (points.get("0.01"), points.get("0.001"))
+        ]
+        rows.append(
+            [
+                r.name,
+                *cells,
+                "none shipped" if shipped is None else f"{shipped.value:.4f} ({shipped.produced})",
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        "## Operating threshold",
+        "",
+        _table(["Backend", "Threshold @ FPIR 1%", "Threshold @ FPIR 0.1%", "Shipped"], rows),
+        "",
+        "Searches list only candidates at or above the shipped threshold (FPIR 1% on this "
+        "protocol, `src/retroface/governance/operating_thresholds.json`, written by `retroface "
+        "eval calibrate DATASET --attributes CSV --ship FILE`) unless a calibration on the "
+        "force's own data is recorded, or the case is authorised for investigation mode (see "
+        "docs/governance.md). Impostor scores run higher on in-the-wild photographs (issue #13 "
+        "measured the FPIR-1% threshold at 0.42 on such data): re-calibrate on your own images. "
+        "The FPIR 0.1% point is set by a handful of label errors (see above) and is not used.",
+        "",
+    ]
 
 
 def _demographics_section(runs: Sequence[BackendRun]) -> list[str]:
