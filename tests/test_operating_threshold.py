@@ -211,3 +211,41 @@ def test_a_recorded_calibration_overrides_the_shipped_threshold(
     assert result.candidates == [] and result.none_above_threshold  # 0.74 < 0.9
     assert (result.threshold, result.threshold_source) == (0.9, "calibrated")
     assert result.threshold_record_id == record_id
+
+
+def test_investigation_mode_and_threshold_over_the_api(
+    app: AppContext, team: dict[str, Principal], data_dir: Path
+) -> None:
+    """The authoriser's flag travels through ``POST /cases/{ref}/decision``; a search answers
+    with where the threshold lies, and a lower threshold without the flag is 403."""
+    from fastapi.testclient import TestClient
+
+    from retroface.api.app import create_app
+
+    op = _op(app)
+    app.cases.open(
+        team["olive"], "A1", "robbery", "identify the suspect", "serious; CCTV is the only lead"
+    )
+    with TestClient(create_app(app)) as client:
+
+        def login(name: str) -> dict[str, str]:
+            r = client.post("/api/v1/auth/token", json={"username": name, "password": PASSWORD})
+            assert r.status_code == 200, r.text
+            return {"Authorization": "Bearer " + r.json()["access_token"]}
+
+        olive, arthur = login("olive"), login("arthur")
+        r = client.post(
+            "/api/v1/cases/A1/decision",
+            headers=arthur,
+            json={"approve": True, "note": "proportionate", "investigation_mode": False},
+        )
+        assert r.status_code == 200 and r.json()["investigation_mode"] is False, r.text
+        probe = _scene(app, team["olive"], "A1", data_dir)
+        body = {"case": "A1", "probe_id": probe, "face": CHILD, "top_k": 20}
+        r = client.post("/api/v1/searches", headers=olive, json=body)
+        assert r.status_code == 201, r.text
+        d = r.json()
+        assert d["candidates"] == [] and d["none_above_threshold"] is True
+        assert d["message"] == NONE_ABOVE and d["operating_threshold"] == op
+        r = client.post("/api/v1/searches", headers=olive, json=body | {"threshold": 0.05})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
