@@ -93,7 +93,7 @@ class ReviewSheet(View):
     reviews_in: int
     reviews: list[ReviewEntry]
     hidden: int
-    probe_quality: dict[str, Any] | None  # last, where the API has always put it
+    probe_quality: dict[str, Any] | None  # after the reviews, where the API has always put it
     #: Where the threshold lies: the operating threshold the list is read against, its source,
     #: and the search's mode (investigation: candidates below it are listed, marked so).
     operating_threshold: float | None = None
