@@ -242,7 +242,8 @@ def test_reviewer_who_is_also_auditor_stays_blind(
     app: AppContext, team: dict[str, Principal], data_dir: Path, tmp_path: Path
 ) -> None:
     _open(app, team["olive"], "C1")
-    app.cases.authorise(team["arthur"], "C1", True, "proportionate")
+    # the probe is nobody enrolled: only investigation mode lists candidates to review (#13)
+    app.cases.authorise(team["arthur"], "C1", True, "proportionate", investigation_mode=True)
     probe = app.searches.add_probe(team["olive"], "C1", _probe(data_dir), "p.jpg", PROV)
     sid = app.searches.search(team["olive"], "C1", probe.probe_id).search_id
     app.reviews.decide(team["rita"], sid, "possible match", "same ears", candidate_rank=1)
@@ -281,7 +282,8 @@ def test_blindness_on_the_api_routes(
     from retroface.api.app import create_app
 
     _open(app, team["olive"], "C1")
-    app.cases.authorise(team["arthur"], "C1", True, "proportionate")
+    # the probe is nobody enrolled: only investigation mode lists candidates to review (#13)
+    app.cases.authorise(team["arthur"], "C1", True, "proportionate", investigation_mode=True)
     probe = app.searches.add_probe(team["olive"], "C1", _probe(data_dir), "p.jpg", PROV)
     sid = app.searches.search(team["olive"], "C1", probe.probe_id).search_id
     app.reviews.decide(team["rita"], sid, "possible match", "same ears", candidate_rank=1)

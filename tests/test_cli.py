@@ -170,10 +170,24 @@ def test_workflow_through_the_cli(run: Run, data_dir: Path, database_url: str) -
     result = json.loads(out)
     assert {"probe", "candidates", "gallery_version", "model"} <= set(result)
     assert result["candidates"][0]["subject"] == "barack_obama"
-    assert set(result["candidates"][0]) == {"rank", "subject", "similarity", "image_id"}
-    assert len(result["candidates"]) == 5
+    assert set(result["candidates"][0]) == {
+        "rank",
+        "subject",
+        "similarity",
+        "image_id",
+        "above_threshold",
+    }
+    # only candidates at or above the shipped operating threshold are listed (#13): the others
+    # enrolled are different people, below it
+    assert [c["subject"] for c in result["candidates"]] == ["barack_obama"]
+    assert result["candidates"][0]["above_threshold"] is True
+    assert result["mode"] == "operating" and result["threshold_source"] == "shipped"
+    assert result["none_above_threshold"] is False and result["message"] is None
     code, out = run(*search, "--case", "C1", "--threshold", "0.5", user="olive")
     assert [c["subject"] for c in json.loads(out)["candidates"]] == ["barack_obama"]
+    assert json.loads(out)["threshold_source"] == "explicit"
+    code, out = run(*search, "--case", "C1", "--threshold", "0.1", user="olive")
+    assert code == 2 and "below the operating threshold" in out
 
     sid = str(result["search_id"])
     assert (

@@ -331,6 +331,61 @@ def test_calibrate_writes_threshold_and_audit(
     assert code == 2 and "rule of three" in err  # 19 non-mated searches cannot show FPIR 1%
 
 
+def test_dpia_shows_the_per_group_figures_of_the_calibration_run(
+    cli: Run, app: AppContext, small_lfw: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DPIA report's per-group figures for the live threshold are those the calibration run
+    measured and stored with it (issue #13), and a recorded calibration replaces the shipped
+    threshold there; the change is audited with its per-group rates."""
+    from retroface.governance.reports import render_dpia_html
+
+    app.users.ensure_admin("admin", PASSWORD)
+    monkeypatch.setenv("RETROFACE_PASSWORD", PASSWORD)
+    before = app.oversight.dpia(ADMIN)["thresholds"]["operating"]
+    assert before is not None and before["source"] == "shipped"
+    attrs = data_dir / "lfw_attributes.csv"
+    code, out, err = cli(
+        "--user",
+        "admin",
+        "eval",
+        "calibrate",
+        str(small_lfw),
+        "--target-fpir",
+        "0.2",
+        "--attributes",
+        str(attrs),
+        "--min-group",
+        "5",
+        "--n-boot",
+        "50",
+        "--json",
+        ctx=app,
+    )
+    assert code == 0, err
+    run = json.loads(out)
+    measured = run["evaluation"]["demographics"]["sex"]
+    assert set(measured["result"]["groups"]) <= {"female", "male"}
+    live = app.oversight.dpia(ADMIN)["thresholds"]["operating"]
+    assert live is not None
+    assert (live["source"], live["record_id"]) == ("calibrated", run["threshold_record_id"])
+    assert live["threshold"] == run["threshold"] == measured["result"]["threshold"]
+    shown = live["demographics"]["sex"]
+    assert shown["groups"] == list(measured["result"]["groups"].values())
+    for key in ("fnir_ratio", "fpir_ratio", "fnir_highest", "fpir_highest"):
+        assert shown[key] == measured["result"][key]
+    assert shown["summary"] == measured["summary"]
+    html = render_dpia_html(app.oversight.dpia(ADMIN))
+    for g in shown["groups"]:
+        assert f'<th scope="row">{g["group"]}</th>' in html
+    with app.db.session() as s:
+        audit = s.scalars(
+            select(AuditRecord).where(AuditRecord.action == "threshold.calibrate")
+        ).one()
+    assert audit.details["demographics"]["sex"] == {
+        g: {"fnir": m["fnir"], "fpir": m["fpir"]} for g, m in measured["result"]["groups"].items()
+    }
+
+
 @pytest.mark.slow
 def test_lfw_acceptance(cli: Run, data_dir: Path) -> None:
     """The default backend on the full LFW protocol (minutes: embeds 6,175 images)."""
@@ -341,3 +396,48 @@ def test_lfw_acceptance(cli: Run, data_dir: Path) -> None:
     assert d["rank1"] >= 0.993
     assert d["fnir_at_fpir"]["0.01"]["fnir"] <= 0.025
     assert not d["fnir_at_fpir"]["0.001"]["insufficient_samples"]
+
+
+def test_unlabelled_identities_are_counted_but_never_compared(tmp_path: Path) -> None:
+    """Issue #17: identities with no label formed a group "unknown" which the summary then
+    compared with a real group, as if it were a demographic. They are shown, never compared."""
+    from retroface.eval.runner import Searches, demographics
+
+    def arr(values: list[float]) -> np.ndarray:
+        return np.asarray(values, dtype=np.float64)
+
+    no = np.zeros(6, dtype=bool)
+    # at t=0.5: Ann (female) one miss of two, Bob (male) none; Zed (no label) misses both;
+    # leave-one-out + non-mated tops: female 1/3 above, male 0/3, unlabelled 3/3
+    s = Searches(
+        mated_identity=["Ann", "Ann", "Bob", "Bob", "Zed", "Zed"],
+        mate_rank=np.asarray([1, 1, 1, 1, 1, 1], dtype=np.int64),
+        mate_score=arr([0.9, 0.3, 0.8, 0.7, 0.2, 0.1]),
+        mated_ftd=no,
+        mated_fte=no,
+        mated_acceptable=~no,
+        loo_top=arr([0.6, 0.1, 0.2, 0.3, 0.9, 0.9]),
+        nonmated_identity=["Fay", "Max", "Uma"],
+        nonmated_top=arr([0.1, 0.2, 0.8]),
+        nonmated_ftd=np.zeros(3, dtype=bool),
+        gallery_templates=3,
+        gallery_identities=3,
+    )
+    attrs = tmp_path / "attributes.csv"
+    attrs.write_text("identity,sex\nAnn,female\nBob,male\nFay,female\nMax,male\nZed,\n")
+    d = demographics(s, attrs, 0.5, min_searches=1, n_boot=20)["sex"]
+    groups = d["result"]["groups"]
+    assert set(groups) == {"female", "male", "unlabelled"}  # counted and shown
+    assert (groups["unlabelled"]["n_mated"], groups["unlabelled"]["n_nonmated"]) == (2, 3)
+    assert groups["unlabelled"]["fnir"] == 1.0 and groups["unlabelled"]["fpir"] == 1.0
+    r = d["result"]
+    # the highest rates are the unlabelled ones, yet only real groups are compared
+    assert (r["fnir_highest"], r["fnir_lowest"]) == ("female", "male")
+    assert (r["fpir_highest"], r["fpir_lowest"]) == ("female", "male")
+    assert "unlabelled" not in d["insufficient_groups"]
+    summary = d["summary"]
+    assert "for unlabelled" not in summary and "as for unlabelled" not in summary
+    assert "unknown" not in summary
+    assert "No label: 2 mated and 3 non-mated searches (unlabelled), counted, not compared." in (
+        summary
+    )

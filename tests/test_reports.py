@@ -38,6 +38,7 @@ from retroface.governance.reports import (
     render_transparency_html,
     transparency,
 )
+from retroface.governance.thresholds import shipped_thresholds
 from retroface.media.images import decode_image
 from retroface.search.service import ProbeProvenance
 from retroface.storage.tables import AuditRecord, Subject, ThresholdRecord
@@ -324,9 +325,16 @@ def test_dpia_lists_counts_and_policy(history: History) -> None:
     }
     assert report["users"] == {"active": 8, "disabled": 0}
     assert report["model"] == app.engine.identity.to_dict() and report["model"]["licence"]
-    assert report["thresholds"]["records"] == [] and "No calibrated threshold" in (
+    assert report["thresholds"]["records"] == [] and "No calibration has been recorded" in (
         report["thresholds"]["note"] or ""
     )
+    # the shipped operating threshold is in force, with the per-group figures it shipped with
+    live = report["thresholds"]["operating"]
+    shipped = shipped_thresholds()[app.engine.identity.key]
+    assert (live["source"], live["threshold"]) == ("shipped", shipped["threshold"])
+    sex = shipped["evaluation"]["demographics"]["sex"]["result"]
+    assert live["demographics"]["sex"]["groups"] == list(sex["groups"].values())
+    assert live["demographics"]["sex"]["fnir_ratio"] == sex["fnir_ratio"]
     safeguards = {g["safeguard"]: g for g in report["safeguards"]}
     assert all(g["enabled"] for g in report["safeguards"])
     assert safeguards["Audit log verified now"]["verify"]["ok"] is True
@@ -462,7 +470,8 @@ def test_dpia_html(history: History) -> None:
     )
     assert ["Urgent window: an urgent case must be authorised within", "48 hours"] in page.rows
     assert ["Licence", report["model"]["licence"]] in page.rows
-    assert "No calibrated threshold" in html
+    assert "No calibration has been recorded" in html
+    assert "Operating threshold in force" in html and '<th scope="row">female</th>' in html
     assert ["Audit log verified now", "yes", report["safeguards"][2]["detail"]] in page.rows
 
 

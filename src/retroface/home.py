@@ -173,9 +173,13 @@ class Home:
         note: str,
         approve: bool = True,
         valid_days: float | None = None,
+        investigation_mode: bool = False,
     ) -> CaseView:
-        """Approve (or, with ``approve=False``, refuse) a case; nobody may decide their own."""
-        return self.ctx.cases.authorise(authoriser, reference, approve, note, valid_days)
+        """Approve (or, with ``approve=False``, refuse) a case; nobody may decide their own.
+        ``investigation_mode`` lets its searches list candidates below the operating threshold."""
+        return self.ctx.cases.authorise(
+            authoriser, reference, approve, note, valid_days, investigation_mode=investigation_mode
+        )
 
     def search(
         self,

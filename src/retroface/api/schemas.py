@@ -71,6 +71,11 @@ class CaseDecision(BaseModel):
     approve: bool
     note: str = Field(min_length=1, max_length=5000, examples=["necessary and proportionate"])
     valid_days: float | None = Field(default=None, gt=0, le=365)
+    investigation_mode: bool = Field(
+        default=False,
+        description="Allow investigation mode (approval only): searches list the top-k "
+        "whatever their score, those below the operating threshold marked so.",
+    )
 
 
 class TeamAdd(BaseModel):

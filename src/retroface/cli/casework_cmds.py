@@ -7,7 +7,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from retroface.cli.common import console, fail, print_json, print_search_result, user_errors
+from retroface.cli.common import (
+    console,
+    fail,
+    print_json,
+    print_search_result,
+    threshold_line,
+    user_errors,
+)
 from retroface.cli.session import state
 from retroface.search.service import ProbeProvenance
 
@@ -48,17 +55,26 @@ def case_authorise(
     approve: bool = typer.Option(None, "--approve/--refuse", help="Approve or refuse."),
     note: str = typer.Option(..., help="Reasons for the decision."),
     days: float | None = typer.Option(None, help="Authorisation validity in days."),
+    investigation_mode: bool = typer.Option(
+        False,
+        "--investigation-mode",
+        help="Allow investigation mode: searches list the top-k whatever their score, those "
+        "below the operating threshold marked so (with --approve only).",
+    ),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Approve or refuse a case (not your own); refusal deletes everything it produced."""
     if approve is None:
         fail("say --approve or --refuse")
     with user_errors():
-        data = state.ctx.cases.authorise(state.principal(), ref, approve, note, days)
+        data = state.ctx.cases.authorise(
+            state.principal(), ref, approve, note, days, investigation_mode=investigation_mode
+        )
     if json_out:
         print_json(data.model_dump(mode="json"))
         return
-    console.print(f"case {ref}: {data.status}")
+    mode = " (investigation mode allowed)" if data.investigation_mode else ""
+    console.print(f"case {ref}: {data.status}{mode}")
 
 
 @case_app.command("list")
@@ -238,8 +254,10 @@ def review_show(search_id: int, json_out: bool = typer.Option(False, "--json")) 
         print_json(data.model_dump(mode="json"))
         return
     console.print(f"search {search_id}: {data.status} — [yellow]{data.label}[/]")
+    console.print(threshold_line(data.mode, data.operating_threshold, data.operating_source))
     for c in data.candidates:
-        console.print(f"  {c.rank:>3}  {c.subject:<30} {c.similarity:.3f}")
+        mark = {True: "above", False: "BELOW threshold", None: ""}[c.above_threshold]
+        console.print(f"  {c.rank:>3}  {c.subject:<30} {c.similarity:.3f}  {mark}")
     if data.hidden:
         console.print(f"({data.hidden} other decision(s) hidden until both are in)")
     for r in data.reviews:

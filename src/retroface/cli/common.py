@@ -56,23 +56,46 @@ def engine() -> Any:
 
 
 def print_search_result(data: SearchResult) -> None:
-    """A candidate list as a table (``retroface search``, image or video probe)."""
+    """A candidate list as a table (``retroface search``, image or video probe), with where the
+    operating threshold lies and, per candidate, whether it reaches it."""
     from rich.table import Table
 
     console.print(f"[bold]Search {data.search_id}[/] — [yellow]{data.label}[/]")
     warnings = data.probe.warnings
     if warnings:
         console.print("[yellow]probe quality warnings:[/] " + "; ".join(warnings))
+    console.print(threshold_line(data.mode, data.operating_threshold, data.operating_source))
+    if data.threshold_source == "explicit" and data.threshold is not None:
+        console.print(f"explicit threshold {data.threshold:.4f} applied")
+    if data.none_above_threshold:
+        console.print(
+            f"[bold]{data.message}[/] (nothing goes to review)"
+            if not data.candidates
+            else f"[bold]{data.message}[/]"
+        )
     if not data.candidates:
-        console.print("no candidates" + (" above the threshold" if data.threshold else ""))
+        if not data.none_above_threshold:
+            console.print("no candidates" + (" above the threshold" if data.threshold else ""))
         return
     table = Table()
-    for col in ("rank", "subject", "similarity", "image"):
+    for col in ("rank", "subject", "similarity", "threshold", "image"):
         table.add_column(col)
     for c in data.candidates:
-        table.add_row(str(c.rank), c.subject, f"{c.similarity:.3f}", str(c.image_id))
+        mark = {True: "above", False: "below", None: ""}[c.above_threshold]
+        table.add_row(str(c.rank), c.subject, f"{c.similarity:.3f}", mark, str(c.image_id))
     console.print(table)
     console.print(f"gallery version {data.gallery_version}, model {data.model}")
+
+
+def threshold_line(mode: str, operating: float | None, source: str | None) -> str:
+    """Where the operating threshold lies, in one line (search results and review sheets)."""
+    if operating is None:
+        where = "no operating threshold for this model (calibrate it: `retroface eval calibrate`)"
+    else:
+        where = f"operating threshold {operating:.4f} ({source})"
+    if mode == "investigation":
+        return f"{where}; [bold]investigation mode[/]: top-k listed whatever their score"
+    return where
 
 
 def with_status(message: str, fn: Callable[[], Any], quiet: bool = False) -> Any:

@@ -444,6 +444,22 @@ def calibrate(
     ),
     backend: str | None = _BACKEND,
     protocol: Path | None = typer.Option(None, "--protocol", help="Protocol CSV (see identify)."),
+    attributes: Path | None = typer.Option(
+        None,
+        "--attributes",
+        help="CSV with an 'identity' column and attribute columns: per-group FNIR/FPIR at the "
+        "threshold are stored with it (and shown in the DPIA report).",
+    ),
+    min_group: int = typer.Option(
+        100, "--min-group", min=1, help="Searches a group needs before its rates are compared."
+    ),
+    n_boot: int = _N_BOOT,
+    ship: Path | None = typer.Option(
+        None,
+        "--ship",
+        help="Write the model's shipped threshold record to this JSON file (maintainers: "
+        "src/retroface/governance/operating_thresholds.json) instead of the database.",
+    ),
     limit: int | None = _LIMIT,
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     workers: int | None = _WORKERS,
@@ -453,37 +469,138 @@ def calibrate(
 
     Writes a new active ThresholdRecord (older active records of the model are deactivated)
     and its audit record in one transaction; searches then record the threshold they ran at.
+    With ``--ship`` it writes the record the package ships for the model instead (no database,
+    no account: it is a source file, reviewed like code).
     """
     from retroface.eval.dataset import resolve_protocol
     from retroface.eval.runner import calibrate as run_calibrate
-    from retroface.eval.runner import searches_for
+    from retroface.eval.runner import calibration_evaluation, searches_for
 
+    if attributes is not None and not attributes.is_file():
+        fail(f"{attributes}: no such file")
     with user_errors():
-        actor = state.principal()
-        ctx = state.ctx
-        ctx.thresholds.check_may_record(actor)  # before minutes of work, not after
+        actor = None
+        if ship is None:
+            actor = state.principal()
+            state.ctx.thresholds.check_may_record(actor)  # before minutes of work, not after
+        settings = state.ctx.settings if ship is None else None
         proto = resolve_protocol(dataset, protocol, limit)
         with _progress() as progress:
             ev = _evaluator(
                 backend,
-                ctx.settings.det_size,
-                ctx.settings.flip,
+                settings.det_size if settings else None,
+                settings.flip if settings else None,
                 workers,
                 no_cache,
                 progress,
             )
             searches = searches_for(ev, proto)
         cal = run_calibrate(searches, proto, ev.model.key, target_fpir)
-        record_id = ctx.thresholds.record(actor, cal, ev.describe())
-    data = {"threshold_record_id": record_id, "active": True, **cal.to_dict()}
+        evaluation = calibration_evaluation(
+            searches, proto, cal, attributes, min_searches=min_group, n_boot=n_boot
+        )
+        if ship is not None:
+            command = _calibrate_command(
+                dataset, target_fpir, backend, protocol, attributes, min_group, n_boot, ship, limit
+            )
+            _write_shipped(ship, cal, evaluation, ev.describe(), command)
+            record_id = None
+        else:
+            assert actor is not None
+            record_id = state.ctx.thresholds.record(actor, cal, ev.describe(), evaluation)
+    data = {
+        "threshold_record_id": record_id,
+        "active": ship is None,
+        **cal.to_dict(),
+        "evaluation": evaluation,
+    }
     if json_out:
         print_json(data)
         return
+    where = f"record {record_id}" if record_id is not None else f"shipped in {ship}"
     console.print(
-        f"threshold {cal.threshold:.4f} for {cal.model_key} (record {record_id}): FPIR "
+        f"threshold {cal.threshold:.4f} for {cal.model_key} ({where}): FPIR "
         f"{_pct(cal.achieved_fpir)} (target {cal.target_fpir:g}) on {cal.n_nonmated:,} "
         f"non-mated searches, FNIR {_pct(cal.fnir)} on {cal.n_mated:,} mated searches"
     )
+    for key, p in evaluation["points"].items():
+        if p["insufficient_samples"]:
+            console.print(f"FPIR {key}: {p['why']}")
+        else:
+            console.print(f"FPIR {key}: threshold {p['threshold']:.4f}, FNIR {_pct(p['fnir'])}")
+    for column, demo in (evaluation.get("demographics") or {}).items():
+        console.print(f"[bold]{column}[/]: {demo['summary']}")
+
+
+def _calibrate_command(
+    dataset: Path,
+    target_fpir: float,
+    backend: str | None,
+    protocol: Path | None,
+    attributes: Path | None,
+    min_group: int,
+    n_boot: int,
+    ship: Path,
+    limit: int | None,
+) -> str:
+    """The command line that reproduces a shipped record (the paths as they were given)."""
+    parts = ["retroface", "eval", "calibrate", str(dataset), "--target-fpir", f"{target_fpir:g}"]
+    parts += ["--backend", backend] if backend else []
+    parts += ["--protocol", str(protocol)] if protocol else []
+    parts += ["--attributes", str(attributes)] if attributes else []
+    parts += ["--min-group", str(min_group), "--n-boot", str(n_boot)]
+    parts += ["--limit", str(limit)] if limit else []
+    return " ".join([*parts, "--ship", str(ship)])
+
+
+def _write_shipped(
+    path: Path,
+    cal: Any,
+    evaluation: dict[str, Any],
+    pipeline: dict[str, Any],
+    command: str,
+) -> None:
+    """Add or replace the model's entry in a shipped-thresholds JSON file (other models kept).
+
+    Absolute paths are left out: the file ships in the package and says where the data came
+    from by name, protocol hash and counts."""
+    import json
+    from datetime import UTC, datetime
+
+    from retroface.governance.thresholds import PIPELINE_KEYS
+
+    try:
+        doc = json.loads(path.read_text("utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        fail(f"{path}: {exc}")
+    doc.setdefault(
+        "about",
+        "Operating thresholds shipped with each model (retroface.governance.thresholds): "
+        "written by `retroface eval calibrate --ship`; a calibration recorded in the "
+        "database overrides them.",
+    )
+    proto = dict(evaluation.get("protocol") or {})
+    proto["path"] = Path(str(proto.get("path", cal.dataset))).name
+    source = str(proto.get("protocol", ""))
+    if "/" in source:  # e.g. "file:/data/lfw_1n_protocol.csv": keep the kind and the name
+        kind = source.split(":", 1)[0] + ":" if ":" in source else ""
+        proto["protocol"] = kind + Path(source.split(":", 1)[-1]).name
+    models = doc.setdefault("models", {})
+    models[cal.model_key] = {
+        "threshold": cal.threshold,
+        "target_fpir": cal.target_fpir,
+        "achieved_fpir": cal.achieved_fpir,
+        "fnir": cal.fnir,
+        "n_mated": cal.n_mated,
+        "n_nonmated": cal.n_nonmated,
+        "dataset": Path(cal.dataset).name,
+        "dataset_hash": cal.dataset_hash,
+        "pipeline": {k: pipeline[k] for k in PIPELINE_KEYS if k in pipeline},
+        "command": command,
+        "date": datetime.now(UTC).date().isoformat(),
+        "evaluation": evaluation | {"protocol": proto},
+    }
+    path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------

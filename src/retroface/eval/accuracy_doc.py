@@ -42,6 +42,10 @@ KNOWN_LFW_LABEL_ERRORS = {
 }
 
 
+#: Per-identity labels beside ``lfw/`` (evaluation only): per-group figures when present.
+ATTRIBUTES_FILE = "lfw_attributes.csv"
+
+
 @dataclass
 class DocOptions:
     data: Path  # folder holding lfw/, lfw_pairs.txt and lfw_1n_protocol.csv
@@ -120,7 +124,14 @@ def build_accuracy_doc(opts: DocOptions) -> tuple[str, dict[str, Any]]:
             run.error = str(exc)
             continue
         widths = list(opts.degrade_widths) if backend == "arcface" else []
-        run.identification = identify(ev, protocol, degrade_widths=widths, n_boot=opts.n_boot)
+        attributes = opts.data / ATTRIBUTES_FILE
+        run.identification = identify(
+            ev,
+            protocol,
+            degrade_widths=widths,
+            attributes=attributes if attributes.is_file() else None,
+            n_boot=opts.n_boot,
+        )
         errors = [i for i in KNOWN_LFW_LABEL_ERRORS if i in protocol.identities]
         if errors:
             run.without_label_errors = identify(
@@ -294,15 +305,9 @@ def render(
     if choices:
         out += _choices_section(choices)
     out += _quality_section(ok)
+    out += _operating_section(ok)
+    out += _demographics_section(ok)
     out += [
-        "## Demographic differentials",
-        "",
-        "Not measured here: the shared data carries no demographic labels, and labels guessed "
-        "from faces would measure the guesser. `retroface eval identify DATASET --attributes "
-        "labels.csv` (an `identity` column plus one column per attribute) reports FNIR and "
-        "FPIR per group at the one operating threshold (FPIR 1%), with intervals, a plain-"
-        "language summary and groups with fewer than 100 searches marked as too small.",
-        "",
         "## Reproduce",
         "",
         "```",
@@ -541,6 +546,101 @@ def _choices_notes(choices: Sequence[tuple[str, IdentifyReport, VerifyReport | N
             )
         notes.append(f"- {label[0].upper() + label[1:]} {text}.")
     return [*notes, ""]
+
+
+def _operating_section(runs: Sequence[BackendRun]) -> list[str]:
+    """The operating threshold each model ships with, beside this run's FPIR-1%/0.1% points."""
+    from retroface.governance.thresholds import shipped_threshold
+
+    rows = []
+    for r in runs:
+        if r.identification is None:
+            continue
+        d = r.identification.to_dict()
+        points = d["fnir_at_fpir"]
+        shipped = shipped_threshold(d["model"]["key"])
+        cells = [
+            "n/a" if p is None or p.get("threshold") is None else f"{p['threshold']:.4f}"
+            for p in (points.get("0.01"), points.get("0.001"))
+        ]
+        rows.append(
+            [
+                r.name,
+                *cells,
+                "none shipped" if shipped is None else f"{shipped.value:.4f} ({shipped.produced})",
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        "## Operating threshold",
+        "",
+        _table(["Backend", "Threshold @ FPIR 1%", "Threshold @ FPIR 0.1%", "Shipped"], rows),
+        "",
+        "Searches list only candidates at or above the shipped threshold (FPIR 1% on this "
+        "protocol, `src/retroface/governance/operating_thresholds.json`, written by `retroface "
+        "eval calibrate DATASET --attributes CSV --ship FILE`) unless a calibration on the "
+        "force's own data is recorded, or the case is authorised for investigation mode (see "
+        "docs/governance.md). Impostor scores run higher on in-the-wild photographs (issue #13 "
+        "measured the FPIR-1% threshold at 0.42 on such data): re-calibrate on your own images. "
+        "The FPIR 0.1% point is set by a handful of label errors (see above) and is not used.",
+        "",
+    ]
+
+
+def _demographics_section(runs: Sequence[BackendRun]) -> list[str]:
+    """Per-group FNIR/FPIR at each backend's FPIR-1% threshold, from ``lfw_attributes.csv``."""
+    out = ["## Demographic differentials at the operating threshold", ""]
+    measured = False
+    for r in runs:
+        demo = (r.identification.demographics if r.identification else None) or {}
+        for column, d in demo.items():
+            measured = True
+            res = d["result"]
+            rows = [
+                [
+                    g["group"],
+                    f"{g['n_mated']:,}",
+                    f"{_pct(g['fnir'])}{_ci(g['fnir_ci'])}",
+                    f"{g['n_nonmated']:,}",
+                    f"{_pct(g['fpir'])}{_ci(g['fpir_ci'])}",
+                ]
+                for g in res["groups"].values()
+            ]
+            ratio = ", ".join(
+                f"{rate.upper()} ratio {res[f'{rate}_ratio']:.2f} "
+                f"({res[f'{rate}_highest']} / {res[f'{rate}_lowest']})"
+                for rate in ("fnir", "fpir")
+                if res[f"{rate}_ratio"] is not None
+            )
+            out += [
+                f"**{r.name}**, by `{column}`, at threshold {res['threshold']:.4f} (FPIR 1% "
+                f"overall){': ' + ratio if ratio else ''}.",
+                "",
+                _table(
+                    ["Group", "Mated", "Rank-1 FNIR", "Non-mated", "FPIR"],
+                    rows,
+                ),
+                "",
+                d["summary"],
+                "",
+            ]
+    if not measured:
+        return [
+            *out,
+            f"Not measured: no `{ATTRIBUTES_FILE}` beside `lfw/`. `retroface eval identify "
+            "DATASET --attributes labels.csv` (an `identity` column plus one column per "
+            "attribute) reports FNIR and FPIR per group at the one operating threshold.",
+            "",
+        ]
+    return [
+        *out,
+        f"Labels: `{ATTRIBUTES_FILE}` (sex of each LFW identity), used for evaluation only; "
+        "no search reads them. Identities without a label are counted as `unlabelled` and never "
+        "compared. Non-mated searches include the leave-one-identity-out ones, grouped by the "
+        "probe's identity; brackets are 95% bootstrap intervals.",
+        "",
+    ]
 
 
 def _quality_section(runs: Sequence[BackendRun]) -> list[str]:

@@ -879,6 +879,11 @@ class DemographicResult:
         }
 
 
+#: The group of identities with no label for an attribute: counted and shown, never compared
+#: (a missing label is not a demographic; issue #17).
+UNLABELLED = "unlabelled"
+
+
 def _ratio(rates: Mapping[str, float]) -> tuple[float | None, str | None, str | None]:
     usable = {k: v for k, v in rates.items() if math.isfinite(v)}
     if len(usable) < 2:
@@ -915,7 +920,9 @@ def by_group(
     A deployed system runs one threshold for everybody, so differentials must be measured at
     that threshold rather than at per-group thresholds that equalise FPIR. A rate is flagged
     insufficient when its group has fewer than ``min_searches`` searches of that kind; flagged
-    groups are left out of the ratios. Labels are compared as strings.
+    groups are left out of the ratios. Labels are compared as strings. The group
+    :data:`UNLABELLED` (identities with no label) is reported but never compared: a missing
+    label is not a demographic, so it is left out of the ratios and the summary's comparisons.
     """
     _check_max_rank(max_rank)
     r, s = _mated(mate_ranks, mate_scores)
@@ -956,11 +963,12 @@ def by_group(
             fnir_insufficient=mated.shape[0] < min_searches,
             fpir_insufficient=nonmated.size < min_searches,
         )
+    compared = {k: v for k, v in groups.items() if k != UNLABELLED}
     fpir_ratio, fpir_hi, fpir_lo = _ratio(
-        {k: v.fpir for k, v in groups.items() if not v.fpir_insufficient}
+        {k: v.fpir for k, v in compared.items() if not v.fpir_insufficient}
     )
     fnir_ratio, fnir_hi, fnir_lo = _ratio(
-        {k: v.fnir for k, v in groups.items() if not v.fnir_insufficient}
+        {k: v.fnir for k, v in compared.items() if not v.fnir_insufficient}
     )
     return DemographicResult(
         threshold=threshold,
@@ -1050,7 +1058,9 @@ def plain_language_summary(group_results: DemographicResult | Mapping[str, Any])
             f"{prefix}fewer than two groups have enough searches "
             f"(at least {d['min_searches']} of a kind) to compare."
         )
-    small = [g for g in d["groups"].values() if g["insufficient_samples"]]
+    small = [
+        g for g in d["groups"].values() if g["insufficient_samples"] and g["group"] != UNLABELLED
+    ]
     if small:
         listed = "; ".join(
             f"{g['group']} ({g['n_mated']} mated, {g['n_nonmated']} non-mated; "
@@ -1066,6 +1076,12 @@ def plain_language_summary(group_results: DemographicResult | Mapping[str, Any])
             f"Too few searches for a reliable estimate (fewer than {d['min_searches']} of a "
             f"kind): {listed}."
         )
+    unlabelled = d["groups"].get(UNLABELLED)
+    if unlabelled is not None:
+        sentences.append(
+            f"No label: {unlabelled['n_mated']} mated and {unlabelled['n_nonmated']} non-mated "
+            f"searches ({UNLABELLED}), counted, not compared."
+        )
     return " ".join(sentences)
 
 
@@ -1073,6 +1089,7 @@ __all__ = [
     "DEFAULT_FARS",
     "DEFAULT_FPIRS",
     "REPORTED_RANKS",
+    "UNLABELLED",
     "DemographicResult",
     "FnirPoint",
     "GroupMetrics",

@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from retroface import __version__
 from retroface.eval import plots
 from retroface.eval.metrics import (
+    UNLABELLED,
     DemographicResult,
     IdentificationResult,
     VerificationResult,
@@ -359,7 +360,9 @@ def _demographics_section(d: Result) -> Section:
                 _ci(g["fpir_ci"]),
                 format_percent(g["fnir"]),
                 _ci(g["fnir_ci"]),
-                f"too few for {' and '.join(flags)}" if flags else "ok",
+                "no label: not compared"
+                if g["group"] == UNLABELLED
+                else (f"too few for {' and '.join(flags)}" if flags else "ok"),
             ]
         )
     table = Table(
@@ -380,8 +383,8 @@ def _demographics_section(d: Result) -> Section:
             f"({d.get('fpir_highest') or 'n/a'} vs {d.get('fpir_lowest') or 'n/a'}); "
             f"FNIR max/min ratio: {_num(d.get('fnir_ratio'), 3)} "
             f"({d.get('fnir_highest') or 'n/a'} vs {d.get('fnir_lowest') or 'n/a'}). "
-            f"Groups with fewer than {d.get('min_searches')} searches of a kind are left out "
-            "of the ratios."
+            f"Groups with fewer than {d.get('min_searches')} searches of a kind, and "
+            f"identities with no label ({UNLABELLED}), are left out of the ratios."
         ],
         numeric_columns={1, 2, 3, 4, 5, 6},
         warn_rows=warn,

@@ -43,6 +43,7 @@ from retroface.eval.embeddings_cache import (
 )
 from retroface.eval.metrics import (
     DEFAULT_FPIRS,
+    UNLABELLED,
     IdentificationResult,
     VerificationResult,
     by_group,
@@ -604,14 +605,15 @@ def demographics(
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Per attribute column: FNIR/FPIR per group at the one operating threshold (FPIR 1%),
-    with the plain-language summary. Identities missing from the CSV form the group
-    ``unknown``; groups with fewer than ``min_searches`` searches of a kind are flagged."""
+    with the plain-language summary. Identities with no label in the CSV form the group
+    ``unlabelled``, counted and shown but never compared (issue #17); groups with fewer than
+    ``min_searches`` searches of a kind are flagged."""
     if threshold is None:
         raise InvalidInputError("no operating threshold (FPIR 1%) to compare groups at")
     out: dict[str, dict[str, Any]] = {}
     for column, values in read_attributes(attributes).items():
-        mated_groups = [values.get(i, "unknown") for i in s.mated_identity]
-        nonmated_groups = [values.get(i, "unknown") for i in s.augmented_identity]
+        mated_groups = [values.get(i, UNLABELLED) for i in s.mated_identity]
+        nonmated_groups = [values.get(i, UNLABELLED) for i in s.augmented_identity]
         result = by_group(
             s.mate_rank,
             np.where(s.mated_ftd | s.mated_fte, np.nan, s.mate_score),
@@ -626,7 +628,9 @@ def demographics(
         out[column] = {
             "result": result.to_dict(),
             "summary": plain_language_summary(result),
-            "insufficient_groups": [g for g, m in result.groups.items() if m.insufficient_samples],
+            "insufficient_groups": [
+                g for g, m in result.groups.items() if m.insufficient_samples and g != UNLABELLED
+            ],
         }
     return out
 
@@ -690,6 +694,49 @@ def calibrate(s: Searches, protocol: Protocol, model_key: str, target_fpir: floa
         dataset_hash=protocol.dataset_hash(),
         dataset=str(protocol.dataset),
     )
+
+
+#: The FPIR points recorded with every calibration besides its target (where the sample allows).
+CALIBRATION_POINTS = (0.01, 0.001)
+
+
+def calibration_evaluation(
+    s: Searches,
+    protocol: Protocol,
+    cal: Calibration,
+    attributes: Path | None = None,
+    *,
+    min_searches: int = 100,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """What is stored with a threshold besides its value: the threshold at each FPIR point of
+    :data:`CALIBRATION_POINTS` (or why the sample cannot show it) and, with ``attributes``,
+    FNIR/FPIR per group at ``cal.threshold`` with intervals and ratios. The DPIA report shows
+    these figures for the live threshold, so they are those of this run, not recomputed."""
+    points: dict[str, Any] = {}
+    for target in CALIBRATION_POINTS:
+        try:
+            c = calibrate(s, protocol, cal.model_key, target)
+        except InvalidInputError as exc:
+            points[rate_key(target)] = {"insufficient_samples": True, "why": str(exc)}
+            continue
+        points[rate_key(target)] = {
+            "threshold": c.threshold,
+            "achieved_fpir": c.achieved_fpir,
+            "fnir": c.fnir,
+            "insufficient_samples": False,
+        }
+    out: dict[str, Any] = {
+        "points": points,
+        "nonmated_set": NONMATED_SET,
+        "protocol": protocol.describe(),
+    }
+    if attributes is not None:
+        out["attributes_file"] = attributes.name
+        out["demographics"] = demographics(
+            s, attributes, cal.threshold, min_searches=min_searches, n_boot=n_boot
+        )
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,12 @@ touch of the case afterwards (authorise, show, list, probe upload, search) and, 
 next scheduled retention run (every few minutes in ``serve``, or ``retention run`` from cron). A
 purged case can never be authorised again: its material is gone, and reviving it would turn the
 urgent route into a way round prior authorisation.
+
+An approval may also allow *investigation mode* (issue #13): searches under the case then list
+the top-k candidates whatever their score, those below the model's operating threshold marked
+so, as NIST describes investigative use. Without it every list is cut at the operating threshold.
+It is the authoriser's decision, not the operator's, because it trades more false candidates
+for fewer missed ones, and it is stored, audited and shown with the case.
 """
 
 from __future__ import annotations
@@ -160,6 +166,7 @@ class CaseService:
         approve: bool,
         note: str,
         valid_days: float | None = None,
+        investigation_mode: bool = False,
     ) -> CaseView:
         action = "case.authorise"
         reference = case_reference(reference)
@@ -167,6 +174,8 @@ class CaseService:
         self.guard.require(actor, Role.AUTHORISER, action=action, case_ref=reference)
         if not note.strip():
             raise InvalidInputError("an authorisation decision needs a note giving its reasons")
+        if investigation_mode and not approve:
+            raise InvalidInputError("investigation mode is allowed by an approval, not a refusal")
         if valid_days is not None and not 0 < valid_days <= MAX_AUTHORISATION_DAYS:
             # an authorisation is for a specific use, reviewed at least yearly; 3650 days was
             # accepted before (#11), which is no review at all
@@ -201,6 +210,7 @@ class CaseService:
                 case.status = CaseStatus.APPROVED
                 days = valid_days or self.policy.authorisation_days
                 case.authorised_until = now + timedelta(days=days)
+                case.investigation_mode = investigation_mode
             else:
                 case.status = CaseStatus.REFUSED
             self.audit(
@@ -216,6 +226,7 @@ class CaseService:
                     "authorised_until": case.authorised_until.isoformat()
                     if case.authorised_until
                     else None,
+                    "investigation_mode": bool(case.investigation_mode),
                 },
                 ts=now,
             )

@@ -40,6 +40,7 @@ from retroface.core.status import CaseStatus, ReviewStatus
 from retroface.core.text import check_period
 from retroface.gallery.service import gallery_stats
 from retroface.governance.review import DECISIONS
+from retroface.governance.thresholds import OperatingThreshold, operating_threshold
 from retroface.storage.tables import (
     AuditCheckpoint,
     AuditRecord,
@@ -437,6 +438,7 @@ def dpia(app: DpiaSource) -> DpiaReport:
             }
             for t in s.scalars(select(ThresholdRecord).order_by(ThresholdRecord.id))
         ]
+        live = operating_threshold(s, app.engine.identity.key)
     active_roles: Counter[Role] = Counter()
     for roles, active in users:
         if active:
@@ -458,16 +460,60 @@ def dpia(app: DpiaSource) -> DpiaReport:
         },
         "model": app.engine.identity.to_dict(),
         "thresholds": {
+            "operating": _operating(live),
             "records": thresholds,
             "note": None
             if thresholds
             else (
-                "No calibrated threshold has been recorded yet. Searches return the top-ranked "
-                "candidates (and a threshold only where one is given for the search); each "
-                "search record stores the threshold it used."
+                "No calibration has been recorded on this system's own data: searches run at "
+                "the operating threshold shipped with the model (above), calibrated on public "
+                "data. Each search record stores the threshold it used."
             ),
         },
         "safeguards": _safeguards(app, policy, verify),
+    }
+
+
+def _operating(live: OperatingThreshold | None) -> dict[str, Any] | None:
+    """The live model's operating threshold and the per-group figures of the evaluation it came
+    from, exactly as that run stored them (not recomputed: the DPIA shows what was measured)."""
+    if live is None:
+        return None
+    evaluation = live.evaluation
+    groups = {
+        column: {
+            "groups": list(demo["result"]["groups"].values()),
+            "fnir_ratio": demo["result"]["fnir_ratio"],
+            "fnir_highest": demo["result"]["fnir_highest"],
+            "fnir_lowest": demo["result"]["fnir_lowest"],
+            "fpir_ratio": demo["result"]["fpir_ratio"],
+            "fpir_highest": demo["result"]["fpir_highest"],
+            "fpir_lowest": demo["result"]["fpir_lowest"],
+            "confidence": demo["result"].get("confidence"),
+            "summary": demo["summary"],
+        }
+        for column, demo in (evaluation.get("demographics") or {}).items()
+    }
+    return {
+        "model": live.model_key,
+        "threshold": live.value,
+        "source": live.source,
+        "target_fpir": live.target_fpir,
+        "achieved_fpir": live.achieved_fpir,
+        "fnir": live.fnir,
+        "dataset": live.dataset,
+        "dataset_sha256": live.dataset_hash,
+        "mated_searches": live.n_mated,
+        "non_mated_searches": live.n_nonmated,
+        "date": live.produced,
+        "record_id": live.record_id,
+        "command": live.command,
+        "points": evaluation.get("points") or {},
+        "demographics": groups,
+        "note": None
+        if groups
+        else "No per-group figures were measured with this threshold (calibrate it with "
+        "--attributes).",
     }
 
 

@@ -5,6 +5,10 @@ other's decision until both are in. Agreement settles the outcome; disagreement 
 reviewer whose decision settles it. Outcomes and agreement are recorded for the transparency
 report (Cohen's kappa).
 
+A search that listed no candidate (none reached the operating threshold) is in no queue, and a
+decision on it is refused: there is nothing to review. The sheet always shows where the operating
+threshold lies and, per candidate, whether it reaches it (investigation-mode lists go below it).
+
 Blindness holds whatever roles an account combines (issue #11, finding 7). Two rules, both
 enforced here:
 
@@ -150,7 +154,12 @@ class ReviewService:
                 outcome=rec.review_outcome,
                 candidates=[
                     ReviewCandidate(
-                        rank=c.rank, subject=c.subject_reference, similarity=round(c.similarity, 4)
+                        rank=c.rank,
+                        subject=c.subject_reference,
+                        similarity=round(c.similarity, 4),
+                        above_threshold=None
+                        if rec.operating_threshold is None
+                        else c.similarity >= rec.operating_threshold,
                     )
                     for c in rec.candidates
                 ],
@@ -167,6 +176,9 @@ class ReviewService:
                 ],
                 hidden=len(reviews) - len(visible),
                 probe_quality=rec.probe_quality,
+                operating_threshold=rec.operating_threshold,
+                operating_source=rec.operating_source,
+                mode=rec.mode,
             )
 
     def decide(
@@ -195,6 +207,16 @@ class ReviewService:
             rec = s.get(SearchRecord, search_id, with_for_update=True)
             if rec is None:
                 raise NotFoundError(f"no search {search_id}")
+            if rec.review_status == ReviewStatus.NO_CANDIDATES:
+                raise ConflictError(
+                    f"search {search_id} listed no candidate"
+                    + (
+                        " above the operating threshold"
+                        if rec.operating_threshold is not None
+                        else ""
+                    )
+                    + ": there is nothing to review"
+                )
             if candidate_rank is not None and not any(
                 c.rank == candidate_rank for c in rec.candidates
             ):

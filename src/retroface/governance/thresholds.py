@@ -1,17 +1,28 @@
 """The operating threshold of a model: which calibration is in force, recorded and audited.
 
-Every later search records the active :class:`~retroface.storage.tables.ThresholdRecord` of its
-model, so setting one changes how every candidate list is read: only an admin may, and each new
-record (or refused attempt) is written to the audit log by this service, not by a front end.
+Every model the package ships has an operating threshold calibrated at FPIR 1% on public data
+(``operating_thresholds.json`` beside this module, with the command, protocol hash, sample sizes
+and date that produced it), so a search is never run "with no threshold" by default (issue #13).
+A calibration recorded here (``retroface eval calibrate``, admin, audited) overrides the shipped
+one for its model: it is measured on the force's own kind of images, which the shipped one is not.
+
+Every later search records the operating threshold it ran against and where it came from, so
+setting one changes how every candidate list is read: only an admin may, and each new record (or
+refused attempt) is written to the audit log by this service, not by a front end.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from functools import cache
+from importlib import resources
+from typing import Any, Literal, Protocol
 
-from sqlalchemy import update
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from retroface.audit.guard import Guard
 from retroface.core.access import AuditFn, Principal
@@ -23,6 +34,120 @@ from retroface.storage.tables import ThresholdRecord
 ACTION = "threshold.calibrate"
 #: The pipeline settings that change scores, and so belong with the threshold they produced.
 PIPELINE_KEYS = ("det_size", "flip")
+#: The data file of shipped thresholds (package data beside this module).
+SHIPPED_FILE = "operating_thresholds.json"
+
+ThresholdSource = Literal["calibrated", "shipped"]
+
+
+@dataclass(frozen=True)
+class OperatingThreshold:
+    """The threshold a model's candidate lists are read against, and where it came from.
+
+    ``evaluation`` holds what the calibration measured besides the threshold (other FPIR
+    points, per-group FNIR/FPIR with intervals): the DPIA report shows it as the live figures.
+    """
+
+    model_key: str
+    value: float
+    source: ThresholdSource
+    target_fpir: float
+    achieved_fpir: float
+    fnir: float | None
+    n_mated: int
+    n_nonmated: int
+    dataset: str
+    dataset_hash: str
+    produced: str  # ISO date (shipped) or time (calibrated) of the calibration
+    record_id: int | None = None  # the ThresholdRecord, for a calibrated one
+    command: str | None = None  # how a shipped one was produced
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_key": self.model_key,
+            "threshold": self.value,
+            "source": self.source,
+            "target_fpir": self.target_fpir,
+            "achieved_fpir": self.achieved_fpir,
+            "fnir": self.fnir,
+            "n_mated": self.n_mated,
+            "n_nonmated": self.n_nonmated,
+            "dataset": self.dataset,
+            "dataset_hash": self.dataset_hash,
+            "produced": self.produced,
+            "record_id": self.record_id,
+            "command": self.command,
+            "evaluation": self.evaluation,
+        }
+
+
+def group_rates(evaluation: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Per attribute, per group: FNIR and FPIR at the threshold (what the audit keeps of an
+    evaluation; the record keeps the intervals and counts too)."""
+    out: dict[str, Any] = {}
+    for column, demo in ((evaluation or {}).get("demographics") or {}).items():
+        groups = (demo.get("result") or {}).get("groups") or {}
+        out[column] = {g: {"fnir": m.get("fnir"), "fpir": m.get("fpir")} for g, m in groups.items()}
+    return out
+
+
+@cache
+def shipped_thresholds() -> dict[str, dict[str, Any]]:
+    """The shipped records, by model key (read once: it is package data, not configuration)."""
+    text = resources.files("retroface.governance").joinpath(SHIPPED_FILE).read_text("utf-8")
+    models: dict[str, dict[str, Any]] = json.loads(text)["models"]
+    return models
+
+
+def shipped_threshold(model_key: str) -> OperatingThreshold | None:
+    """The shipped operating threshold of ``model_key``, or None for a model the package does not
+    ship (custom weights in ``RETROFACE_MODELS_DIR``: calibrate them with ``eval calibrate``)."""
+    rec = shipped_thresholds().get(model_key)
+    if rec is None:
+        return None
+    return OperatingThreshold(
+        model_key=model_key,
+        value=float(rec["threshold"]),
+        source="shipped",
+        target_fpir=float(rec["target_fpir"]),
+        achieved_fpir=float(rec["achieved_fpir"]),
+        fnir=rec.get("fnir"),
+        n_mated=int(rec["n_mated"]),
+        n_nonmated=int(rec["n_nonmated"]),
+        dataset=str(rec["dataset"]),
+        dataset_hash=str(rec["dataset_hash"]),
+        produced=str(rec["date"]),
+        command=str(rec["command"]),
+        evaluation=dict(rec.get("evaluation") or {}),
+    )
+
+
+def operating_threshold(s: Session, model_key: str) -> OperatingThreshold | None:
+    """The threshold in force for ``model_key``: its active recorded calibration if there is one
+    (measured on the force's own data, audited), else the shipped one, else None."""
+    rec = s.scalar(
+        select(ThresholdRecord)
+        .where(ThresholdRecord.model_key == model_key, ThresholdRecord.active.is_(True))
+        .order_by(ThresholdRecord.id.desc())
+    )
+    if rec is None:
+        return shipped_threshold(model_key)
+    return OperatingThreshold(
+        model_key=model_key,
+        value=float(rec.threshold),
+        source="calibrated",
+        target_fpir=float(rec.target_fpir),
+        achieved_fpir=float(rec.achieved_fpir),
+        fnir=rec.fnir,
+        n_mated=int(rec.n_mated),
+        n_nonmated=int(rec.n_nonmated),
+        dataset=rec.dataset,
+        dataset_hash=rec.dataset_hash,
+        produced=rec.created_at.isoformat(),
+        record_id=int(rec.id),
+        evaluation=dict(rec.evaluation or {}),
+    )
 
 
 class Calibration(Protocol):
@@ -58,11 +183,14 @@ class ThresholdService:
         principal: Principal,
         cal: Calibration,
         pipeline: Mapping[str, Any] | None = None,
+        evaluation: Mapping[str, Any] | None = None,
     ) -> int:
         """Make ``cal`` the model's active threshold; returns the new record's id.
 
         Older active records of the model are deactivated, the new one added and audited, all
         in one transaction, so no search can see two active thresholds or none in between.
+        ``evaluation`` (per-group figures at the threshold, other FPIR points) is stored with
+        it and its per-group figures audited: a threshold change regenerates the DPIA figures.
         """
         self.check_may_record(principal)
         now = self.clock()
@@ -87,6 +215,7 @@ class ThresholdService:
                 created_at=now,
                 created_by=principal.username,
                 active=True,
+                evaluation=dict(evaluation) if evaluation else None,
             )
             s.add(record)
             s.flush()
@@ -108,6 +237,7 @@ class ThresholdService:
                     "dataset_hash": cal.dataset_hash,
                     "deactivated": deactivated,
                     "pipeline": {k: v for k, v in (pipeline or {}).items() if k in PIPELINE_KEYS},
+                    "demographics": group_rates(evaluation),
                 },
                 ts=now,
             )

@@ -41,6 +41,8 @@ class CaseView(View):
     decision_note: str | None
     authorised_until: datetime | None
     purged_at: datetime | None
+    #: Searches list the top-k whatever their score (the authoriser allowed it; see cases.py).
+    investigation_mode: bool = False
 
 
 class TeamMemberView(View):
@@ -67,6 +69,7 @@ class ReviewCandidate(View):
     rank: int
     subject: str
     similarity: float
+    above_threshold: bool | None = None  # at or above the operating threshold (None: none)
 
 
 class ReviewEntry(View):
@@ -90,7 +93,12 @@ class ReviewSheet(View):
     reviews_in: int
     reviews: list[ReviewEntry]
     hidden: int
-    probe_quality: dict[str, Any] | None  # last, where the API has always put it
+    probe_quality: dict[str, Any] | None  # after the reviews, where the API has always put it
+    #: Where the threshold lies: the operating threshold the list is read against, its source,
+    #: and the search's mode (investigation: candidates below it are listed, marked so).
+    operating_threshold: float | None = None
+    operating_source: str | None = None
+    mode: str = "operating"
 
 
 class ReviewOutcome(View):

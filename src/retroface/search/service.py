@@ -3,6 +3,15 @@
 Every search is bound to an authorised (or in-window urgent) case and a probe whose provenance is
 recorded; it stores what EU AI Act Art 12(3) asks of a log (start and end, gallery and model
 version, threshold, probe hash, user, case, results) and labels its result an investigative lead.
+
+The candidate list is cut at the model's operating threshold (calibrated at FPIR 1%, shipped with
+the model or recorded by ``eval calibrate``; see :mod:`retroface.governance.thresholds`), so a
+face that is not in the gallery gives "no candidate above the operating threshold", not twenty
+names at chance similarity (issue #13). Only a case whose authorisation allows investigation mode
+lists the top-k whatever their score (NIST's investigative use), every candidate marked above or
+below the threshold. An explicit threshold may be stricter than the operating one; a lower one is
+refused (audited) outside investigation mode: clamping it silently would let an operator believe
+they had lowered the bar, and lowering it is exactly what the authoriser's flag is for.
 """
 
 from __future__ import annotations
@@ -18,12 +27,18 @@ from sqlalchemy import select
 from retroface.audit.guard import Guard
 from retroface.core.access import AuditFn, Principal
 from retroface.core.clock import utcnow
-from retroface.core.errors import InvalidInputError, NoFaceError, NotFoundError
+from retroface.core.errors import (
+    InvalidInputError,
+    NoFaceError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from retroface.core.labels import LEAD_LABEL
 from retroface.core.roles import Role
-from retroface.core.status import ReviewStatus
+from retroface.core.status import CaseStatus, ReviewStatus
 from retroface.core.text import case_reference, check_id, clean_text, safe_filename
 from retroface.governance.cases import CaseNotSearchableError, CaseService
+from retroface.governance.thresholds import OperatingThreshold, operating_threshold
 from retroface.media.images import decode_image
 from retroface.search.matcher import Aggregate, Matcher
 from retroface.search.views import (
@@ -50,9 +65,43 @@ from retroface.storage.tables import (
     Review,
     SearchRecord,
     Subject,
-    ThresholdRecord,
 )
 from retroface.vision.types import Face, FaceEngine
+
+#: What a search with no candidate at or above the operating threshold says, plainly.
+NONE_ABOVE = "no candidate above the operating threshold"
+
+
+class BelowOperatingThresholdError(PermissionDeniedError):
+    """An explicit threshold below the operating one, in a case not authorised for
+    investigation mode: refused (and audited as ``search.run.refused``)."""
+
+
+@dataclass(frozen=True)
+class _Cut:
+    """How a search's candidate list is cut, decided before the match."""
+
+    mode: str  # "operating" or "investigation"
+    threshold: float | None  # the cut applied (None: top-k whatever the score)
+    source: str | None  # calibrated / shipped / explicit
+    operating: OperatingThreshold | None
+
+
+def _cut(
+    explicit: float | None, investigation: bool, op: OperatingThreshold | None, case_ref: str
+) -> _Cut:
+    mode = "investigation" if investigation else "operating"
+    if explicit is not None:
+        if not investigation and op is not None and explicit < op.value:
+            raise BelowOperatingThresholdError(
+                f"threshold {explicit:g} is below the operating threshold {op.value:.4f} of this "
+                f"model ({op.source}); case {case_ref} is not authorised for investigation mode, "
+                "so candidates below it may not be listed"
+            )
+        return _Cut(mode, explicit, "explicit", op)
+    if investigation or op is None:
+        return _Cut(mode, None, None, op)
+    return _Cut(mode, op.value, op.source, op)
 
 
 @dataclass(frozen=True)
@@ -362,12 +411,23 @@ class SearchService:
         if not 1 <= top_k <= 200:
             raise InvalidInputError("top-k must be between 1 and 200")
         self.cases.purge_lapsed(case_ref)  # a lapsed urgent case loses its probes first
+        if threshold is not None and not -1.0 <= threshold <= 1.0:
+            raise InvalidInputError("a threshold is a cosine similarity, between -1 and 1")
         try:
             return self._run_search(
                 actor, case_ref, probe_id, face_index, top_k, threshold, aggregate
             )
         except CaseNotSearchableError as exc:
             self.cases.refused(actor, "search.run", exc, case_ref, details={"probe_id": probe_id})
+            raise
+        except BelowOperatingThresholdError as exc:
+            self.cases.refused(
+                actor,
+                "search.run",
+                exc,
+                case_ref,
+                details={"probe_id": probe_id, "threshold": threshold},
+            )
             raise
 
     def _run_search(
@@ -400,17 +460,15 @@ class SearchService:
                 face_index = 0
             pf, vector = self._probe_embedding(s, probe, face_index)
             model_key, probe_face_id, probe_quality = pf.model_key, pf.id, pf.quality
-        matches, version = self.matcher.match(vector, model_key, top_k, threshold, aggregate)
+            investigation = case.status == CaseStatus.APPROVED and case.investigation_mode
+            cut = _cut(threshold, investigation, operating_threshold(s, model_key), case_ref)
+        matches, version = self.matcher.match(vector, model_key, top_k, cut.threshold, aggregate)
         with self.db.session() as s:
             case = self.cases.require_searchable(s, case_ref)  # may have changed meanwhile
             probe = s.get(Probe, probe_id)
             if probe is None:
                 raise NotFoundError(f"probe {probe_id} was deleted during the search")
-            record_threshold = s.scalar(
-                select(ThresholdRecord)
-                .where(ThresholdRecord.model_key == model_key, ThresholdRecord.active.is_(True))
-                .order_by(ThresholdRecord.id.desc())
-            )
+            op = cut.operating
             refs = dict(
                 s.execute(
                     select(Subject.id, Subject.reference).where(
@@ -431,11 +489,17 @@ class SearchService:
                 started_at=started,
                 gallery_version=version,
                 model_key=model_key,
-                threshold=threshold,
-                threshold_record_id=record_threshold.id if record_threshold else None,
+                threshold=cut.threshold,
+                threshold_record_id=op.record_id if op else None,
+                threshold_source=cut.source,
+                operating_threshold=op.value if op else None,
+                operating_source=op.source if op else None,
+                mode=cut.mode,
                 top_k=top_k,
                 probe_quality=probe_quality,
                 label=LEAD_LABEL,
+                # nothing to review when nothing was listed: in operating mode that is every
+                # search with no candidate at or above the operating threshold
                 review_status=ReviewStatus.PENDING if matches else ReviewStatus.NO_CANDIDATES,
             )
             record.candidates = [
@@ -465,8 +529,16 @@ class SearchService:
                     "face": face_index,
                     "gallery_version": version,
                     "model": model_key,
-                    "threshold": threshold,
+                    "mode": cut.mode,
+                    "threshold": cut.threshold,
+                    "threshold_source": cut.source,
+                    "operating_threshold": record.operating_threshold,
+                    "operating_source": record.operating_source,
                     "threshold_record": record.threshold_record_id,
+                    "above_operating_threshold": sum(
+                        _above(c.similarity, record.operating_threshold) is True
+                        for c in record.candidates
+                    ),
                     "candidates": [
                         [c.subject_reference, round(c.similarity, 4)] for c in record.candidates
                     ],
@@ -579,9 +651,22 @@ class SearchService:
         return case.reference if case else None
 
 
+def _above(similarity: float, operating: float | None) -> bool | None:
+    """Whether a candidate reaches the operating threshold (None: the model has none)."""
+    return None if operating is None else bool(similarity >= operating)
+
+
+def none_above(record: SearchRecord) -> bool:
+    """True when an operating threshold was in force and no candidate reached it."""
+    return record.operating_threshold is not None and not any(
+        c.similarity >= record.operating_threshold for c in record.candidates
+    )
+
+
 def search_result(record: SearchRecord, case_ref: str | None) -> SearchResult:
     """The stored search as its callers see it: the probe's quality reasons become warnings."""
     quality = record.probe_quality or {}
+    nothing = none_above(record)
     return SearchResult(
         search_id=record.id,
         label=record.label,
@@ -599,6 +684,7 @@ def search_result(record: SearchRecord, case_ref: str | None) -> SearchResult:
                 subject=c.subject_reference,
                 similarity=round(c.similarity, 4),
                 image_id=c.image_id,
+                above_threshold=_above(c.similarity, record.operating_threshold),
             )
             for c in record.candidates
         ],
@@ -606,6 +692,12 @@ def search_result(record: SearchRecord, case_ref: str | None) -> SearchResult:
         model=record.model_key,
         threshold=record.threshold,
         threshold_record_id=record.threshold_record_id,
+        threshold_source=record.threshold_source,
+        operating_threshold=record.operating_threshold,
+        operating_source=record.operating_source,
+        mode=record.mode,
+        none_above_threshold=nothing,
+        message=NONE_ABOVE if nothing else None,
         started_at=record.started_at,
         ended_at=record.ended_at,
         review_status=ReviewStatus(record.review_status),

@@ -93,6 +93,9 @@ class CandidateView(View):
     subject: str
     similarity: float
     image_id: int | None
+    #: At or above the operating threshold in force (None: the model had none). Below it only
+    #: in investigation mode, where the top-k are listed whatever their score.
+    above_threshold: bool | None = None
 
 
 class SearchResult(View):
@@ -104,12 +107,19 @@ class SearchResult(View):
     candidates: list[CandidateView]
     gallery_version: int
     model: str
-    threshold: float | None
+    threshold: float | None  # the cut applied to the list (None: top-k whatever the score)
     threshold_record_id: int | None
     started_at: datetime
     ended_at: datetime | None
     review_status: ReviewStatus
     case: str | None = None  # None when the case row is gone
+    threshold_source: str | None = None  # calibrated / shipped / explicit
+    operating_threshold: float | None = None  # the model's operating threshold at the time
+    operating_source: str | None = None  # calibrated / shipped
+    mode: str = "operating"  # operating / investigation (legacy: before thresholds shipped)
+    #: No candidate at or above the operating threshold: said plainly, and nothing to review.
+    none_above_threshold: bool = False
+    message: str | None = None
 
 
 class VideoSearchResult(SearchResult):

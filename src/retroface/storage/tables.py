@@ -194,6 +194,9 @@ class Case(Base):
     decision_note: Mapped[str | None] = mapped_column(Text)
     authorised_until: Mapped[datetime | None] = mapped_column()
     purged_at: Mapped[datetime | None] = mapped_column()
+    #: The authoriser allowed investigation mode: searches list the top-k candidates whatever
+    #: their score, those below the operating threshold marked so (NIST's investigative use).
+    investigation_mode: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class CaseMember(Base):
@@ -258,6 +261,15 @@ class SearchRecord(Base):
     model_key: Mapped[str] = mapped_column(String(200))
     threshold: Mapped[float | None] = mapped_column(Float)
     threshold_record_id: Mapped[int | None] = mapped_column(ForeignKey("threshold_records.id"))
+    #: Where ``threshold`` (the cut applied to the list) came from: calibrated, shipped or
+    #: explicit; None when no cut was applied (investigation mode, or a model with no threshold).
+    threshold_source: Mapped[str | None] = mapped_column(String(20))
+    #: The model's operating threshold in force at the time, and its source (calibrated or
+    #: shipped): what a reviewer is shown each candidate against, whatever the mode.
+    operating_threshold: Mapped[float | None] = mapped_column(Float)
+    operating_source: Mapped[str | None] = mapped_column(String(20))
+    #: ``operating`` (candidates below the operating threshold hidden) or ``investigation``.
+    mode: Mapped[str] = mapped_column(String(20), default="operating")
     top_k: Mapped[int] = mapped_column(Integer)
     probe_quality: Mapped[dict[str, Any]] = mapped_column(default=dict)
     label: Mapped[str] = mapped_column(
@@ -315,6 +327,9 @@ class ThresholdRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(100))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: The evaluation the threshold came from: per-group FNIR/FPIR at it (with intervals and
+    #: ratios) and the other FPIR points, so the DPIA report shows the live figures.
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 # --------------------------------------------------------------------------- audit

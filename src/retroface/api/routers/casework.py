@@ -97,7 +97,14 @@ def get_case(ref: str, ctx: Ctx, caller: Caller) -> CaseView:
     summary="Approve or refuse a case (refusal deletes everything it produced)",
 )
 def decide_case(ref: str, body: CaseDecision, ctx: Ctx, caller: Caller) -> CaseView:
-    return ctx.cases.authorise(caller, ref, body.approve, body.note, body.valid_days)
+    return ctx.cases.authorise(
+        caller,
+        ref,
+        body.approve,
+        body.note,
+        body.valid_days,
+        investigation_mode=body.investigation_mode,
+    )
 
 
 @router.post(
