@@ -108,4 +108,9 @@ def test_api_doc_examples_run_as_written(server: tuple[int, dict[str, str]]) -> 
     searched = next(a for a in answers if "candidates" in a and "label" in a)
     assert searched["candidates"][0]["subject"] == "joe_biden"
     assert any(a.get("status") == "agreed" for a in answers)
-    assert '"joe_biden"' in json.dumps(answers[-1])
+    assert '"joe_biden"' in json.dumps(next(a for a in answers if "disclosure" in a))
+    # several probes in one request: one entry per file, in order, a failed one in its place
+    batch = [a for a in answers if "input" in a]
+    assert [a["input"] for a in batch] == ["Joseph_Biden_0003.jpg", "obama_and_biden.jpg"]
+    assert batch[0]["candidates"][0]["subject"] == "joe_biden"
+    assert batch[1]["error"]["code"] == "several_faces"

@@ -167,13 +167,14 @@ def test_workflow_through_the_cli(run: Run, data_dir: Path, database_url: str) -
     assert code == 0, out
     code, out = run(*search, "--case", "C1", "--top", "5", user="olive")
     assert code == 0, out
-    result = json.loads(out)
+    (result,) = json.loads(out)  # one image: an array of one entry
+    assert result["input"] == probe
     assert {"probe", "candidates", "gallery_version", "model"} <= set(result)
     assert result["candidates"][0]["subject"] == "barack_obama"
     assert set(result["candidates"][0]) == {"rank", "subject", "similarity", "image_id"}
     assert len(result["candidates"]) == 5
     code, out = run(*search, "--case", "C1", "--threshold", "0.5", user="olive")
-    assert [c["subject"] for c in json.loads(out)["candidates"]] == ["barack_obama"]
+    assert [c["subject"] for c in json.loads(out)[0]["candidates"]] == ["barack_obama"]
 
     sid = str(result["search_id"])
     assert (
