@@ -270,10 +270,13 @@ def _search_images(
 
     files = _probe_files(paths)
     several = len(files) > 1
+    # a bar only for a person watching: not with --json, nor into a pipe or file
+    bar_shown = several and not json_out and console.is_terminal
 
     def show(entry: BatchEntry) -> None:
         if isinstance(entry, BatchSearchFailure):
-            err_console.print(
+            # above the bar while it runs (both on the terminal), else on stderr like any error
+            (console if bar_shown else err_console).print(
                 f"[bold red]error:[/] {entry.error.message}", highlight=False, soft_wrap=True
             )
             return
@@ -284,7 +287,6 @@ def _search_images(
     with user_errors():
         actor = state.principal()
         searches = state.ctx.searches
-        # a bar only for a person watching: not with --json, nor into a pipe or file
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -292,7 +294,7 @@ def _search_images(
             TimeRemainingColumn(),
             console=console,
             transient=True,
-            disable=json_out or not several or not console.is_terminal,
+            disable=not bar_shown,
         ) as bar:
             task = bar.add_task("Searching", total=len(files))
 

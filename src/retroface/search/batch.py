@@ -138,8 +138,8 @@ def _search_one(
         raise
     try:
         added = searches.add_probe(actor, case_ref, data, name, provenance)
-    except ImageLoadError as exc:
-        raise _ProbeFailed("invalid_image", str(exc)) from None
+    except ImageLoadError as exc:  # named by the input as given, not the stored name only
+        raise _ProbeFailed("invalid_image", f"{probe.name}: {exc.reason}") from None
     except InvalidInputError as exc:  # e.g. a file name the store refuses
         raise _ProbeFailed(exc.code, f"{probe.name}: {exc.message}") from None
     pid = added.probe_id
