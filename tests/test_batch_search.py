@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import func, select
-from tests.conftest import add_team, enrol_people
+from tests.conftest import Clock, add_team, enrol_people
 from tests.test_api import token_for
 from typer.testing import CliRunner
 
@@ -24,6 +24,10 @@ from retroface.cli.main import app as cli_app
 from retroface.cli.session import state
 from retroface.config import get_settings
 from retroface.context import AppContext
+from retroface.core.errors import PermissionDeniedError
+from retroface.search.batch import ProbeFile, search_batch
+from retroface.search.service import ProbeProvenance
+from retroface.search.views import BatchSearchFailure, BatchSearchResult
 from retroface.storage.tables import AuditRecord, Probe, SearchRecord
 
 PASSWORD = "a long test password"
@@ -216,3 +220,34 @@ def test_cli_batch_of_mixed_probes(
     empty.mkdir()
     code, out = _search(str(empty), "--json")
     assert code == 2 and "no image files" in out
+
+
+def test_a_case_that_lapses_partway_stops_the_batch_once(
+    app: AppContext, clock: Clock, data_dir: Path, probes: dict[str, Path]
+) -> None:
+    """An urgent case whose window ends during the batch: the search done stays in the answer,
+    every image left gets the refusal as its entry, and the refusal is audited once."""
+    enrol_people(app, data_dir)
+    olive = add_team(app, {"admin": "admin", "olive": "operator"}, PASSWORD)["olive"]
+    app.cases.open(olive, "U1", *list(CASE.values())[1:], urgent=True)
+
+    def lapse_then_read() -> bytes:
+        clock.advance(hours=app.settings.urgent_window_hours + 1)
+        return probes["harington"].read_bytes()
+
+    files = [
+        ProbeFile("first.jpg", probes["biden"].read_bytes),
+        ProbeFile("second.jpg", lapse_then_read),
+        ProbeFile("third.jpg", probes["biden"].read_bytes),
+    ]
+    provenance = ProbeProvenance("CCTV", "exhibit AB/1")
+    entries = search_batch(app.searches, olive, "U1", files, provenance)
+    first, second, third = entries
+    assert isinstance(first, BatchSearchResult) and first.input == "first.jpg"
+    assert isinstance(second, BatchSearchFailure) and isinstance(third, BatchSearchFailure)
+    assert second.error.code == third.error.code == "forbidden"
+    assert second.error.message == third.error.message
+    assert _count(app, "probe.add.refused") == 1
+    # and a batch refused at its first image is refused as a whole, as one search would be
+    with pytest.raises(PermissionDeniedError):
+        search_batch(app.searches, olive, "U1", files[2:], provenance)
