@@ -108,13 +108,19 @@ def test_api_doc_examples_run_as_written(server: tuple[int, dict[str, str]]) -> 
     searched = next(a for a in answers if "candidates" in a and "label" in a)
     assert searched["candidates"][0]["subject"] == "joe_biden"
     assert any(a.get("status") == "agreed" for a in answers)
-    disclosure = next(a for a in answers if "disclosure" in a)
-    assert '"joe_biden"' in json.dumps(disclosure)
+    assert '"joe_biden"' in json.dumps(next(a for a in answers if "disclosure" in a))
+    # several probes in one request: one entry per file, in order, a failed one in its place
+    batch = [a for a in answers if "input" in a]
+    assert [a["input"] for a in batch] == ["Joseph_Biden_0003.jpg", "obama_and_biden.jpg"]
+    assert batch[0]["candidates"][0]["subject"] == "joe_biden"
+    assert batch[1]["error"]["code"] == "several_faces"
     # the oversight figures count this month's work and name nobody; the oversight account is
     # refused the case list (the status code is printed after the figures)
     figures = next(a for a in answers if a.get("report") == "oversight")
     now = figures["months"][-1]
-    assert now["searches"]["run"] == 1 and now["reviews"]["agreed"] == 1
+    assert (
+        now["searches"]["run"] == 2
+    )  # one, then one of the batch and now["reviews"]["agreed"] == 1
     assert now["authorisations"]["granted"] == 1
     named = json.dumps(figures)
     assert not any(n in named for n in ("joe_biden", "CR/1/26", "olive", "arthur", "rita"))

@@ -167,7 +167,8 @@ def test_workflow_through_the_cli(run: Run, data_dir: Path, database_url: str) -
     assert code == 0, out
     code, out = run(*search, "--case", "C1", "--top", "5", user="olive")
     assert code == 0, out
-    result = json.loads(out)
+    (result,) = json.loads(out)  # one image: an array of one entry
+    assert result["input"] == probe
     assert {"probe", "candidates", "gallery_version", "model"} <= set(result)
     assert result["candidates"][0]["subject"] == "barack_obama"
     assert set(result["candidates"][0]) == {
@@ -184,8 +185,8 @@ def test_workflow_through_the_cli(run: Run, data_dir: Path, database_url: str) -
     assert result["mode"] == "operating" and result["threshold_source"] == "shipped"
     assert result["none_above_threshold"] is False and result["message"] is None
     code, out = run(*search, "--case", "C1", "--threshold", "0.5", user="olive")
-    assert [c["subject"] for c in json.loads(out)["candidates"]] == ["barack_obama"]
-    assert json.loads(out)["threshold_source"] == "explicit"
+    assert [c["subject"] for c in json.loads(out)[0]["candidates"]] == ["barack_obama"]
+    assert json.loads(out)[0]["threshold_source"] == "explicit"
     code, out = run(*search, "--case", "C1", "--threshold", "0.1", user="olive")
     assert code == 2 and "below the operating threshold" in out
 

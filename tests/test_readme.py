@@ -86,6 +86,7 @@ def test_using_it_runs_as_written(tmp_path: Path) -> None:
     # the LFW probe of Joe Biden finds his (non-LFW) gallery photos at rank 1
     first = re.search(r'"candidates": \[\s*\{[^}]*?"subject": "([^"]+)"', out)
     assert first and first.group(1) == "joe_biden", out
+    assert "5 searched, 0 failed" in out  # the batch: a folder of four stills and one more
     assert "lin_manuel_miranda" in out  # the video track's person is in the candidate list
     assert "second review recorded; status agreed" in out
     assert "audit log intact" in out

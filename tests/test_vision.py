@@ -188,3 +188,50 @@ def test_one_engine_builder_for_settings_options_and_overrides(tmp_path: Path) -
     assert build_engine(settings, flip=False, threads=1).identity.name == (
         create_engine("arcface", threads=1).identity.name
     )
+
+
+def test_unavailable_providers_fall_back_to_cpu_with_the_same_model(
+    engine: FaceEngine,
+    data_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``RETROFACE_PROVIDERS=cuda,cpu`` on a machine without CUDA: a warning, the CPU runs the
+    models, and nothing about the model changes (same key, same embeddings)."""
+    import onnxruntime as ort
+
+    from retroface.config import Settings
+    from retroface.vision import onnx_runtime
+    from retroface.vision.engines import ArcFaceEngine, build_engine
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: the fallback cannot be seen here")
+    monkeypatch.setattr(onnx_runtime, "_warned", set())  # warnings are once a process
+    image = load_image(data_dir / "people/joe_biden/biden.jpg")
+    with caplog.at_level("WARNING", logger="retroface.vision"):
+        gpu = build_engine(Settings(providers="cuda,cpu"))
+    assert "CUDAExecutionProvider is not in this onnxruntime build" in caplog.text
+    assert isinstance(gpu, ArcFaceEngine)
+    assert gpu.providers["recogniser"] == ["CPUExecutionProvider"]
+    assert gpu.identity.key == engine.identity.key
+    ours, theirs = gpu.analyse(image), engine.analyse(image)
+    assert len(ours) == len(theirs) >= 1
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a.embedding, b.embedding)
+        assert a.box == b.box
+
+
+def test_providers_setting_is_checked() -> None:
+    from retroface.vision.onnx_runtime import parse_providers, resolve_providers
+
+    assert parse_providers("openvino, CPU,cpu") == (
+        "OpenVINOExecutionProvider",
+        "CPUExecutionProvider",
+    )
+    assert parse_providers("") == () and parse_providers(None) == ()
+    assert parse_providers(["TensorrtExecutionProvider"]) == ("TensorrtExecutionProvider",)
+    # whatever is asked for, the CPU is always last in line
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    assert resolve_providers("openvino")[-1] == "CPUExecutionProvider"
+    with pytest.raises(ModelUnavailableError, match="unknown execution provider 'gpu'"):
+        parse_providers("gpu,cpu")

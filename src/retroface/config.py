@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     det_threshold: float = 0.5
     #: onnxruntime intra-op threads (0 = all cores).
     threads: int = 0
+    #: onnxruntime execution providers in order of preference, comma-separated short names
+    #: (``cpu``, ``cuda``, ``tensorrt``, ``openvino``, ``rocm``, ``directml``, ``coreml``) or full
+    #: names; unset: CUDA where the installed onnxruntime has it, else the CPU. Missing ones fall
+    #: back to the CPU with a warning; the model key does not depend on them.
+    providers: str = ""
     #: Test-time flip augmentation (embedding of the crop plus its mirror).
     flip: bool = False
     #: Vector index: ``flat`` (exact, default) or ``hnsw`` (approximate + exact re-rank).

@@ -45,6 +45,8 @@ MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     # probes, searches, review
     ("POST", f"{P}/cases/{{ref}}/probes"): frozenset({OPER}),
     ("POST", f"{P}/searches"): frozenset({OPER}),
+    # several probe images, one audited search each
+    ("POST", f"{P}/cases/{{ref}}/searches"): frozenset({OPER}),
     ("GET", f"{P}/searches/{{search_id}}"): frozenset({OPER, REV, AU}),
     ("GET", f"{P}/searches/{{search_id}}/export"): frozenset({OPER, AU}),
     ("GET", f"{P}/reviews/queue"): frozenset({REV}),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from retroface.cli.common import (
     console,
+    err_console,
     fail,
     print_json,
     print_search_result,
@@ -16,7 +18,9 @@ from retroface.cli.common import (
     user_errors,
 )
 from retroface.cli.session import state
-from retroface.search.service import ProbeProvenance
+
+if TYPE_CHECKING:
+    from retroface.search.batch import ProbeFile
 
 case_app = typer.Typer(help="Cases: open, authorise, list, show.", no_args_is_help=True)
 review_app = typer.Typer(help="Blind two-person review: queue, show, decide.", no_args_is_help=True)
@@ -172,12 +176,19 @@ def case_categories() -> None:
 
 
 def search(
-    image: Path | None = typer.Argument(None, help="Probe image (omit with --probe or --video)."),
-    case: str = typer.Option(..., "--case", help="The authorised case this search serves."),
+    images: list[Path] | None = typer.Argument(
+        None,
+        help="Probe images, or folders of them (searched recursively; omit with --probe or "
+        "--video). Each image is its own audited search.",
+        show_default=False,
+    ),
+    case: str = typer.Option(..., "--case", help="The authorised case these searches serve."),
     source: str | None = typer.Option(None, help="Probe source, e.g. CCTV, witness."),
     how_obtained: str | None = typer.Option(None, help="How the probe was obtained (exhibit)."),
     probe: int | None = typer.Option(None, help="Search an already submitted probe."),
-    face: int | None = typer.Option(None, help="Which face of the probe (see the probe's faces)."),
+    face: int | None = typer.Option(
+        None, help="Which face of the probe (see the probe's faces); applies to every image."
+    ),
     top: int = typer.Option(20, "--top", min=1, max=200, help="Candidate list length."),
     threshold: float | None = typer.Option(None, help="Only candidates at or above this."),
     video: Path | None = typer.Option(
@@ -188,12 +199,20 @@ def search(
         "fused", help="Video: 'fused' (mean of the track's best faces) or 'best' (best shot)."
     ),
     fps: float = typer.Option(5.0, help="Video: the sampling rate the track ids come from."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(
+        False,
+        "--json",
+        help="Print JSON: for images, one array with an object per image, in input order.",
+    ),
 ) -> None:
-    """Search one face (of an image, or one track of a video) under an authorised case."""
+    """Search faces under an authorised case: images (each its own search), a probe, a video track.
+
+    Images that fail (unreadable, no face, several faces without --face) get an error entry and
+    the others go on; the exit status is 2 if any failed.
+    """
     if video is not None:
-        if image is not None or probe is not None:
-            fail("give a probe IMAGE, --probe ID or --video VIDEO, not several")
+        if images or probe is not None:
+            fail("give probe IMAGES, --probe ID or --video VIDEO, not several")
         if track is None:
             fail("--video needs --track ID (see `retroface video scan VIDEO`)")
         from retroface.cli.video_cmds import run_video_search
@@ -202,33 +221,116 @@ def search(
             video, track, case, source, how_obtained, template, fps, top, threshold, json_out
         )
         return
+    if probe is not None:
+        if images:
+            fail("give probe IMAGES or --probe ID, not both")
+        with user_errors():
+            result = state.ctx.searches.search(state.principal(), case, probe, face, top, threshold)
+        if json_out:
+            print_json(result.model_dump(mode="json"))
+            return
+        print_search_result(result)
+        return
+    if not images:
+        fail("give probe IMAGES (files or folders) or --probe ID")
+    if not source or not how_obtained:
+        fail("a new probe needs --source and --how-obtained (its provenance)")
+    _search_images(images, case, source, how_obtained, face, top, threshold, json_out)
+
+
+def _probe_files(paths: list[Path]) -> list[ProbeFile]:
+    """The images named, folders expanded (recursively, sorted, image extensions, no hidden)."""
+    from retroface.media.images import is_image_path
+    from retroface.search.batch import ProbeFile
+
+    files: list[ProbeFile] = []
+    for p in paths:
+        if not p.is_dir():
+            files.append(ProbeFile(str(p), p.read_bytes))
+            continue
+        found = sorted(
+            f
+            for f in p.rglob("*")
+            if f.is_file()
+            and is_image_path(f)
+            and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        )
+        if not found:
+            fail(f"{p}: no image files in this folder")
+        files.extend(ProbeFile(str(f), f.read_bytes) for f in found)
+    return files
+
+
+def _search_images(
+    paths: list[Path],
+    case: str,
+    source: str,
+    how_obtained: str,
+    face: int | None,
+    top: int,
+    threshold: float | None,
+    json_out: bool,
+) -> None:
+    """Every image its own search, in one process: start-up, models and index paid once."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from retroface.search.batch import BatchEntry, search_batch
+    from retroface.search.service import ProbeProvenance
+    from retroface.search.views import BatchSearchFailure
+
+    files = _probe_files(paths)
+    several = len(files) > 1
+    # a bar only for a person watching: not with --json, nor into a pipe or file
+    bar_shown = several and not json_out and console.is_terminal
+
+    def show(entry: BatchEntry) -> None:
+        if isinstance(entry, BatchSearchFailure):
+            # above the bar while it runs (both on the terminal), else on stderr like any error
+            (console if bar_shown else err_console).print(
+                f"[bold red]error:[/] {entry.error.message}", highlight=False, soft_wrap=True
+            )
+            return
+        if several:
+            console.print(f"[bold]{entry.input}[/]", highlight=False)
+        print_search_result(entry)
+
     with user_errors():
         actor = state.principal()
-        svc = state.ctx.searches
-        if probe is None:
-            if image is None:
-                fail("give a probe IMAGE or --probe ID")
-            if not source or not how_obtained:
-                fail("a new probe needs --source and --how-obtained (its provenance)")
-            try:
-                data = image.read_bytes()
-            except OSError as exc:
-                fail(f"{image}: {exc.strerror}")
-            added = svc.add_probe(
-                actor, case, data, image.name, ProbeProvenance(source, how_obtained)
+        searches = state.ctx.searches
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not bar_shown,
+        ) as bar:
+            task = bar.add_task("Searching", total=len(files))
+
+            def progress(done: int, total: int, entry: BatchEntry) -> None:
+                bar.update(task, completed=done)
+                if not json_out:
+                    show(entry)
+
+            entries = search_batch(
+                searches,
+                actor,
+                case,
+                files,
+                ProbeProvenance(source, how_obtained),
+                face=face,
+                top_k=top,
+                threshold=threshold,
+                progress=progress,
             )
-            probe = added.probe_id
-            if face is None and len(added.faces) > 1:
-                faces = ", ".join(f"{f.face}: box {f.box}" for f in added.faces)
-                fail(
-                    f"the probe shows {len(added.faces)} faces ({faces}); choose one with "
-                    f"--face N --probe {probe}"
-                )
-        result = svc.search(actor, case, probe, face, top, threshold)
+    failed = sum(isinstance(e, BatchSearchFailure) for e in entries)
     if json_out:
-        print_json(result.model_dump(mode="json"))
-        return
-    print_search_result(result)
+        print_json([e.model_dump(mode="json") for e in entries])
+    elif several:
+        console.print(f"{len(entries) - failed} searched, {failed} failed", highlight=False)
+    if failed:
+        raise typer.Exit(2)
 
 
 @review_app.command("queue")

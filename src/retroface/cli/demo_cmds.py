@@ -12,10 +12,6 @@ from rich.panel import Panel
 from rich.table import Table
 
 from retroface.cli.common import console, fail, user_errors
-from retroface.config import Settings
-from retroface.context import AppContext
-from retroface.gallery.enrol import items_from_paths
-from retroface.search.service import ProbeProvenance
 
 DEFAULT_DATA = Path(os.environ.get("RETROFACE_TEST_DATA", "../shared/data"))
 
@@ -28,6 +24,11 @@ def demo(
     distractors: int = typer.Option(300, help="LFW identities enrolled as distractors."),
 ) -> None:
     """The accountable workflow end to end: gallery, case, authorisation, search, review, audit."""
+    from retroface.config import Settings
+    from retroface.context import AppContext
+    from retroface.gallery.enrol import items_from_paths
+    from retroface.search.service import ProbeProvenance
+
     people = data / "people"
     if not people.is_dir():
         fail(f"demo data not found at {data} (set --data or RETROFACE_TEST_DATA)")

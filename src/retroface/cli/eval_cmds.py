@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import (
@@ -28,7 +28,9 @@ from rich.table import Table
 
 from retroface.cli.common import console, err_console, fail, print_json, user_errors
 from retroface.cli.session import state
-from retroface.eval.embeddings_cache import CACHE_DIRNAME, EngineSpec, ProgressFn
+
+if TYPE_CHECKING:
+    from retroface.eval.embeddings_cache import EngineSpec, ProgressFn
 
 app = typer.Typer(
     help="Accuracy evaluation: identify (1:N), verify (1:1), calibrate, accuracy-doc.",
@@ -79,6 +81,7 @@ def _progress() -> Iterator[ProgressFn]:
 
 
 def _spec(backend: str | None, det_size: int | None, flip: bool | None) -> EngineSpec:
+    from retroface.eval.embeddings_cache import EngineSpec
     from retroface.vision.engines import BACKENDS, engine_options
 
     s = state.ctx.settings
@@ -91,6 +94,8 @@ def _spec(backend: str | None, det_size: int | None, flip: bool | None) -> Engin
 
 def _cache_dir(no_cache: bool) -> Path | None:
     """``RETROFACE_EVAL_CACHE`` if set (CI can keep it between runs), else under the home."""
+    from retroface.eval.embeddings_cache import CACHE_DIRNAME
+
     if no_cache:
         return None
     override = os.environ.get("RETROFACE_EVAL_CACHE")

@@ -12,7 +12,6 @@ from rich.table import Table
 
 from retroface.cli.common import console, err_console, print_json, user_errors
 from retroface.cli.session import state
-from retroface.gallery.enrol import items_from_manifest, items_from_paths
 
 app = typer.Typer(
     help="The reference gallery: enrol, list, show, remove, stats.", no_args_is_help=True
@@ -39,6 +38,8 @@ def enrol(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Enrol reference images; re-running skips what is done (by content hash)."""
+    from retroface.gallery.enrol import items_from_manifest, items_from_paths
+
     with user_errors():
         actor = state.principal()
         ctx = state.ctx

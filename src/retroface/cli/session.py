@@ -18,11 +18,13 @@ import os
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from retroface.cli.common import UserError
-from retroface.context import AppContext
-from retroface.core.access import Principal
-from retroface.core.errors import PermissionDeniedError
+
+if TYPE_CHECKING:
+    from retroface.context import AppContext
+    from retroface.core.access import Principal
 
 
 @dataclass
@@ -33,6 +35,10 @@ class CliState:
 
     @cached_property
     def ctx(self) -> AppContext:
+        # imported here, not above: the context wires every service (SQLAlchemy, the models'
+        # runtime, ...), 0.8 s that `--help` and the commands that need no context never pay
+        from retroface.context import AppContext
+
         return AppContext()
 
     def principal(self) -> Principal:
@@ -62,6 +68,8 @@ class CliState:
                 )
             password = getpass.getpass(f"Password for {user}: ")
         elif self.user:
+            from retroface.core.errors import PermissionDeniedError
+
             # RETROFACE_PASSWORD is tried for whichever user is named: say so, since an admin's
             # exported password used with `--user olive` otherwise reads as a plain refusal.
             try:

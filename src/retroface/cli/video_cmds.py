@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import (
@@ -32,8 +32,10 @@ from retroface.cli.common import (
     user_errors,
 )
 from retroface.cli.session import state
-from retroface.media.footage import ScanProgress
-from retroface.vision.types import FaceEngine
+
+if TYPE_CHECKING:
+    from retroface.media.footage import ScanProgress
+    from retroface.vision.types import FaceEngine
 
 app = typer.Typer(
     help="Recorded video: face tracks and best shots, search a track, find a person in footage.",

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
 import typer
 from rich.table import Table
 
 from retroface.cli.common import console, engine, fail, print_json, user_errors, with_status
-from retroface.config import get_settings
-from retroface.media.images import load_image
-from retroface.vision.compare import compare_faces
-from retroface.vision.types import Face, ImageArray
+
+if TYPE_CHECKING:
+    from retroface.vision.types import Face, ImageArray
 
 
 def _analyse(path: Path, quiet: bool) -> tuple[ImageArray, list[Face]]:
+    from retroface.config import get_settings
+    from retroface.media.images import load_image
+
     with user_errors():
         image = load_image(path, max_pixels=get_settings().max_image_pixels)
         eng = engine()
@@ -24,6 +26,8 @@ def _analyse(path: Path, quiet: bool) -> tuple[ImageArray, list[Face]]:
 
 
 def _annotate(image: ImageArray, faces: list[Face], out: Path) -> None:
+    import cv2
+
     canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     thick = max(2, round(max(image.shape[:2]) / 400))
     for i, f in enumerate(faces):
@@ -92,6 +96,10 @@ def compare(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Compare the main face of two images: cosine similarity and the verdict at the threshold."""
+    from retroface.config import get_settings
+    from retroface.media.images import load_image
+    from retroface.vision.compare import compare_faces
+
     t = get_settings().match_threshold if threshold is None else threshold
     with user_errors():
         max_pixels = get_settings().max_image_pixels
@@ -124,6 +132,7 @@ def compare(
 
 def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Backends, weight files, licences and hashes."""
+    from retroface.config import get_settings
     from retroface.vision.engines import BACKENDS, build_engine
 
     s = get_settings()

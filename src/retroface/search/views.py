@@ -252,3 +252,24 @@ class ComparisonLandmarks(View):
     points: list[str] = list(LANDMARK_NAMES)
     probe: list[list[float]]
     candidate: list[list[float]]
+
+
+class ProbeError(View):
+    """Why one image of a batch was not searched (the API's error shape, per image)."""
+
+    code: str  # unreadable, invalid_image, no_face, several_faces, invalid_input, …
+    message: str
+
+
+class BatchSearchResult(SearchResult):
+    """One image of a batch that was searched: its candidate list and the input it came from."""
+
+    input: str  # the path as given (CLI) or the upload's file name (API)
+
+
+class BatchSearchFailure(View):
+    """One image of a batch that was not searched; the other images are unaffected."""
+
+    input: str
+    error: ProbeError
+    probe_id: int | None = None  # set when the image was stored as a probe (no or several faces)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from retroface.vision.onnx_runtime import create_session
@@ -10,8 +12,14 @@ from retroface.vision.weights import ModelUnavailableError
 
 
 class ArcFaceRecogniser:
-    def __init__(self, model_path: str, threads: int | None = None, batch_size: int = 32) -> None:
-        self.session = create_session(model_path, threads)
+    def __init__(
+        self,
+        model_path: str,
+        threads: int | None = None,
+        batch_size: int = 32,
+        providers: str | Sequence[str] | None = None,
+    ) -> None:
+        self.session = create_session(model_path, threads, providers)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         shape = inp.shape

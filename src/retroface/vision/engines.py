@@ -8,7 +8,7 @@ backend, weights and detector settings, and thus the model key, is made in one w
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,7 @@ class ArcFaceEngine:
         threads: int | None = None,
         flip: bool = False,
         quality_policy: QualityPolicy | None = None,
+        providers: str | Sequence[str] | None = None,
     ) -> None:
         self.models = models or default_model_set()
         self.detector = ScrfdDetector(
@@ -51,8 +52,16 @@ class ArcFaceEngine:
             input_size=det_size,
             score_threshold=det_threshold,
             threads=threads,
+            providers=providers,
         )
-        self.recogniser = ArcFaceRecogniser(self.models.recogniser.path, threads=threads)
+        self.recogniser = ArcFaceRecogniser(
+            self.models.recogniser.path, threads=threads, providers=providers
+        )
+        #: What runs each model (``RETROFACE_PROVIDERS``); deliberately not in the identity.
+        self.providers = {
+            "detector": self.detector.session.get_providers(),
+            "recogniser": self.recogniser.session.get_providers(),
+        }
         self.flip = flip
         self.quality_policy = quality_policy or QualityPolicy()
         self.identity = ModelIdentity(
@@ -146,13 +155,21 @@ def build_engine(
     flip: bool | None = None,
     models_dir: Path | str | None = None,
     quality_policy: QualityPolicy | None = None,
+    providers: str | Sequence[str] | None = None,
 ) -> FaceEngine:
     """The one place an engine is built: from settings (default: ``RETROFACE_*``) or options,
     with overrides. ``threads`` is onnxruntime's intra-op thread count; unset, it is the
     settings' ``RETROFACE_THREADS`` (0 = all cores) or, for bare options, all cores.
 
+    ``providers`` are onnxruntime's execution providers (``"cuda,cpu"``); unset, the settings'
+    ``RETROFACE_PROVIDERS``, read from the environment for bare options too, so that a Ray or
+    evaluation worker runs on the hardware its host was configured for. They choose where the
+    model runs, never which model: the model key is the same on every provider.
+
     Raises ``ModelUnavailableError`` with a clear message when weights are missing.
     """
+    from retroface.config import get_settings
+
     if isinstance(source, EngineOptions):
         overrides: dict[str, Any] = {
             "backend": backend,
@@ -163,8 +180,6 @@ def build_engine(
         }
         opts = replace(source, **{k: v for k, v in overrides.items() if v is not None})
     else:
-        from retroface.config import get_settings
-
         s = source or get_settings()
         opts = engine_options(
             s,
@@ -175,6 +190,9 @@ def build_engine(
             models_dir=models_dir,
         )
         threads = threads or s.threads or None
+        providers = providers if providers is not None else s.providers
+    if providers is None:
+        providers = get_settings().providers
     if opts.backend == "arcface":
         models = folder_model_set(Path(opts.models_dir)) if opts.models_dir else None
         return ArcFaceEngine(
@@ -184,6 +202,7 @@ def build_engine(
             threads=threads,
             flip=opts.flip,
             quality_policy=quality_policy,
+            providers=providers,
         )
     if opts.backend == "dlib":
         from retroface.vision.dlib_backend import DlibEngine

@@ -6,6 +6,7 @@ anchors per location, distance-to-box and distance-to-keypoint) and NMS happen h
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -58,8 +59,9 @@ class ScrfdDetector:
         score_threshold: float = 0.5,
         nms_threshold: float = 0.4,
         threads: int | None = None,
+        providers: str | Sequence[str] | None = None,
     ) -> None:
-        self.session = create_session(model_path, threads)
+        self.session = create_session(model_path, threads, providers)
         self.input_name = self.session.get_inputs()[0].name
         outputs = self.session.get_outputs()
         if len(outputs) != 9:
