@@ -6,6 +6,7 @@ involved (the ``app`` fixture)."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import cv2
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
+from tests import test_cli
 from tests.conftest import ADMIN, enrol_people
 
 from retroface.api.app import create_app
@@ -305,3 +307,53 @@ def test_derived_versions_go_with_their_original(
     assert (purged.probes, purged.files_deleted) == (3, 3)
     with app.db.session() as s:
         assert s.scalar(select(func.count()).select_from(Probe)) == 0
+
+
+run = test_cli.run  # the CLI invoked in-process, as a user, on both stores
+
+
+def test_probe_enhance_on_the_command_line(run: test_cli.Run, data_dir: Path) -> None:
+    assert run("init", "--admin", "admin")[0] == 0
+    assert run("user", "add", "olive", "--roles", "operator", user="admin")[0] == 0
+    assert run("user", "add", "arthur", "--roles", "authoriser", user="admin")[0] == 0
+    enrol = ("gallery", "enrol", str(data_dir / "people/joe_biden"), "--inclusion-reason", "x")
+    assert run(*enrol, user="admin")[0] == 0
+    opened = ("case", "open", "--ref", "C1", "--offence", "robbery", "--purpose", "identify him")
+    assert run(*opened, "--justification", "the still is the only lead", user="olive")[0] == 0
+    assert run("case", "authorise", "C1", "--approve", "--note", "ok", user="arthur")[0] == 0
+    search = ("search", str(data_dir / PROBE), "--case", "C1", "--source", "CCTV")
+    code, out = run(*search, "--how-obtained", "exhibit AB/1", "--json", user="olive")
+    assert code == 0, out
+    probe = json.loads(out)["probe"]
+
+    code, out = run("probe", "enhance", str(probe["probe_id"]), "--json", user="olive")
+    assert code == 2 and "--steps" in out
+    code, out = run("probe", "enhance", str(probe["probe_id"]), "--steps", "[{", user="olive")
+    assert code == 2 and "not valid JSON" in out
+    bad = '[{"op": "upscale", "factor": 99}]'
+    code, out = run("probe", "enhance", str(probe["probe_id"]), "--steps", bad, user="olive")
+    assert code == 2 and "factor must be between 1 and 8" in out
+    steps = '[{"op": "crop", "box": [40, 30, 210, 220]}, {"op": "upscale", "factor": 2}]'
+    code, out = run(
+        "probe", "enhance", str(probe["probe_id"]), "--steps", steps, "--json", user="olive"
+    )
+    assert code == 0, out
+    first = json.loads(out)
+    assert first["lineage"]["original_sha256"] == probe["sha256"]
+    code, out = run(
+        "probe",
+        "enhance",
+        str(first["probe_id"]),
+        "--step",
+        '{"op": "denoise"}',
+        "--step",
+        '{"op": "sharpen", "amount": 0.5}',
+        user="olive",
+    )
+    assert code == 0 and f"enhanced version of probe {first['probe_id']}" in out, out
+    assert "crop(box=[40, 30, 210, 220])" in out and "sharpen(amount=0.5, radius=1.0)" in out
+    second = first["probe_id"] + 1
+    code, out = run("search", "--probe", str(second), "--case", "C1", user="olive")
+    assert code == 0 and "probe version searched" in out and probe["sha256"] in out, out
+    code, out = run("probe", "ops", user="olive")
+    assert code == 0 and "upscale" in out and "lanczos" in out
