@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -89,6 +90,16 @@ def crop_box(box: Sequence[float], shape: tuple[int, ...]) -> list[int]:
     ]
 
 
+def mcnemar_p(gained: int, lost: int) -> float:
+    """Two-sided exact McNemar p-value: how likely a split this uneven of the searches that
+    changed outcome is if the step made no difference (each change equally likely either way)."""
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with lfw/")
@@ -99,7 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = ap.parse_args(argv)
 
-    t0 = time.perf_counter()
     cache = Path(os.environ.get("RETROFACE_EVAL_CACHE", get_settings().home / CACHE_DIRNAME))
     protocol = resolve_protocol(args.data / "lfw", None, None)
     ev = Evaluator(EngineSpec(), cache, workers=args.threads)
@@ -151,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "gallery_templates": int(enrolled.size),
             "clean_rank1": float(np.mean(clean_hits)),
             "machine": {"arch": platform.machine(), "cpus": os.cpu_count()},
-            "seconds": round(time.perf_counter() - t0, 1),
+            # the steps' own time, summed over rows (a resumed run adds only its new rows')
+            "seconds_enhancing_and_searching": round(sum(r["seconds"] for r in rows), 1),
             "partial": partial,
             "rows": rows,
         }
@@ -230,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for x in rows
                 if x["width"] == w and x["form"] == form and x["enhancement"] == name
             )
-            delta = "" if name == "none" else f" (+{r['gained']}/-{r['lost']})"
+            p = mcnemar_p(r["gained"], r["lost"])
+            delta = "" if name == "none" else f" (+{r['gained']}/-{r['lost']}, p={p:.2g})"
             cells.append(f"{100 * r['rank1']:.1f}%{delta}")
         print(f"| {name} | {form} | " + " | ".join(cells) + " |")
     write(partial=False)
