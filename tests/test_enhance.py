@@ -203,6 +203,18 @@ def test_a_derived_version_is_reproducible_searchable_and_disclosed(
     plain = app.searches.search(olive, CASE, probe.probe_id, None, 5)
     assert plain.probe.lineage is None
 
+    # a reviewer sees what was done to the probe (the steps), not who did it
+    app.users.add(ADMIN, "rita", "reviewer", PASSWORD)
+    rita = app.users.authenticate_password("rita", PASSWORD)
+    sheet = app.reviews.show(rita, result.search_id)
+    assert [st["op"] for st in sheet.probe_enhancement or []] == [
+        "crop",
+        "upscale",
+        "denoise",
+        "sharpen",
+    ]
+    assert app.reviews.show(rita, plain.search_id).probe_enhancement is None
+
     # the disclosure export shows the chain of the version searched
     export = app.searches.export(olive, result.search_id)
     shown = export.disclosure.probe.lineage

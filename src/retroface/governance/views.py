@@ -91,6 +91,10 @@ class ReviewSheet(View):
     reviews: list[ReviewEntry]
     hidden: int
     probe_quality: dict[str, Any] | None  # last, where the API has always put it
+    #: When the searched probe is an enhanced version: every step from the original, in order
+    #: (a reviewer judges the candidates knowing what was done to the probe; who did it and the
+    #: hashes are in the disclosure export). None for an original.
+    probe_enhancement: list[dict[str, Any]] | None = None
 
 
 class ReviewOutcome(View):
