@@ -237,6 +237,13 @@ ROUTES: list[Route] = [
             "threshold": "number",
         },
     ),
+    Route(
+        "POST",
+        "/api/v1/probes/{id}/enhancements",
+        path_params={"id": ("int", "1")},
+        body={"steps": [{"op": "gamma", "gamma": 1.2}]},
+        body_kinds={"steps": "list"},
+    ),
     Route("GET", "/api/v1/searches/{id}", path_params={"id": ("int", "1")}),
     Route("GET", "/api/v1/searches/{id}/export", path_params={"id": ("int", "1")}),
     Route("GET", "/api/v1/reviews/{id}", path_params={"id": ("int", "1")}),

@@ -32,6 +32,7 @@ from retroface.jobs.handlers import JobServices, register_handlers
 from retroface.jobs.local import LocalJobRunner
 from retroface.jobs.redis_queue import RedisJobRunner
 from retroface.jobs.store import JobStore
+from retroface.search.enhance import EnhancementService
 from retroface.search.faces import FaceImages
 from retroface.search.footage import FootageSearch
 from retroface.search.index_manager import IndexManager
@@ -199,6 +200,20 @@ class AppContext:
             self.cases,
             self.audit.record,
             blur_all=self.settings.blur_all_faces,
+            max_image_pixels=self.settings.max_image_pixels,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def enhancements(self) -> EnhancementService:
+        """Audited probe enhancement: derived versions of probes, searchable like probes."""
+        return EnhancementService(
+            self.db,
+            self.blobs,
+            self.cipher,
+            self.engine,
+            self.cases,
+            self.audit.record,
             max_image_pixels=self.settings.max_image_pixels,
             clock=self.clock,
         )

@@ -44,7 +44,7 @@ from retroface.gallery.views import EnrolSummary
 from retroface.governance.views import CaseView, ReviewOutcome
 from retroface.media.images import load_image
 from retroface.search.service import ProbeProvenance
-from retroface.search.views import SearchResult
+from retroface.search.views import ProbeView, SearchResult
 from retroface.vision.compare import Comparison
 from retroface.vision.compare import compare_faces as _compare
 from retroface.vision.engines import build_engine
@@ -207,6 +207,25 @@ class Home:
             operator, case, data, path.name, ProbeProvenance(source, how_obtained)
         )
         return searches.search(operator, case, added.probe_id, face, top_k)
+
+    def enhance(self, operator: Principal, probe_id: int, steps: list[dict[str, Any]]) -> ProbeView:
+        """Derive an enhanced version of a probe by ``steps`` (e.g. ``[{"op": "denoise"},
+        {"op": "upscale", "factor": 2}]``); the original never changes, and the version
+        records its steps and hashes (docs/enhancement.md). Search it with
+        :meth:`search_probe`."""
+        return self.ctx.enhancements.enhance(operator, probe_id, steps)
+
+    def search_probe(
+        self,
+        operator: Principal,
+        probe_id: int,
+        *,
+        case: str,
+        face: int | None = None,
+        top_k: int = 20,
+    ) -> SearchResult:
+        """Search a probe already stored (an original or an enhanced version) under ``case``."""
+        return self.ctx.searches.search(operator, case, probe_id, face, top_k)
 
     def review(
         self,

@@ -19,7 +19,15 @@ from retroface.api.deps import authorise
 from retroface.api.docs import add_docs_routes, offline_assets
 from retroface.api.observability import Metrics, RequestContextMiddleware
 from retroface.api.rbac import MATRIX
-from retroface.api.routers import accounts, casework, faces, gallery, oversight, system
+from retroface.api.routers import (
+    accounts,
+    casework,
+    enhancements,
+    faces,
+    gallery,
+    oversight,
+    system,
+)
 from retroface.api.schemas import ERROR_STATUSES, ErrorResponse
 from retroface.api.uploads import BodyLimitMiddleware
 from retroface.context import AppContext
@@ -186,7 +194,7 @@ def create_app(ctx: AppContext | None = None) -> FastAPI:
     # Unexpected exceptions are answered by RequestContextMiddleware, so that the 500 carries
     # the request id like every other response (a handler registered here runs outside it).
 
-    for module in (system, accounts, casework, faces, gallery, oversight):
+    for module in (system, accounts, casework, enhancements, faces, gallery, oversight):
         app.include_router(module.router)
     app.include_router(system.metrics_router)
     add_web(app)

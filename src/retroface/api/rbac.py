@@ -47,6 +47,7 @@ MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     ("POST", f"{P}/searches"): frozenset({OPER}),
     # several probe images, one audited search each
     ("POST", f"{P}/cases/{{ref}}/searches"): frozenset({OPER}),
+    ("POST", f"{P}/probes/{{probe_id}}/enhancements"): frozenset({OPER}),
     ("GET", f"{P}/searches/{{search_id}}"): frozenset({OPER, REV, AU}),
     ("GET", f"{P}/searches/{{search_id}}/export"): frozenset({OPER, AU}),
     ("GET", f"{P}/reviews/queue"): frozenset({REV}),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -111,3 +111,17 @@ class EnrolmentRequest(BaseModel):
     source: str | None = Field(default=None, max_length=200)
     multi_face: Literal["reject", "main"] = "reject"
     allow_low_quality: bool = False
+
+
+class EnhanceRequest(BaseModel):
+    steps: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=20,
+        description=(
+            "Ordered steps, each {'op': name, parameter: value}: crop (box [x0,y0,x1,y1]), "
+            "rotate (angle), brightness (offset), contrast (factor), gamma (gamma), equalize "
+            "(clip_limit), denoise (method nlmeans|bilateral, strength), sharpen (amount, "
+            "radius), upscale (factor, interpolation cubic|lanczos). See docs/enhancement.md."
+        ),
+        examples=[[{"op": "crop", "box": [40, 30, 210, 220]}, {"op": "upscale", "factor": 2}]],
+    )

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from retroface.search.views import SearchResult
+    from retroface.search.views import ProbeLineage, SearchResult
 
 console = Console()
 err_console = Console(stderr=True)
@@ -55,12 +55,31 @@ def engine() -> Any:
         return build_engine(get_settings())
 
 
+def describe_lineage(lineage: ProbeLineage) -> list[str]:
+    """The chain as lines: original hash, each version's steps and hash."""
+    lines = [f"original probe {lineage.original_probe_id}  sha256 {lineage.original_sha256}"]
+    for d in lineage.derivations:
+        steps = ", ".join(
+            d_step["op"] + "(" + ", ".join(f"{k}={v}" for k, v in d_step.items() if k != "op") + ")"
+            for d_step in d.steps
+        )
+        lines.append(f"  -> {steps}")
+        lines.append(
+            f"probe {d.probe_id}  sha256 {d.output_sha256}  ({d.width}x{d.height}, by {d.by})"
+        )
+    return lines
+
+
 def print_search_result(data: SearchResult) -> None:
     """A candidate list as a table (``retroface search``, image or video probe), with where the
     operating threshold lies and, per candidate, whether it reaches it."""
     from rich.table import Table
 
     console.print(f"[bold]Search {data.search_id}[/] — [yellow]{data.label}[/]")
+    if data.probe.lineage is not None:  # an enhanced version was searched: say which
+        console.print("[bold]probe version searched[/] (enhanced):")
+        for line in describe_lineage(data.probe.lineage):
+            console.print("  " + line, highlight=False)
     warnings = data.probe.warnings
     if warnings:
         console.print("[yellow]probe quality warnings:[/] " + "; ".join(warnings))

@@ -11,6 +11,7 @@ from retroface.cli import (
     demo_cmds,
     eval_cmds,
     gallery_cmds,
+    probe_cmds,
     report_cmds,
     video_cmds,
     vision_cmds,
@@ -51,6 +52,7 @@ app.command()(casework_cmds.search)
 app.add_typer(gallery_cmds.app, name="gallery")
 app.add_typer(casework_cmds.case_app, name="case")
 app.add_typer(casework_cmds.review_app, name="review")
+app.add_typer(probe_cmds.app, name="probe")
 app.add_typer(admin_cmds.user_app, name="user")
 app.add_typer(admin_cmds.audit_app, name="audit")
 app.add_typer(admin_cmds.retention_app, name="retention")

@@ -44,7 +44,7 @@ from retroface.governance.team import TeamService, visible_cases
 from retroface.governance.views import CaseView
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.db import Database
-from retroface.storage.references import still_referenced
+from retroface.storage.references import delete_probes, still_referenced
 from retroface.storage.tables import Case, Probe, SearchRecord
 
 #: The justification of the ``case.purge`` record of a lapsed urgent case.
@@ -348,8 +348,7 @@ class CaseService:
             searches = list(s.scalars(select(SearchRecord).where(SearchRecord.case_id == case.id)))
             for rec in searches:
                 s.delete(rec)
-            for probe in probes:
-                s.delete(probe)
+            delete_probes(s, probes)  # enhanced versions before their originals
             if case.status == CaseStatus.PENDING:
                 case.status = CaseStatus.EXPIRED if case.urgent else CaseStatus.REFUSED
             case.purged_at = now

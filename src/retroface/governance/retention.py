@@ -1,8 +1,9 @@
 """Retention: biometric data is deleted when its period ends, and each deletion is audited.
 
-Data classes and their clocks: probe images and their faces run from upload; search records
-(candidate lists and reviews) from the search; reference subjects from their ``retention_until``;
-urgent cases that were never authorised from their deadline. Audit records are kept (at least six
+Data classes and their clocks: probe images and their faces run from upload (an enhanced version
+from its original's upload: it goes with it); search records (candidate lists and reviews) from
+the search; reference subjects from their ``retention_until``; urgent cases that were never
+authorised from their deadline. Audit records are kept (at least six
 months, by policy); deleting one would break the hash chain, so they are exported, not trimmed.
 
 Who may run it: an admin (on demand, CLI or API) or the system itself (:data:`SYSTEM`, for a
@@ -29,7 +30,7 @@ from retroface.governance.cases import LAPSED_REASON, CaseService
 from retroface.governance.policy import GovernancePolicy
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.db import Database
-from retroface.storage.references import still_referenced
+from retroface.storage.references import delete_probes, still_referenced, with_derived
 from retroface.storage.tables import Case, Probe, SearchRecord, Subject
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,12 @@ class RetentionService:
                     )
                 )
             )
-            probes = list(
+            # an enhanced version goes with its original, whatever its own age
+            probes = with_derived(
+                s,
                 s.scalars(
                     select(Probe.id).where(Probe.created_at < now - self.policy.probe_retention)
-                )
+                ),
             )
             searches = list(
                 s.scalars(
@@ -158,8 +161,7 @@ class RetentionService:
             probes = sorted(s.scalars(select(Probe).where(Probe.id.in_(ids))), key=lambda p: p.id)
             due = [_iso(p.created_at + self.policy.probe_retention) for p in probes]
             hashes = {p.content_hash for p in probes}
-            for p in probes:
-                s.delete(p)
+            delete_probes(s, probes)
             shared = still_referenced(s, hashes)
             self.audit(
                 s,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -179,6 +180,7 @@ class ReviewService:
                 operating_threshold=rec.operating_threshold,
                 operating_source=rec.operating_source,
                 mode=rec.mode,
+                probe_enhancement=_enhancement_steps(rec.probe_lineage),
             )
 
     def decide(
@@ -372,3 +374,10 @@ def _exposure(
     if exported is not None:
         return "exported the audit log, which holds another reviewer's decision on this search,"
     return None
+
+
+def _enhancement_steps(lineage: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+    """The steps from the original to the searched version, as the search record stores them."""
+    if not lineage:
+        return None
+    return [step for d in lineage.get("derivations", []) for step in d.get("steps", [])]

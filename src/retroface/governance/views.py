@@ -99,6 +99,10 @@ class ReviewSheet(View):
     operating_threshold: float | None = None
     operating_source: str | None = None
     mode: str = "operating"
+    #: When the searched probe is an enhanced version: every step from the original, in order
+    #: (a reviewer judges the candidates knowing what was done to the probe; who did it and the
+    #: hashes are in the disclosure export). None for an original.
+    probe_enhancement: list[dict[str, Any]] | None = None
 
 
 class ReviewOutcome(View):

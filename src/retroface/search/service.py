@@ -40,6 +40,7 @@ from retroface.core.text import case_reference, check_id, clean_text, safe_filen
 from retroface.governance.cases import CaseNotSearchableError, CaseService
 from retroface.governance.thresholds import OperatingThreshold, operating_threshold
 from retroface.media.images import decode_image
+from retroface.search.lineage import lineage_from_json, lineage_json
 from retroface.search.matcher import Aggregate, Matcher
 from retroface.search.views import (
     CandidateView,
@@ -203,22 +204,7 @@ class SearchService:
             )
             s.add(probe)
             s.flush()
-            for i, f in enumerate(faces):
-                s.add(
-                    ProbeFace(
-                        probe_id=probe.id,
-                        face_index=i,
-                        model_key=model_key,
-                        embedding_enc=self.cipher.encrypt(
-                            np.asarray(f.embedding, np.float32).tobytes(),
-                            aad=template_aad(digest, model_key) + f":{i}".encode(),
-                        ),
-                        det_score=f.det_score,
-                        box={"box": list(f.box), "landmarks": np.asarray(f.landmarks).tolist()},
-                        quality=f.quality.to_dict(),
-                        extra=f.extra,
-                    )
-                )
+            s.add_all(probe_face_rows(self.cipher, probe.id, digest, model_key, faces))
             s.flush()
             self.audit(
                 s,
@@ -497,6 +483,7 @@ class SearchService:
                 mode=cut.mode,
                 top_k=top_k,
                 probe_quality=probe_quality,
+                probe_lineage=lineage_json(s, probe),  # an enhanced version: its chain
                 label=LEAD_LABEL,
                 # nothing to review when nothing was listed: in operating mode that is every
                 # search with no candidate at or above the operating threshold
@@ -542,6 +529,7 @@ class SearchService:
                     "candidates": [
                         [c.subject_reference, round(c.similarity, 4)] for c in record.candidates
                     ],
+                    **({"probe_lineage": record.probe_lineage} if record.probe_lineage else {}),
                 },
                 ts=record.ended_at,
             )
@@ -663,6 +651,29 @@ def none_above(record: SearchRecord) -> bool:
     )
 
 
+def probe_face_rows(
+    cipher: Cipher, probe_id: int, digest: str, model_key: str, faces: list[Face]
+) -> list[ProbeFace]:
+    """The stored faces of a probe (original or enhanced version): each embedding encrypted and
+    bound to the image's hash, the model and the face's index."""
+    return [
+        ProbeFace(
+            probe_id=probe_id,
+            face_index=i,
+            model_key=model_key,
+            embedding_enc=cipher.encrypt(
+                np.asarray(f.embedding, np.float32).tobytes(),
+                aad=template_aad(digest, model_key) + f":{i}".encode(),
+            ),
+            det_score=f.det_score,
+            box={"box": list(f.box), "landmarks": np.asarray(f.landmarks).tolist()},
+            quality=f.quality.to_dict(),
+            extra=f.extra,
+        )
+        for i, f in enumerate(faces)
+    ]
+
+
 def search_result(record: SearchRecord, case_ref: str | None) -> SearchResult:
     """The stored search as its callers see it: the probe's quality reasons become warnings."""
     quality = record.probe_quality or {}
@@ -677,6 +688,7 @@ def search_result(record: SearchRecord, case_ref: str | None) -> SearchResult:
             how_obtained=record.probe_how_obtained,
             quality=quality,
             warnings=list(quality.get("reasons", [])),
+            lineage=lineage_from_json(record.probe_lineage),
         ),
         candidates=[
             CandidateView(

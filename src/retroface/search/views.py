@@ -33,13 +33,44 @@ class FaceView(View):
     quality: dict[str, Any]
 
 
+class ProbeDerivation(View):
+    """One enhancement: the version it made, from which version, by which steps, by whom.
+
+    ``input_sha256`` is the file hash of the parent version, ``output_sha256`` that of the
+    derived PNG; ``output_pixels_sha256`` hashes the decoded pixels (independent of the PNG
+    encoder), and ``tool`` names the library versions that computed them.
+    """
+
+    probe_id: int
+    parent_id: int
+    input_sha256: str
+    steps: list[dict[str, Any]]
+    output_sha256: str
+    output_pixels_sha256: str
+    width: int
+    height: int
+    by: str
+    at: datetime
+    tool: dict[str, str]
+
+
+class ProbeLineage(View):
+    """From the original probe, as submitted, to a derived version: what a disclosure shows."""
+
+    original_probe_id: int
+    original_sha256: str
+    derivations: list[ProbeDerivation]  # in order: original -> ... -> this version
+
+
 class ProbeView(View):
-    """A stored probe and the faces found in it."""
+    """A stored probe and the faces found in it; an enhanced version also its lineage."""
 
     probe_id: int
     case: str
     sha256: str
     faces: list[FaceView]
+    parent_id: int | None = None  # the version this one was derived from
+    lineage: ProbeLineage | None = None  # None for an original
 
 
 class ProbeDetail(ProbeView):
@@ -86,6 +117,9 @@ class ProbeSummary(View):
     how_obtained: str | None
     quality: dict[str, Any]
     warnings: list[str]
+    #: For an enhanced version: original hash -> steps -> this version's hash (kept with the
+    #: search record, so it outlives the probes). None when the original itself was searched.
+    lineage: ProbeLineage | None = None
 
 
 class CandidateView(View):

@@ -226,6 +226,12 @@ class Probe(Base):
     height: Mapped[int] = mapped_column(Integer, default=0)
     uploaded_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: An enhanced version names the version it was derived from and goes with it (retention,
+    #: case purge); ``derivation`` records its steps and hashes (see search.enhance).
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("probes.id", ondelete="CASCADE"), index=True
+    )
+    derivation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class ProbeFace(Base):
@@ -272,6 +278,9 @@ class SearchRecord(Base):
     mode: Mapped[str] = mapped_column(String(20), default="operating")
     top_k: Mapped[int] = mapped_column(Integer)
     probe_quality: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: For a search of an enhanced version: the chain from the original (its hash) through each
+    #: derivation's steps to the version searched, kept for disclosure after the probes go.
+    probe_lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     label: Mapped[str] = mapped_column(
         String(100), default="investigative lead — not an identification"
     )
