@@ -63,7 +63,11 @@ def build_world(app: AppContext, data_dir: Path) -> World:
     who = add_team(app, ROLES, PASSWORD)
     enrol_people(app, data_dir)
     app.cases.open(who["olive"], CASE, "robbery", "identify the suspect", "the CCTV still is all")
-    app.cases.authorise(who["arthur"], CASE, True, "necessary and proportionate")
+    # investigation mode: the list holds the runners-up below the operating threshold too, so
+    # that the reviewers have three candidates to compare
+    app.cases.authorise(
+        who["arthur"], CASE, True, "necessary and proportionate", investigation_mode=True
+    )
     probe = app.searches.add_probe(
         who["olive"],
         CASE,
@@ -123,6 +127,8 @@ def test_two_blind_reviewers_and_a_tiebreak_through_the_pages(world: World) -> N
     assert f"/ui/faces/reviews/{sid}/probe.jpg?size=256" in sheet.text
     for rank in (1, 2, 3):
         assert f"/ui/faces/reviews/{sid}/candidates/{rank}.jpg?size=256" in sheet.text
+    # where the threshold lies is always on the sheet, and which candidates are below it
+    assert "investigation mode" in sheet.text and "below the operating threshold" in sheet.text
     # after-look (the default): no score on the sheet until asked for
     assert score not in sheet.text
     shown = rita.get(f"/ui/reviews/{sid}/similarity")
