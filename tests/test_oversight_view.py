@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFilter
-from sqlalchemy import literal, select, text
+from sqlalchemy import func, literal, select, text
 from tests.conftest import ADMIN, Clock, add_team, enrol_people
 from typer.testing import CliRunner, Result
 
@@ -40,7 +40,7 @@ from retroface.media.images import decode_image
 from retroface.search.service import ProbeProvenance
 from retroface.storage.db import Database
 from retroface.storage.sqlfunc import utc_month
-from retroface.storage.tables import AuditRecord, UTCDateTime
+from retroface.storage.tables import AuditRecord, User, UTCDateTime
 from retroface.vision.types import Face, FaceEngine
 
 PASSWORD = "a long test password"
@@ -205,6 +205,18 @@ def test_utc_month_ignores_the_session_time_zone(db: Database) -> None:
         if db.engine.dialect.name == "postgresql":
             s.execute(text("SET LOCAL TIME ZONE 'Pacific/Kiritimati'"))
         assert s.scalar(select(utc_month(late))) == "2026-02"
+
+
+def test_read_session_is_a_snapshot_without_the_write_lock(db: Database) -> None:
+    """The figures read in one read-only snapshot: a writer meanwhile neither waits for it (on
+    SQLite it would wait out the 30 s busy timeout, then fail) nor shows up in it."""
+    with db.read_session() as r:
+        before = r.scalar(select(func.count()).select_from(User))
+        with db.session() as w:
+            w.add(User(username="written-meanwhile", roles=""))
+        assert r.scalar(select(func.count()).select_from(User)) == before
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(User)) == before + 1
 
 
 def test_monthly_figures_are_exact(month: Month) -> None:

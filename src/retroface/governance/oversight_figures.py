@@ -123,7 +123,8 @@ def monthly(app: FiguresSource, months: int = 12) -> OversightFigures:
     start, end = bounds[0], bounds[-1]
     keys = [month_key(b) for b in bounds[:-1]]
     policy = app.policy
-    with app.db.session() as s:
+    # one snapshot for every query, and no write lock held while they run (see read_session)
+    with app.db.read_session() as s:
         counts = _audit_counts(s, start, end)
         searches = _searches(s, start, end, counts)
         cases = _cases(s, start, end, now)

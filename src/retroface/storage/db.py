@@ -13,6 +13,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: The execution option that marks a connection's transactions read-only (see ``read_session``).
+READ_ONLY = "retroface_read_only"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -32,9 +34,12 @@ def _sqlite_begin(conn: Any) -> None:
     A deferred transaction that reads and then writes cannot wait for another writer (SQLite
     fails it with "database is locked" rather than risk a deadlock); taking the lock up front
     makes concurrent requests queue on the busy timeout instead. Reads are short, so this costs
-    little, and PostgreSQL is the store for real concurrency.
+    little, and PostgreSQL is the store for real concurrency. A read-only session
+    (:meth:`Database.read_session`) begins deferred: in WAL mode it reads a snapshot without
+    holding the write lock, so a long report never stalls a search.
     """
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    read_only = conn.get_execution_options().get(READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _private_sqlite_file(path: Path) -> None:
@@ -90,6 +95,25 @@ class Database:
             raise
         finally:
             s.close()
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A read-only transaction on one consistent snapshot, rolled back at the end.
+
+        For reports that run many queries over a lot of rows: every query sees the same state
+        (PostgreSQL: ``REPEATABLE READ, READ ONLY``; SQLite: one deferred transaction, a WAL
+        snapshot) and no write lock is held meanwhile, so writers are not kept waiting.
+        """
+        with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
+            if conn.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            s = Session(bind=conn)
+            try:
+                yield s
+            finally:
+                s.rollback()
+                s.close()
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (idempotent)."""
