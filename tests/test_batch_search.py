@@ -104,7 +104,9 @@ def test_api_batch_of_mixed_probes(
             assert stored["review_status"] == "pending"
     assert [e["input"] for e in entries] == [probes[k].name for k in order]
     biden, blank, junk, group, kit = entries
-    assert biden["candidates"][0]["subject"] == "joe_biden" and len(biden["candidates"]) == 3
+    # only candidates at or above the operating threshold are listed (#13): the mate
+    assert biden["candidates"][0]["subject"] == "joe_biden"
+    assert all(c["above_threshold"] for c in biden["candidates"])
     assert kit["candidates"][0]["subject"] == "kit_harington"
     assert biden["label"] == kit["label"] and "lead" in biden["label"]
     assert blank["error"]["code"] == "no_face" and blank["probe_id"]

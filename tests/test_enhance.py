@@ -336,7 +336,7 @@ def test_probe_enhance_on_the_command_line(run: test_cli.Run, data_dir: Path) ->
     search = ("search", str(data_dir / PROBE), "--case", "C1", "--source", "CCTV")
     code, out = run(*search, "--how-obtained", "exhibit AB/1", "--json", user="olive")
     assert code == 0, out
-    probe = json.loads(out)["probe"]
+    probe = json.loads(out)[0]["probe"]  # an array: one entry per image
 
     code, out = run("probe", "enhance", str(probe["probe_id"]), "--json", user="olive")
     assert code == 2 and "--steps" in out
