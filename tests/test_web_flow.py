@@ -4,9 +4,10 @@ models and data: issue #12's acceptance flow.
 The operator opens a case, the authoriser approves it, the operator uploads an LFW photograph,
 picks the face and searches; two reviewers compare the probe and candidate 1 (landmarks on, zoom
 by keyboard, pan, wipe, overlay and flicker), ask for the similarity, and decide in the
-comparison view; the auditor verifies the chain; the oversight panel reads the month's figures. Every face is blurred
-(``RETROFACE_BLUR_ALL_FACES``) so that the screenshots, written to the folder the test prints,
-show no recognisable face. No page may load anything from outside the server.
+comparison view; the auditor verifies the chain; the oversight panel reads the month's figures.
+Every face is blurred (``RETROFACE_BLUR_ALL_FACES``) so that the screenshots, written to the
+folder the test prints, show no recognisable face. No page may load anything from outside the
+server.
 """
 
 from __future__ import annotations
