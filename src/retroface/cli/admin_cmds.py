@@ -214,5 +214,8 @@ def serve(
     with user_errors():
         app = create_app(state.ctx)
         state.ctx.engine  # load the models before the first request  # noqa: B018
+    # browsers send the Secure session cookie over plain HTTP to localhost only
+    page_host = "localhost" if host in ("127.0.0.1", "::1", "localhost") else host
     console.print(f"retroface API on http://{host}:{port}/api/v1/docs", highlight=False)
+    console.print(f"web pages on http://{page_host}:{port}/ui/", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
