@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from tests.browser import browser_on, live_server
 from tests.conftest import add_team, enrol_people
 from tests.test_web_review import NOTE_RITA, NOTE_ROB, PASSWORD, ROLES
 
 from retroface.context import AppContext
 from retroface.core.labels import LEAD_LABEL
+from retroface.storage.tables import AuditRecord
 
 #: An LFW photograph of a person whose other photographs are in the gallery (people/joe_biden).
 PROBE = "lfw/Joseph_Biden/Joseph_Biden_0001.jpg"
@@ -49,6 +51,17 @@ def wait_until(page: Any, script: str, seconds: float = 20) -> None:
     while not page.evaluate(script):
         assert time.monotonic() < deadline, f"timed out waiting for {script}"
         page.wait_for_timeout(100)
+
+
+def audited_refusals(app: AppContext, actor: str) -> int:
+    with app.db.session() as s:
+        return len(
+            s.scalars(
+                select(AuditRecord.seq).where(
+                    AuditRecord.actor == actor, AuditRecord.action.like("%.refused")
+                )
+            ).all()
+        )
 
 
 def review_in_comparison(b: Any, base: str, who: str, decision: str, note: str) -> Path:
@@ -175,6 +188,21 @@ def test_the_whole_flow_in_the_browser(
         b.sign_in(settled, "rita", PASSWORD)
         settled.goto(f"{base}/ui/reviews/{search_id}")
         assert NOTE_ROB in (settled.text_content("main") or "")  # both in: now visible
+        # roles in the browser: a reviewer cannot open the authoriser's pages ...
+        refused = settled.goto(f"{base}/ui/authorisations")
+        assert refused is not None and refused.status == 403
+        assert "Not allowed" in (settled.text_content("main") or "")
+        # ... and an operator outside the case's team sees none of its faces (audited)
+        oscar = b.page()
+        b.sign_in(oscar, "oscar", PASSWORD)
+        for url in (
+            f"/ui/searches/{search_id}",
+            f"/ui/faces/searches/{search_id}/candidates/1.jpg",
+            f"/ui/faces/searches/{search_id}/probe.jpg",
+        ):
+            answer = oscar.goto(base + url)
+            assert answer is not None and answer.status == 403, url
+        assert audited_refusals(sqlite_app, "oscar") >= 3
 
         audit = b.page()
         b.sign_in(audit, "aud", PASSWORD)
