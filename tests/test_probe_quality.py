@@ -115,8 +115,13 @@ def test_folds_are_identity_disjoint_and_cutoff_bounds_flagged_hits() -> None:
     s = QualitySamples(feats, hit, ids, width)
     chance = out_of_fold(s)
     assert not np.isnan(chance).any()
-    cut = choose_poor_cutoff(chance, s, 0.05)
     clean_hits = (width == 0) & hit
+    degraded_misses = (width > 0) & ~hit
+    cut = choose_poor_cutoff(chance, s, 0.9, 0.05)
+    assert (chance[degraded_misses] < cut).mean() >= 0.9
     assert (chance[clean_hits] < cut).mean() <= 0.05
-    # the misses are mostly among the degraded probes, which the cut-off flags
-    assert (chance[~hit] < cut).mean() > 0.5
+    # the lowest such cut-off: one step lower and the coverage falls short
+    assert (chance[degraded_misses] < np.nextafter(cut, 0)).mean() < 0.9
+    # a strict bound on flagged clean hits wins over the coverage
+    strict = choose_poor_cutoff(chance, s, 0.999, 0.0)
+    assert (chance[clean_hits] < strict).sum() == 0

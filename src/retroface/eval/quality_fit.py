@@ -5,9 +5,10 @@ for each probe with a face and an enrolled mate, its quality features and whethe
 first. The model's chances are judged *out of fold*: the probes are split into folds by
 identity (a person's probes never sit on both sides), each fold is predicted by a model fitted
 on the others, and calibration and coverage are measured on those predictions. The verdict's
-"poor" cut-off is chosen on the same out-of-fold chances: the highest cut-off that flags at
-most ``max_clean_hits_flagged`` of the full-size probes that hit; its coverage of the degraded
-misses is then reported, not assumed. The shipped model is refitted on all the data.
+"poor" cut-off is chosen on the same out-of-fold chances: the lowest cut-off that covers 95% of
+the degraded probes that missed, unless that flags more than 4% of the full-size probes that
+hit (then the cut-off is lowered to that bound); both shares are then reported on the
+out-of-fold chances, not assumed. The shipped model is refitted on all the data.
 """
 
 from __future__ import annotations
@@ -65,15 +66,25 @@ def out_of_fold(s: QualitySamples, k: int = 5, l2: float = 1.0) -> NDArray[np.fl
 
 
 def choose_poor_cutoff(
-    chance: NDArray[np.float64], s: QualitySamples, max_clean_hits_flagged: float
+    chance: NDArray[np.float64],
+    s: QualitySamples,
+    miss_coverage: float = 0.95,
+    max_clean_hits_flagged: float = 0.04,
 ) -> float:
-    """The highest cut-off that flags at most the given share of full-size probes that hit."""
+    """The lowest cut-off whose "poor" covers ``miss_coverage`` of the degraded probes that
+    missed, lowered further if needed so it flags at most ``max_clean_hits_flagged`` of the
+    full-size probes that hit. The lowest, not the highest: a "poor" verdict on a probe
+    with a 98% chance would be true to the target and useless to the operator."""
     clean_hits = np.sort(chance[(s.face_width == 0) & s.hit])
-    if clean_hits.size == 0:
-        raise InvalidInputError("no undegraded probe found its mate: nothing to calibrate on")
+    misses = np.sort(chance[(s.face_width > 0) & ~s.hit])
+    if clean_hits.size == 0 or misses.size == 0:
+        raise InvalidInputError("the cut-off needs full-size hits and degraded misses")
+    # flag chance < cut-off: just above the chance of the miss that reaches the coverage
+    covering = float(np.nextafter(misses[int(np.ceil(miss_coverage * misses.size)) - 1], 2.0))
     allowed = int(np.floor(max_clean_hits_flagged * clean_hits.size))
-    # flag chance < cut-off: the (allowed+1)-th lowest chance of a clean hit stays unflagged
-    return float(clean_hits[min(allowed, clean_hits.size - 1)])
+    # the (allowed+1)-th lowest chance of a clean hit must stay unflagged
+    bound = float(clean_hits[min(allowed, clean_hits.size - 1)])
+    return min(covering, bound)
 
 
 def coverage(
@@ -136,15 +147,17 @@ def fit_model(
     *,
     dataset: str,
     dataset_hash: str,
+    notes: Sequence[str] = (),
     k: int = 5,
     l2: float = 1.0,
+    miss_coverage: float = 0.95,
     max_clean_hits_flagged: float = 0.04,
 ) -> tuple[HitChanceModel, dict[str, Any]]:
     """The model to ship (fitted on everything) and the out-of-fold report that judges it."""
     if len(s) < 50 or s.hit.all() or not s.hit.any():
         raise InvalidInputError("the quality model needs at least 50 searches, hits and misses")
     oof = out_of_fold(s, k=k, l2=l2)
-    poor_below = choose_poor_cutoff(oof, s, max_clean_hits_flagged)
+    poor_below = choose_poor_cutoff(oof, s, miss_coverage, max_clean_hits_flagged)
     mean, scale, coef, icpt = fit_logistic(s.features, s.hit, l2=l2)
     brier = float(np.mean((oof - s.hit) ** 2))
     report = {
@@ -152,6 +165,7 @@ def fit_model(
         "fold_by": "identity (sha256 of the name, modulo k)",
         "l2": l2,
         "searches": len(s),
+        "miss_coverage_target": miss_coverage,
         "max_clean_hits_flagged": max_clean_hits_flagged,
         "poor_below": poor_below,
         "good_from": GOOD_FROM,
@@ -178,6 +192,7 @@ def fit_model(
             "face_widths": sorted({int(w) for w in s.face_width.tolist()}),
             "label": "mate at rank 1",
             "brier_out_of_fold": round(brier, 4),
+            "notes": list(notes),
         },
     )
     return hm, report
