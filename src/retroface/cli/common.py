@@ -61,6 +61,9 @@ def print_search_result(data: SearchResult) -> None:
 
     console.print(f"[bold]Search {data.search_id}[/] — [yellow]{data.label}[/]")
     warnings = data.probe.warnings
+    outlook = data.probe.quality.get("outlook")
+    if outlook:  # the calibrated probe quality model's expectation, recorded with the search
+        console.print(f"probe verdict: {data.probe.quality.get('verdict')}: {outlook}")
     if warnings:
         console.print("[yellow]probe quality warnings:[/] " + "; ".join(warnings))
     if not data.candidates:

@@ -447,8 +447,8 @@ def _calibrated_verdict(rep: IdentifyReport) -> list[str]:
         "quality model (`retroface.vision.probe_quality`, fitted by "
         "`python bench/fit_probe_quality.py` on these searches with identity-disjoint folds) "
         "and a verdict good / fair / poor on that chance. Here the shipped model is applied "
-        "to every search (in-sample: the out-of-fold figures are in `bench/results/"
-        "probe_quality.json`).",
+        "to every search (in-sample: `python bench/fit_probe_quality.py` prints the "
+        "out-of-fold figures).",
         "",
         _table(
             [
