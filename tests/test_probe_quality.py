@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
+from tests.conftest import add_team, enrol_people
 
+from retroface.context import AppContext
 from retroface.eval.degrade import DegradeSpec, degrade_image
 from retroface.eval.quality_fit import (
     QualitySamples,
@@ -15,7 +18,14 @@ from retroface.eval.quality_fit import (
     out_of_fold,
 )
 from retroface.media.images import load_image
-from retroface.vision.engines import ArcFaceEngine, primary_face, second_look_factors
+from retroface.search.service import ProbeProvenance
+from retroface.storage.tables import SearchRecord
+from retroface.vision.engines import (
+    ArcFaceEngine,
+    analyse_probe,
+    primary_face,
+    second_look_factors,
+)
 from retroface.vision.probe_quality import (
     FEATURES,
     HitChanceModel,
@@ -125,3 +135,33 @@ def test_folds_are_identity_disjoint_and_cutoff_bounds_flagged_hits() -> None:
     # a strict bound on flagged clean hits wins over the coverage
     strict = choose_poor_cutoff(chance, s, 0.999, 0.0)
     assert (chance[clean_hits] < strict).sum() == 0
+
+
+def test_probe_outlook_is_shown_before_and_recorded_with_the_search(
+    app: AppContext, data_dir: Path
+) -> None:
+    """The operator sees the probe's chance before searching; the search record keeps it, and
+    the probe was embedded with test-time flip (not the plain enrolment embedding)."""
+    team = add_team(app, {"olive": "operator", "arthur": "authoriser"}, "a long test password")
+    enrol_people(app, data_dir)
+    olive = team["olive"]
+    app.cases.open(
+        olive, "Q1", "robbery", "identify the suspect", "serious offence; the still is the lead"
+    )
+    app.cases.authorise(team["arthur"], "Q1", True, "proportionate")
+    data = (data_dir / "people/barack_obama/obama2.jpg").read_bytes()
+    prov = ProbeProvenance("CCTV", "exported from shop DVR, exhibit AB/1")
+    probe = app.searches.add_probe(olive, "Q1", data, "obama2.jpg", prov)
+    shown = probe.faces[0].quality
+    assert shown["verdict"] in {"good", "fair", "poor"}
+    assert shown["outlook"].startswith("probes like this find their mate in ")
+    result = app.searches.search(olive, "Q1", probe.probe_id)
+    assert result.probe.quality["outlook"] == shown["outlook"]
+    with app.db.session() as s:
+        rec = s.scalars(select(SearchRecord)).one()
+        assert rec.probe_quality["hit_chance"] == shown["hit_chance"]
+    image = load_image(data_dir / "people/barack_obama/obama2.jpg")
+    plain = primary_face(app.engine.analyse(image), image.shape)
+    as_probe = primary_face(analyse_probe(app.engine, image), image.shape)
+    assert plain is not None and as_probe is not None
+    assert 0.9 < float(plain.embedding @ as_probe.embedding) < 0.99999
