@@ -81,6 +81,9 @@ def print_search_result(data: SearchResult) -> None:
         for line in describe_lineage(data.probe.lineage):
             console.print("  " + line, highlight=False)
     warnings = data.probe.warnings
+    outlook = data.probe.quality.get("outlook")
+    if outlook:  # the calibrated probe quality model's expectation, recorded with the search
+        console.print(f"probe verdict: {data.probe.quality.get('verdict')}: {outlook}")
     if warnings:
         console.print("[yellow]probe quality warnings:[/] " + "; ".join(warnings))
     console.print(threshold_line(data.mode, data.operating_threshold, data.operating_source))

@@ -68,7 +68,7 @@ def detect(
         console.print(f"No face found in {image}.")
         return
     table = Table(title=f"{len(faces)} face(s) in {image.name}")
-    for col in ("#", "box (x1,y1,x2,y2)", "score", "eyes px", "sharp", "yaw", "verdict"):
+    for col in ("#", "box (x1,y1,x2,y2)", "score", "eyes px", "sharp", "yaw", "mate", "verdict"):
         table.add_column(col)
     for i, f in enumerate(faces):
         q = f.quality
@@ -80,6 +80,8 @@ def detect(
             f"{q.inter_eye_px:.0f}",
             f"{q.sharpness:.0f}",
             f"{q.yaw_deg:.0f}",
+            # expected chance that a search with this face finds its mate (probe quality model)
+            "" if q.hit_chance is None else f"{q.hit_chance:.0%} {q.verdict}",
             verdict,
         )
     console.print(table)

@@ -420,6 +420,52 @@ def _degrade_section(rep: IdentifyReport) -> list[str]:
         "a face found count as misses in the rates and are not in these shares.",
         "",
         *_lift_verdict(rep),
+        *_calibrated_verdict(rep),
+    ]
+
+
+def _calibrated_verdict(rep: IdentifyReport) -> list[str]:
+    """Coverage of the probe quality model's "poor" verdict, per width (when fitted)."""
+    runs = [("undegraded", rep.to_dict()["quality_vs_miss"])] + [
+        (f"{p.face_width} px", p.to_dict()["quality_vs_miss"]) for p in rep.degrade
+    ]
+    rows = []
+    for name, q in runs:
+        v = q.get("verdict_poor")
+        if v is None:
+            continue
+        rows.append(
+            [
+                name,
+                f"{_pct(v['share_of_misses_flagged'])} ({v['misses_flagged']}/{v['misses']})",
+                f"{_pct(v['share_of_hits_flagged'])} ({v['hits_flagged']}/{v['hits']})",
+                _pct(v["mean_predicted_chance"]),
+                _pct(v["observed_rank1"]),
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        "### The calibrated verdict: chance of finding the mate",
+        "",
+        "Each probe face also gets an expected chance of finding its mate from the probe "
+        "quality model (`retroface.vision.probe_quality`, fitted by "
+        "`python bench/fit_probe_quality.py` on these searches with identity-disjoint folds) "
+        "and a verdict good / fair / poor on that chance. Here the shipped model is applied "
+        "to every search (in-sample: `python bench/fit_probe_quality.py` prints the "
+        "out-of-fold figures).",
+        "",
+        _table(
+            [
+                "Probe face width",
+                "Rank-1 misses rated poor",
+                "Hits rated poor",
+                "Mean predicted chance",
+                "Observed rank-1 (face found)",
+            ],
+            rows,
+        ),
+        "",
     ]
 
 

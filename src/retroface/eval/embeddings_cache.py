@@ -36,11 +36,13 @@ from numpy.typing import NDArray
 from retroface.core.errors import RetrofaceError
 from retroface.eval.degrade import DegradeSpec, degrade_image
 from retroface.media.images import load_image
-from retroface.vision.engines import EngineOptions, primary_face
+from retroface.vision.engines import EngineOptions, analyse_probe, primary_face
+from retroface.vision.probe_quality import FEATURES
 from retroface.vision.types import FaceEngine, ModelIdentity
 
 CACHE_DIRNAME = "eval-cache"
-CACHE_FORMAT = 1
+#: 2: per-image probe quality features (the calibrated quality model's inputs).
+CACHE_FORMAT = 2
 #: Save the cache every this many new images, so an interrupted run keeps its work.
 SAVE_EVERY = 500
 
@@ -70,6 +72,8 @@ class FaceRecord:
     acceptable: bool
     n_faces: int
     error: str = ""
+    #: the probe quality model's inputs (``FEATURES``); None where not found or not measured
+    features: NDArray[np.float32] | None = None
 
 
 @dataclass
@@ -88,6 +92,8 @@ class EmbeddingSet:
     variant: str
     computed: int  # images embedded in this run (the rest came from the cache)
     seconds: float
+    #: (n, len(FEATURES)) probe quality features; NaN rows where not found or not measured
+    features: NDArray[np.float32] | None = None
 
     def index_of(self) -> dict[Path, int]:
         return {p: i for i, p in enumerate(self.paths)}
@@ -113,6 +119,7 @@ PIPELINE_MODULES: dict[str, tuple[str, ...]] = {
         "retroface.vision.alignment",
         "retroface.vision.arcface",
         "retroface.vision.onnx_runtime",
+        "retroface.vision.probe_quality",
     ),
     "dlib": ("retroface.vision.dlib_backend",),
 }
@@ -150,7 +157,9 @@ def pipeline_fingerprint(backend: str, degraded: bool) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
-def variant_key(model: ModelIdentity, spec: EngineSpec, degrade: DegradeSpec | None) -> str:
+def variant_key(
+    model: ModelIdentity, spec: EngineSpec, degrade: DegradeSpec | None, probe: bool = False
+) -> str:
     parts: dict[str, Any] = {
         "model": model.key,
         **spec.settings(),
@@ -159,7 +168,13 @@ def variant_key(model: ModelIdentity, spec: EngineSpec, degrade: DegradeSpec | N
     }
     if degrade is not None:
         parts["degrade"] = asdict(degrade)
+    if probe:  # analysed as a search probe (``analyse_probe``: arcface adds test-time flip)
+        parts["probe"] = True
     return json.dumps(parts, sort_keys=True)
+
+
+#: embedding, found, box, detection score, acceptable, faces in the image, quality features
+_Row = tuple[NDArray[np.float32], bool, NDArray[np.float32], float, bool, int, NDArray[np.float32]]
 
 
 class EmbeddingCache:
@@ -169,9 +184,7 @@ class EmbeddingCache:
         self.folder = folder
         self.variant = variant
         self.dim = dim
-        self.rows: dict[
-            str, tuple[NDArray[np.float32], bool, NDArray[np.float32], float, bool, int]
-        ]
+        self.rows: dict[str, _Row]
         self.rows = {}
         self._dirty = False
         if folder is not None and self.path.is_file():
@@ -192,6 +205,7 @@ class EmbeddingCache:
                 keys = z["keys"].tolist()
                 emb, found, boxes = z["embeddings"], z["found"], z["boxes"]
                 det, ok, n_faces = z["det_scores"], z["acceptable"], z["n_faces"]
+                feats = z["features"]
         except (OSError, KeyError, ValueError):
             return  # unreadable cache: recompute rather than fail
         for i, key in enumerate(keys):
@@ -202,13 +216,14 @@ class EmbeddingCache:
                 float(det[i]),
                 bool(ok[i]),
                 int(n_faces[i]),
+                feats[i].copy(),
             )
 
     def get(self, key: str) -> FaceRecord | None:
         row = self.rows.get(key)
         if row is None:
             return None
-        emb, found, box, det, ok, n = row
+        emb, found, box, det, ok, n, feats = row
         return FaceRecord(
             found=found,
             embedding=emb if found else None,
@@ -216,6 +231,7 @@ class EmbeddingCache:
             det_score=det,
             acceptable=ok,
             n_faces=n,
+            features=None if np.isnan(feats).all() else feats,
         )
 
     def put(self, key: str, rec: FaceRecord) -> None:
@@ -223,6 +239,11 @@ class EmbeddingCache:
             return
         emb = rec.embedding if rec.embedding is not None else np.zeros(self.dim, np.float32)
         box = np.asarray(rec.box if rec.box is not None else (np.nan,) * 4, dtype=np.float32)
+        feats = (
+            np.asarray(rec.features, dtype=np.float32)
+            if rec.features is not None
+            else np.full(len(FEATURES), np.nan, dtype=np.float32)
+        )
         self.rows[key] = (
             np.asarray(emb, dtype=np.float32),
             rec.found,
@@ -230,6 +251,7 @@ class EmbeddingCache:
             rec.det_score,
             rec.acceptable,
             rec.n_faces,
+            feats,
         )
         self._dirty = True
 
@@ -251,6 +273,7 @@ class EmbeddingCache:
             det_scores=np.array(cols[3], dtype=np.float32),
             acceptable=np.array(cols[4], dtype=bool),
             n_faces=np.array(cols[5], dtype=np.int32),
+            features=np.stack(cols[6]).astype(np.float32),
         )
         os.replace(tmp, self.path)
         self._dirty = False
@@ -278,12 +301,13 @@ def _worker_identity(degraded: bool) -> tuple[str, str]:
     return key, pipeline_fingerprint(_ENGINE.identity.backend, degraded)
 
 
-Task = tuple[int, str, tuple[float, float, float, float] | None, DegradeSpec | None]
+#: index, path, source face box (for degrading), degradation, analysed as a search probe
+Task = tuple[int, str, tuple[float, float, float, float] | None, DegradeSpec | None, bool]
 
 
 def analyse_one(engine: FaceEngine, task: Task) -> tuple[int, FaceRecord]:
     """Load (and degrade) one image, keep its primary face."""
-    index, path, box, degrade = task
+    index, path, box, degrade, probe = task
     try:
         image = load_image(path)
     except Exception as exc:  # a broken file is reported per image, never fatal
@@ -292,7 +316,7 @@ def analyse_one(engine: FaceEngine, task: Task) -> tuple[int, FaceRecord]:
         if box is None:  # no face found in the clean image: nothing to size the degradation by
             return index, FaceRecord(False, None, None, 0.0, False, 0)
         image = degrade_image(image, box, degrade).image
-    faces = engine.analyse(image)
+    faces = analyse_probe(engine, image) if probe else engine.analyse(image)
     face = primary_face(faces, image.shape)
     if face is None:
         return index, FaceRecord(False, None, None, 0.0, False, len(faces))
@@ -303,6 +327,11 @@ def analyse_one(engine: FaceEngine, task: Task) -> tuple[int, FaceRecord]:
         det_score=float(face.det_score),
         acceptable=bool(face.quality.acceptable),
         n_faces=len(faces),
+        features=(
+            np.asarray(face.quality.features, dtype=np.float32)
+            if len(face.quality.features) == len(FEATURES)
+            else None
+        ),
     )
 
 
@@ -363,15 +392,17 @@ def embed_images(
     source_boxes: Sequence[tuple[float, float, float, float] | None] | None = None,
     progress: ProgressFn | None = None,
     label: str = "Embedding",
+    probe: bool = False,
 ) -> EmbeddingSet:
     """Primary-face embeddings of ``paths``, computed only for images not in the cache.
 
     With ``degrade``, each image is first degraded around its face box from ``source_boxes``
     (the clean run's detections); images without a box count as failures to detect.
-    ``engine`` (already built, in this process) is used when running in-process.
+    ``engine`` (already built, in this process) is used when running in-process. With
+    ``probe`` the images are analysed as search probes are (``analyse_probe``).
     """
     start = time.perf_counter()
-    variant = variant_key(model, spec, degrade)
+    variant = variant_key(model, spec, degrade, probe)
     cache = EmbeddingCache(cache_dir, variant, model.embedding_size)
     n = len(paths)
     records: list[FaceRecord | None] = [None] * n
@@ -383,7 +414,7 @@ def embed_images(
             records[i] = rec
         else:
             box = source_boxes[i] if source_boxes is not None else None
-            tasks.append((i, str(p), box, degrade))
+            tasks.append((i, str(p), box, degrade, probe))
     done = n - len(tasks)
     if progress:
         progress(label, done, n)
@@ -411,6 +442,7 @@ def embed_images(
     det = np.zeros(n, dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
     n_faces = np.zeros(n, dtype=np.int32)
+    feats = np.full((n, len(FEATURES)), np.nan, dtype=np.float32)
     errors: dict[int, str] = {}
     for i, rec in enumerate(records):
         assert rec is not None
@@ -418,6 +450,8 @@ def embed_images(
             found[i] = True
             emb[i] = rec.embedding
             boxes[i] = rec.box
+            if rec.features is not None:
+                feats[i] = rec.features
         det[i], ok[i], n_faces[i] = rec.det_score, rec.acceptable, rec.n_faces
         if rec.error:
             errors[i] = rec.error
@@ -434,4 +468,5 @@ def embed_images(
         variant=variant,
         computed=len(tasks),
         seconds=time.perf_counter() - start,
+        features=feats,
     )

@@ -57,6 +57,8 @@ from retroface.eval.metrics import (
     rate_key,
     samples_needed,
 )
+from retroface.eval.quality_fit import QualitySamples
+from retroface.vision.probe_quality import HitChanceModel, model_for
 from retroface.vision.types import FaceEngine, ModelIdentity
 
 OPERATING_FPIR = 0.01
@@ -100,6 +102,7 @@ class Evaluator:
         label: str,
         degrade: DegradeSpec | None = None,
         boxes: Sequence[tuple[float, float, float, float] | None] | None = None,
+        probe: bool = False,
     ) -> EmbeddingSet:
         return embed_images(
             paths,
@@ -112,6 +115,7 @@ class Evaluator:
             source_boxes=boxes,
             progress=self.progress,
             label=label,
+            probe=probe,
         )
 
 
@@ -136,6 +140,12 @@ class Searches:
     nonmated_ftd: NDArray[np.bool_]
     gallery_templates: int
     gallery_identities: int
+    #: per mated probe: the probe quality model's chance of finding the mate (NaN: no face,
+    #: or no model fitted for this recogniser) and its verdict ("" where no chance)
+    mated_hit_chance: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    mated_verdict: list[str] = field(default_factory=list)
+    #: per mated probe: the probe quality model's inputs (NaN rows: no face / not measured)
+    mated_features: NDArray[np.float32] | None = None
 
     @property
     def augmented_top(self) -> NDArray[np.float64]:
@@ -218,6 +228,7 @@ def run_searches(
         j = col.get(ident)
         others = np.delete(row, j) if j is not None else row
         nm_top[i] = float(others.max()) if others.size else np.nan
+    chance, verdict = hit_chances(mated)
     return Searches(
         mated_identity=list(mated_identity),
         mate_rank=rank,
@@ -231,7 +242,30 @@ def run_searches(
         nonmated_ftd=~nonmated.found,
         gallery_templates=len(enrolled),
         gallery_identities=len(names),
+        mated_hit_chance=chance,
+        mated_verdict=verdict,
+        mated_features=mated.features,
     )
+
+
+def hit_chances(
+    es: EmbeddingSet, model: HitChanceModel | None = None
+) -> tuple[NDArray[np.float64], list[str]]:
+    """The probe quality model's chance and verdict for each image of ``es`` (the shipped
+    model for ``es``'s recogniser unless one is given; NaN and "" where none applies)."""
+    m = es.model
+    hm = model or model_for(m.backend, m.name, m.version)
+    n = len(es.paths)
+    chance = np.full(n, np.nan)
+    verdict = [""] * n
+    if hm is None or es.features is None:
+        return chance, verdict
+    for i in range(n):
+        x = es.features[i]
+        if es.found[i] and not np.isnan(x).any():
+            chance[i] = hm.chance(x)
+            verdict[i] = hm.verdict(float(chance[i]))
+    return chance, verdict
 
 
 def evaluate_searches(
@@ -291,7 +325,56 @@ def quality_vs_miss(s: Searches, threshold: float | None) -> dict[str, Any]:
             "hits_flagged": int((hit & flagged).sum()),
             "share_of_hits_flagged": _share(int((hit & flagged).sum()), n_hit),
         }
+    poor = np.array([v == "poor" for v in s.mated_verdict], dtype=bool)
+    if poor.size == usable.size and any(s.mated_verdict):
+        # the calibrated verdict (probe quality model): the same shares for "poor"
+        hit = hits["rank1"]
+        miss = usable & ~hit
+        poor &= usable
+        n_miss, n_hit = int(miss.sum()), int(hit.sum())
+        with np.errstate(invalid="ignore"):
+            mean_chance = float(np.nanmean(s.mated_hit_chance[usable])) if usable.any() else None
+        out["verdict_poor"] = {
+            "definition": "probe quality model's verdict 'poor' (chance of finding the mate "
+            "below its cut-off)",
+            "flagged": int(poor.sum()),
+            "misses": n_miss,
+            "misses_flagged": int((miss & poor).sum()),
+            "share_of_misses_flagged": _share(int((miss & poor).sum()), n_miss),
+            "hits": n_hit,
+            "hits_flagged": int((hit & poor).sum()),
+            "share_of_hits_flagged": _share(int((hit & poor).sum()), n_hit),
+            "mean_predicted_chance": mean_chance,
+            "observed_rank1": _share(n_hit, int(usable.sum())),
+        }
     return out
+
+
+def quality_samples(report: IdentifyReport) -> QualitySamples:
+    """The probe quality model's training rows from an identification run: every mated
+    search with a face, an enrolled mate and measured features, clean and degraded."""
+    feats: list[NDArray[np.float32]] = []
+    hits: list[NDArray[np.bool_]] = []
+    ids: list[str] = []
+    widths: list[NDArray[np.int64]] = []
+    runs = [(0, report.searches)] + [(p.face_width, p.searches) for p in report.degrade]
+    for width, s in runs:
+        if s.mated_features is None:
+            continue
+        usable = ~s.mated_ftd & ~s.mated_fte & ~np.isnan(s.mated_features).any(axis=1)
+        idx = np.flatnonzero(usable)
+        feats.append(s.mated_features[idx])
+        hits.append(s.mate_rank[idx] == 1)
+        ids.extend(s.mated_identity[i] for i in idx)
+        widths.append(np.full(idx.size, width, dtype=np.int64))
+    if not feats:
+        raise InvalidInputError("this run measured no probe quality features")
+    return QualitySamples(
+        features=np.concatenate(feats).astype(np.float32),
+        hit=np.concatenate(hits),
+        identity=ids,
+        face_width=np.concatenate(widths),
+    )
 
 
 def _share(a: int, b: int) -> float | None:
@@ -455,8 +538,10 @@ def _protocol_searches(
             "the protocol needs gallery images and mated searches (identities with 2+ images)"
         )
     g = ev.embed([e.path for e in gal], "Embedding gallery")
-    m = ev.embed([e.path for e in mat], "Embedding mated probes")
-    n = ev.embed([e.path for e in non], "Embedding non-mated probes")
+    # probes are analysed as a search analyses them (arcface: test-time flip), the gallery as
+    # enrolment does
+    m = ev.embed([e.path for e in mat], "Embedding mated probes", probe=True)
+    n = ev.embed([e.path for e in non], "Embedding non-mated probes", probe=True)
     if not non and m.found.sum() == 0:
         raise InvalidInputError("no non-mated searches and no mated probe with a face")
     searches = run_searches(
@@ -521,12 +606,14 @@ def identify(
             f"Mated probes at {width} px",
             degrade=spec,
             boxes=_boxes(m),
+            probe=True,
         )
         dn = ev.embed(
             [e.path for e in non],
             f"Non-mated probes at {width} px",
             degrade=spec,
             boxes=_boxes(n),
+            probe=True,
         )
         ds = run_searches(
             [e.identity for e in gal],

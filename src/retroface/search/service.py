@@ -67,6 +67,7 @@ from retroface.storage.tables import (
     SearchRecord,
     Subject,
 )
+from retroface.vision.engines import analyse_probe
 from retroface.vision.types import Face, FaceEngine
 
 #: What a search with no candidate at or above the operating threshold says, plainly.
@@ -165,8 +166,8 @@ class SearchService:
         provenance.check()
         self.cases.check_searchable(actor, case_ref, "probe.add")  # before decoding, not after
         image = decode_image(data, name=name, max_pixels=self.max_image_pixels)
-        if faces is None:
-            faces = self.engine.analyse(image)
+        if faces is None:  # analysed as a probe: test-time flip, see ``analyse_probe``
+            faces = analyse_probe(self.engine, image)
         digest = self.blobs.put(data)
         try:
             return self._store_probe(

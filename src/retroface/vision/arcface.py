@@ -41,6 +41,21 @@ class ArcFaceRecogniser:
             out = out + self._run(np.ascontiguousarray(batch[:, :, :, ::-1]))
         return l2_normalise(out)
 
+    def embed_raw(
+        self, crops: list[ImageArray] | np.ndarray, flip: bool = False
+    ) -> tuple[FloatArray, FloatArray | None]:
+        """Unnormalised outputs for the crops and, with ``flip``, for their mirrors. The raw
+        length is a confidence signal (the probe quality model reads it); the search uses
+        :func:`l2_normalise` of the sum, exactly what :meth:`embed` returns."""
+        if len(crops) == 0:
+            empty = np.zeros((0, self.embedding_size), dtype=np.float32)
+            return empty, (empty if flip else None)
+        batch = np.stack(list(crops)).astype(np.float32)
+        batch = ((batch - 127.5) / 127.5).transpose(0, 3, 1, 2)
+        out = self._run(batch)
+        mirrored = self._run(np.ascontiguousarray(batch[:, :, :, ::-1])) if flip else None
+        return out, mirrored
+
     def _run(self, batch: np.ndarray) -> FloatArray:
         parts = []
         for start in range(0, batch.shape[0], self.batch_size):

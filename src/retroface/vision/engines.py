@@ -17,9 +17,10 @@ import numpy as np
 
 from retroface.vision.alignment import align_face
 from retroface.vision.arcface import ArcFaceRecogniser
+from retroface.vision.probe_quality import model_for
 from retroface.vision.quality import QualityPolicy, measure_quality
-from retroface.vision.scrfd import ScrfdDetector
-from retroface.vision.types import Face, FaceEngine, ImageArray, ModelIdentity
+from retroface.vision.scrfd import Detections, ScrfdDetector
+from retroface.vision.types import Face, FaceEngine, ImageArray, ModelIdentity, l2_normalise
 from retroface.vision.weights import OnnxModelSet, default_model_set, folder_model_set
 
 if TYPE_CHECKING:
@@ -31,6 +32,36 @@ BACKENDS = ("arcface", "dlib")
 #: (and cached evaluation embeddings) from an older pipeline are never mixed with new ones.
 #: 2: small images are no longer enlarged before detection.
 ARCFACE_PIPELINE = 2
+
+
+#: Whether probes are embedded with test-time flip (:meth:`ArcFaceEngine.analyse_probe`).
+PROBE_FLIP = True
+
+
+def analyse_probe(engine: FaceEngine, image: ImageArray) -> list[Face]:
+    """Faces of a search probe: the engine's probe analysis where it has one (arcface: with
+    test-time flip), else its plain :meth:`~FaceEngine.analyse`."""
+    probe = getattr(engine, "analyse_probe", None)
+    return probe(image) if callable(probe) else engine.analyse(image)
+
+
+def second_look_factors(shape: tuple[int, ...], det_size: int) -> tuple[float, ...]:
+    """Rescale factors to try, in order, on an image where SCRFD found no face.
+
+    - Enlarged 2x, then 4x, while the result still fits the detector input: SCRFD's smallest
+      anchors (16 px at stride 8) miss faces much under 16 px wide, and the detector never
+      enlarges an image itself (which suits portraits: see ``ScrfdDetector._prepare``). On LFW
+      faces shrunk to 16 px wide in 45x45 px images, SCRFD found 7 of 10 as they were and all
+      10 enlarged 4x; at 12 px, 1 and 7.
+    - Shrunk to a half, then a quarter, while the long side stays at least 64 px: a blurred,
+      enlarged face (an exported CCTV still) looks like a face again when small. On 950 LFW
+      probes degraded to 16 px faces and enlarged back (``eval --degrade``) this found 33 of
+      the 37 faces SCRFD missed at full size (30 at a half, 3 at a quarter).
+    """
+    longest = max(shape[:2])
+    up = tuple(f for f in (2.0, 4.0) if longest * f <= det_size)
+    down = tuple(f for f in (0.5, 0.25) if longest * f >= 64)
+    return up + down
 
 
 class ArcFaceEngine:
@@ -72,23 +103,59 @@ class ArcFaceEngine:
             licence=self.models.licence,
             weights=(self.models.detector, self.models.recogniser),
         )
+        #: The calibrated probe quality model, when one was fitted for these weights.
+        self.hit_model = model_for("arcface", self.identity.name, self.identity.version)
+
+    def detect(self, image: ImageArray) -> Detections:
+        """SCRFD on the image as it is; only when that finds no face, a second look at a
+        rescaled copy (see :data:`SECOND_LOOK`). A face found the first time is never
+        re-detected, so every embedding the first look gives is unchanged (no pipeline bump:
+        stored templates stay comparable)."""
+        dets = self.detector.detect(image)
+        if len(dets) > 0:
+            return dets
+        for factor in second_look_factors(image.shape, self.detector.input_size):
+            dets = self.detector.detect_rescaled(image, factor)
+            if len(dets) > 0:
+                return dets
+        return dets
 
     def analyse(self, image: ImageArray) -> list[Face]:
-        dets = self.detector.detect(image)
+        return self._analyse(image, probe=False)
+
+    def analyse_probe(self, image: ImageArray) -> list[Face]:
+        """:meth:`analyse` for a search probe: the embedding also averages the mirrored crop
+        (test-time flip). Probes only, so stored templates keep the model key's embedding;
+        the average lies in the same space, so it is compared with them as it is. See
+        :data:`PROBE_FLIP` for what it gains."""
+        return self._analyse(image, probe=PROBE_FLIP)
+
+    def _analyse(self, image: ImageArray, probe: bool) -> list[Face]:
+        dets = self.detect(image)
         if len(dets) == 0:
             return []
         crops = [align_face(image, lm, self.recogniser.crop_size) for lm in dets.landmarks]
-        embeddings = self.recogniser.embed(crops, flip=self.flip)
+        raw, mirrored = self.recogniser.embed_raw(crops, flip=self.flip or probe)
+        embeddings = l2_normalise(raw if mirrored is None else raw + mirrored)
+        norms = np.linalg.norm(raw, axis=1)
         faces = []
         for i, crop in enumerate(crops):
             score = float(dets.scores[i])
+            quality = measure_quality(
+                crop,
+                dets.landmarks[i],
+                score,
+                self.quality_policy,
+                embedding_norm=float(norms[i]),
+                hit_model=self.hit_model,
+            )
             faces.append(
                 Face(
                     box=tuple(float(v) for v in dets.boxes[i]),  # type: ignore[arg-type]
                     landmarks=dets.landmarks[i],
                     det_score=score,
                     crop=crop,
-                    quality=measure_quality(crop, dets.landmarks[i], score, self.quality_policy),
+                    quality=quality,
                     embedding=embeddings[i],
                     model=self.identity,
                 )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from retroface.vision.probe_quality import HitChanceModel, quality_features
 from retroface.vision.types import FloatArray, ImageArray, Quality
 
 
@@ -55,8 +56,13 @@ def measure_quality(
     landmarks: FloatArray,
     det_score: float,
     policy: QualityPolicy | None = None,
+    *,
+    embedding_norm: float = 0.0,
+    hit_model: HitChanceModel | None = None,
 ) -> Quality:
-    """Measure a face from its aligned crop and its landmarks in the source image."""
+    """Measure a face from its aligned crop and its landmarks in the source image; with a
+    ``hit_model`` (and the raw embedding's length) also its expected chance of finding its
+    mate and the good/fair/poor verdict on that chance."""
     policy = policy or QualityPolicy()
     lm = np.asarray(landmarks, dtype=np.float64)
     inter_eye = float(np.linalg.norm(lm[1] - lm[0]))
@@ -95,6 +101,17 @@ def measure_quality(
         reasons.append(f"turned away: yaw about {yaw:.0f} deg (limit {policy.max_abs_yaw_deg:.0f})")
     if abs(roll) > policy.max_abs_roll_deg:
         reasons.append(f"head tilted: roll {roll:.0f} deg (limit {policy.max_abs_roll_deg:.0f})")
+    chance: float | None = None
+    verdict = ""
+    features: tuple[float, ...] = ()
+    if embedding_norm > 0:  # only backends with a raw embedding feed the probe quality model
+        x = quality_features(
+            crop, inter_eye, sharpness, det_score, yaw, roll, brightness, contrast, embedding_norm
+        )
+        features = tuple(float(v) for v in x)
+        if hit_model is not None:
+            chance = hit_model.chance(x)
+            verdict = hit_model.verdict(chance)
     return Quality(
         inter_eye_px=inter_eye,
         det_score=float(det_score),
@@ -105,4 +122,8 @@ def measure_quality(
         roll_deg=roll,
         acceptable=not reasons,
         reasons=tuple(reasons),
+        hit_chance=chance,
+        verdict=verdict,
+        embedding_norm=float(embedding_norm),
+        features=features,
     )

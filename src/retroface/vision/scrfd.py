@@ -104,6 +104,18 @@ class ScrfdDetector:
         blob = (canvas.astype(np.float32) - 127.5) / 128.0
         return blob.transpose(2, 0, 1)[None], scale
 
+    def detect_rescaled(self, image: ImageArray, factor: float) -> Detections:
+        """Faces found in ``image`` resized by ``factor`` (cubic when enlarging, area averaging
+        when shrinking), with coordinates mapped back to ``image``'s pixels."""
+        h, w = image.shape[:2]
+        size = (max(1, round(w * factor)), max(1, round(h * factor)))
+        interp = cv2.INTER_CUBIC if factor > 1 else cv2.INTER_AREA
+        dets = self.detect(np.ascontiguousarray(cv2.resize(image, size, interpolation=interp)))
+        sx, sy = size[0] / w, size[1] / h
+        boxes = dets.boxes / np.array([sx, sy, sx, sy], dtype=np.float32)
+        landmarks = dets.landmarks / np.array([sx, sy], dtype=np.float32)
+        return Detections(boxes.astype(np.float32), dets.scores, landmarks.astype(np.float32))
+
     def detect(self, image: ImageArray, max_faces: int = 0) -> Detections:
         """Faces in an RGB image, in descending score order, coordinates in image pixels."""
         blob, scale = self._prepare(image)

@@ -67,8 +67,31 @@ class Quality:
     roll_deg: float
     acceptable: bool = True
     reasons: tuple[str, ...] = ()
+    #: Expected chance that a search with this face finds its mate (the calibrated probe
+    #: quality model, :mod:`retroface.vision.probe_quality`); None where no model applies.
+    hit_chance: float | None = None
+    #: "good", "fair" or "poor" from ``hit_chance``; "" where no model applies.
+    verdict: str = ""
+    #: Length of the recogniser's raw (unnormalised) embedding; 0 where the backend has none.
+    embedding_norm: float = 0.0
+    #: The probe quality model's inputs (:data:`retroface.vision.probe_quality.FEATURES`),
+    #: kept so an evaluation can refit the model; empty where the backend has none.
+    features: tuple[float, ...] = ()
+
+    @property
+    def outlook(self) -> str:
+        """The sentence shown before a search ("probes like this find their mate in ...")."""
+        return "" if self.hit_chance is None else outlook_sentence(self.hit_chance)
 
     def to_dict(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.hit_chance is not None:
+            extra = {
+                "hit_chance": round(self.hit_chance, 4),
+                "verdict": self.verdict,
+                "outlook": self.outlook,
+                "embedding_norm": round(self.embedding_norm, 3),
+            }
         return {
             "inter_eye_px": round(self.inter_eye_px, 2),
             "det_score": round(self.det_score, 4),
@@ -79,6 +102,7 @@ class Quality:
             "roll_deg": round(self.roll_deg, 1),
             "acceptable": self.acceptable,
             "reasons": list(self.reasons),
+            **extra,
         }
 
 
@@ -124,6 +148,18 @@ class FaceEngine(Protocol):
     def analyse(self, image: ImageArray) -> list[Face]:
         """Detect, align, assess and embed every face in an RGB ``uint8`` image (H, W, 3)."""
         ...
+
+
+def outlook_sentence(chance: float) -> str:
+    """What a probe's expected chance of finding its mate means, in the operator's words."""
+    pct = round(chance * 100)
+    if pct >= 99:
+        text = "over 99%"
+    elif pct < 1:
+        text = "under 1%"
+    else:
+        text = f"about {pct}%"
+    return f"probes like this find their mate in {text} of searches"
 
 
 def l2_normalise(vectors: FloatArray) -> FloatArray:
