@@ -8,7 +8,6 @@ import typer
 
 from retroface.cli.common import console, describe_lineage, fail, print_json, user_errors
 from retroface.cli.session import state
-from retroface.media.enhance import describe_ops
 
 app = typer.Typer(help="Probes: enhance into a derived version (audited).", no_args_is_help=True)
 
@@ -53,6 +52,8 @@ def enhance(
 @app.command("ops")
 def ops(json_out: bool = typer.Option(False, "--json")) -> None:
     """The enhancement operations and their parameters."""
+    from retroface.media.enhance import describe_ops  # OpenCV: not for every command's start
+
     rows = describe_ops()
     if json_out:
         print_json({"ops": rows})
