@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     #: for documentation screenshots and demonstrations); a request may add blurring, never
     #: remove it.
     blur_all_faces: bool = False
+    #: Fairness gate (docs/fairness.md): a new threshold calibration whose evaluation shows a
+    #: rank-1 FNIR (or FPIR) ratio between the highest and lowest group above this is refused
+    #: unless an admin overrides it with a justification (audited, published). The shipped
+    #: arcface record exceeds 1.5 on FNIR (3.1): the gate applies to changes, not to it.
+    fairness_max_fnir_ratio: float = Field(default=1.5, ge=1.0)
+    fairness_max_fpir_ratio: float = Field(default=1.5, ge=1.0)
     #: Cosine similarity at which ``compare`` calls two faces the same person.
     match_threshold: float = 0.36
     #: Redis for background jobs (RQ workers: ``python -m retroface.jobs.redis_queue``); unset,

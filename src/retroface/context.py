@@ -249,7 +249,13 @@ class AppContext:
 
     @cached_property
     def thresholds(self) -> ThresholdService:
-        return ThresholdService(self.db, self.audit.record, clock=self.clock)
+        return ThresholdService(
+            self.db,
+            self.audit.record,
+            clock=self.clock,
+            max_fnir_ratio=self.settings.fairness_max_fnir_ratio,
+            max_fpir_ratio=self.settings.fairness_max_fpir_ratio,
+        )
 
     @cached_property
     def retention(self) -> RetentionService:

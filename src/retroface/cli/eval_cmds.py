@@ -458,6 +458,18 @@ def calibrate(
     min_group: int = typer.Option(
         100, "--min-group", min=1, help="Searches a group needs before its rates are compared."
     ),
+    worst_group: bool = typer.Option(
+        False,
+        "--worst-group",
+        help="Choose the threshold so that every group of --attributes meets the target FPIR "
+        "(the worst group's), not only the average over everybody.",
+    ),
+    override_fairness: str | None = typer.Option(
+        None,
+        "--override-fairness",
+        help="Record the threshold although its per-group differential exceeds the fairness "
+        "limits (RETROFACE_FAIRNESS_MAX_*_RATIO): the justification, audited and published.",
+    ),
     n_boot: int = _N_BOOT,
     ship: Path | None = typer.Option(
         None,
@@ -483,6 +495,8 @@ def calibrate(
 
     if attributes is not None and not attributes.is_file():
         fail(f"{attributes}: no such file")
+    if worst_group and attributes is None:
+        fail("--worst-group needs --attributes (the groups whose FPIR must meet the target)")
     with user_errors():
         actor = None
         if ship is None:
@@ -500,19 +514,36 @@ def calibrate(
                 progress,
             )
             searches = searches_for(ev, proto)
-        cal = run_calibrate(searches, proto, ev.model.key, target_fpir)
+        cal = run_calibrate(
+            searches,
+            proto,
+            ev.model.key,
+            target_fpir,
+            worst_group_attributes=attributes if worst_group else None,
+        )
         evaluation = calibration_evaluation(
             searches, proto, cal, attributes, min_searches=min_group, n_boot=n_boot
         )
         if ship is not None:
             command = _calibrate_command(
-                dataset, target_fpir, backend, protocol, attributes, min_group, n_boot, ship, limit
+                dataset,
+                target_fpir,
+                backend,
+                protocol,
+                attributes,
+                worst_group,
+                min_group,
+                n_boot,
+                ship,
+                limit,
             )
             _write_shipped(ship, cal, evaluation, ev.describe(), command)
             record_id = None
         else:
             assert actor is not None
-            record_id = state.ctx.thresholds.record(actor, cal, ev.describe(), evaluation)
+            record_id = state.ctx.thresholds.record(
+                actor, cal, ev.describe(), evaluation, override_fairness=override_fairness
+            )
     data = {
         "threshold_record_id": record_id,
         "active": ship is None,
@@ -528,6 +559,12 @@ def calibrate(
         f"{_pct(cal.achieved_fpir)} (target {cal.target_fpir:g}) on {cal.n_nonmated:,} "
         f"non-mated searches, FNIR {_pct(cal.fnir)} on {cal.n_mated:,} mated searches"
     )
+    if cal.rule.get("rule") == "worst_group":
+        console.print(
+            f"worst-group rule: {cal.rule['worst_group'] or 'no group'} "
+            f"({cal.rule['worst_attribute'] or '-'}) needs {cal.threshold:.4f}; the overall "
+            f"rule would give {cal.rule['overall_threshold']:.4f}"
+        )
     for key, p in evaluation["points"].items():
         if p["insufficient_samples"]:
             console.print(f"FPIR {key}: {p['why']}")
@@ -543,6 +580,7 @@ def _calibrate_command(
     backend: str | None,
     protocol: Path | None,
     attributes: Path | None,
+    worst_group: bool,
     min_group: int,
     n_boot: int,
     ship: Path,
@@ -553,6 +591,7 @@ def _calibrate_command(
     parts += ["--backend", backend] if backend else []
     parts += ["--protocol", str(protocol)] if protocol else []
     parts += ["--attributes", str(attributes)] if attributes else []
+    parts += ["--worst-group"] if worst_group else []
     parts += ["--min-group", str(min_group), "--n-boot", str(n_boot)]
     parts += ["--limit", str(limit)] if limit else []
     return " ".join([*parts, "--ship", str(ship)])

@@ -153,6 +153,14 @@ def _print_transparency(report: TransparencyReport) -> None:
         f"deletions: {d['events']} events, {d['probes_deleted']} probe(s), "
         f"{d['search_records_deleted']} search record(s), {d['subjects_erased']} subject(s)"
     )
+    for t in report["threshold_changes"]:
+        o = t["fairness_override"]
+        gate = f"fairness override by {o['by']}: {o['justification']}" if o else "within limits"
+        console.print(
+            f"threshold record {t['record_id']} ({t['model']}, {t['rule']}): "
+            f"{t['threshold']:.4f}; {gate}",
+            highlight=False,
+        )
     console.print(report["notice"])
 
 

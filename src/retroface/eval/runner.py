@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -738,6 +738,9 @@ class Calibration:
     n_nonmated: int
     dataset_hash: str
     dataset: str
+    #: How the threshold was chosen: ``{"rule": "overall"}`` (FPIR over all non-mated searches)
+    #: or the worst-group rule with each group's own threshold (see :func:`worst_group_rule`).
+    rule: dict[str, Any] = field(default_factory=lambda: {"rule": "overall"})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -751,13 +754,72 @@ class Calibration:
             "dataset_hash": self.dataset_hash,
             "dataset": self.dataset,
             "nonmated_set": NONMATED_SET,
+            "rule": self.rule,
         }
 
 
-def calibrate(s: Searches, protocol: Protocol, model_key: str, target_fpir: float) -> Calibration:
+def worst_group_rule(
+    nonmated_top: NDArray[np.float64],
+    nonmated_identity: Sequence[str],
+    attributes: Mapping[str, Mapping[str, str]],
+    target_fpir: float,
+) -> dict[str, Any]:
+    """The threshold at which *every* labelled group's FPIR meets ``target_fpir``.
+
+    Each group (per attribute column) gets its own lowest threshold for the target; the rule's
+    threshold is the highest of them (and of the overall one), so the worst group's false
+    positive rate is within the target, not only the average (issue #17). A group with too few
+    non-mated searches to demonstrate the target (rule of three) cannot constrain it and is
+    listed as such; identities with no label are not a group (they count in the overall rate).
+    The labels are read here, at calibration, never at search time: the result is one global
+    threshold for everybody.
+    """
+    needed = samples_needed(target_fpir)
+    overall = fpir_threshold(nonmated_top, target_fpir)
+    best: tuple[float, str | None, str | None] = (overall, None, None)
+    columns: dict[str, Any] = {}
+    for column, values in attributes.items():
+        labels = np.array([values.get(i, UNLABELLED) for i in nonmated_identity], dtype=object)
+        groups: dict[str, Any] = {}
+        for name in sorted(set(labels.tolist()) - {UNLABELLED}):
+            scores = nonmated_top[labels == name]
+            if scores.size < needed:
+                groups[name] = {"n_nonmated": int(scores.size), "insufficient_samples": True}
+                continue
+            t = fpir_threshold(scores, target_fpir)
+            groups[name] = {
+                "n_nonmated": int(scores.size),
+                "threshold": float(t),
+                "insufficient_samples": False,
+            }
+            if t > best[0]:
+                best = (float(t), column, name)
+        columns[column] = groups
+    return {
+        "rule": "worst_group",
+        "overall_threshold": float(overall),
+        "threshold": best[0],
+        "worst_attribute": best[1],
+        "worst_group": best[2],
+        "groups": columns,
+        "min_nonmated_per_group": needed,
+    }
+
+
+def calibrate(
+    s: Searches,
+    protocol: Protocol,
+    model_key: str,
+    target_fpir: float,
+    *,
+    worst_group_attributes: Path | None = None,
+) -> Calibration:
     """The lowest threshold whose FPIR on the (augmented) non-mated searches is within the
     target, and the rank-1 FNIR there. Refuses when there are too few non-mated searches to
-    demonstrate the target (rule of three): such a threshold would be a guess."""
+    demonstrate the target (rule of three): such a threshold would be a guess.
+
+    With ``worst_group_attributes`` (an attributes CSV) the threshold is the lowest at which
+    every labelled group's FPIR meets the target (:func:`worst_group_rule`)."""
     if not 0 < target_fpir < 1:
         raise InvalidInputError("the target FPIR must be between 0 and 1")
     nm = s.augmented_top
@@ -768,6 +830,13 @@ def calibrate(s: Searches, protocol: Protocol, model_key: str, target_fpir: floa
             f"at least {needed} are needed (rule of three); use a larger dataset"
         )
     t = fpir_threshold(nm, target_fpir)
+    rule: dict[str, Any] = {"rule": "overall"}
+    if worst_group_attributes is not None:
+        rule = worst_group_rule(
+            nm, s.augmented_identity, read_attributes(worst_group_attributes), target_fpir
+        )
+        rule["attributes_file"] = worst_group_attributes.name
+        t = rule["threshold"]
     score = np.where(s.mated_ftd | s.mated_fte, np.nan, s.mate_score)
     rank = np.where(s.mated_ftd | s.mated_fte, 0, s.mate_rank)
     return Calibration(
@@ -780,6 +849,7 @@ def calibrate(s: Searches, protocol: Protocol, model_key: str, target_fpir: floa
         n_nonmated=int(nm.size),
         dataset_hash=protocol.dataset_hash(),
         dataset=str(protocol.dataset),
+        rule=rule,
     )
 
 
@@ -814,6 +884,7 @@ def calibration_evaluation(
             "insufficient_samples": False,
         }
     out: dict[str, Any] = {
+        "rule": cal.rule,
         "points": points,
         "nonmated_set": NONMATED_SET,
         "protocol": protocol.describe(),

@@ -122,6 +122,9 @@ class TransparencyReport(TypedDict):
     searches: dict[str, Any]
     authorisations: dict[str, Any]
     reviews: dict[str, Any]
+    #: Operating-threshold changes recorded in the period, with the rule that chose each and
+    #: any fairness-gate override (issue #17): a published override is the point of allowing it.
+    threshold_changes: list[dict[str, Any]]
     deletions: dict[str, Any]
     gallery: dict[str, Any]
 
@@ -158,6 +161,14 @@ def transparency(app: ReportSource, start: datetime, end: datetime) -> Transpare
         authorisations = _authorisations(s, start, end)
         reviews = _reviews(s, start, end)
         deletions = _deletions(s, start, end)
+        threshold_changes = [
+            _threshold_row(t)
+            for t in s.scalars(
+                select(ThresholdRecord)
+                .where(ThresholdRecord.created_at >= start, ThresholdRecord.created_at < end)
+                .order_by(ThresholdRecord.id)
+            )
+        ]
     return {
         "report": "transparency",
         "period": {
@@ -171,7 +182,34 @@ def transparency(app: ReportSource, start: datetime, end: datetime) -> Transpare
         "authorisations": authorisations,
         "reviews": reviews,
         "deletions": deletions,
+        "threshold_changes": threshold_changes,
         "gallery": gallery_stats(app.db).model_dump(mode="json"),
+    }
+
+
+def _threshold_row(t: ThresholdRecord) -> dict[str, Any]:
+    """A threshold record as the reports publish it, with its rule and fairness-gate outcome."""
+    evaluation = t.evaluation or {}
+    fairness = evaluation.get("fairness") or {}
+    override = fairness.get("override") or None
+    return {
+        "record_id": t.id,
+        "model": t.model_key,
+        "threshold": t.threshold,
+        "target_fpir": t.target_fpir,
+        "achieved_fpir": t.achieved_fpir,
+        "fnir": t.fnir,
+        "dataset": t.dataset,
+        "dataset_sha256": t.dataset_hash,
+        "mated_searches": t.n_mated,
+        "non_mated_searches": t.n_nonmated,
+        "date": _iso(t.created_at),
+        "by": t.created_by,
+        "active": t.active,
+        "rule": (evaluation.get("rule") or {}).get("rule", "overall"),
+        "fairness_checked": bool(fairness.get("checked")),
+        "fairness_breaches": fairness.get("breaches") or [],
+        "fairness_override": override,
     }
 
 
@@ -422,20 +460,7 @@ def dpia(app: DpiaSource) -> DpiaReport:
         )
         users = s.execute(select(User.roles, User.active)).all()
         thresholds = [
-            {
-                "model": t.model_key,
-                "threshold": t.threshold,
-                "target_fpir": t.target_fpir,
-                "achieved_fpir": t.achieved_fpir,
-                "fnir": t.fnir,
-                "dataset": t.dataset,
-                "dataset_sha256": t.dataset_hash,
-                "mated_searches": t.n_mated,
-                "non_mated_searches": t.n_nonmated,
-                "date": _iso(t.created_at),
-                "by": t.created_by,
-                "active": t.active,
-            }
+            _threshold_row(t)
             for t in s.scalars(select(ThresholdRecord).order_by(ThresholdRecord.id))
         ]
         live = operating_threshold(s, app.engine.identity.key)

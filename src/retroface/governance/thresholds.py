@@ -9,6 +9,13 @@ one for its model: it is measured on the force's own kind of images, which the s
 Every later search records the operating threshold it ran against and where it came from, so
 setting one changes how every candidate list is read: only an admin may, and each new record (or
 refused attempt) is written to the audit log by this service, not by a front end.
+
+The fairness gate (issue #17): a calibration whose stored evaluation shows a FNIR or FPIR ratio
+between groups above the configured limits (``RETROFACE_FAIRNESS_MAX_FNIR_RATIO`` /
+``..._FPIR_RATIO``) is refused, audited as ``threshold.calibrate.refused`` with the figures,
+unless the admin gives a justification to override it; the override is stored with the record,
+audited, and listed in the transparency and DPIA reports. It gates *changes*: the shipped record
+is package data reviewed like code (and today exceeds the FNIR limit, see docs/fairness.md).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from sqlalchemy.orm import Session
 from retroface.audit.guard import Guard
 from retroface.core.access import AuditFn, Principal
 from retroface.core.clock import utcnow
+from retroface.core.errors import ConflictError
 from retroface.core.roles import Role
 from retroface.storage.db import Database
 from retroface.storage.tables import ThresholdRecord
@@ -89,6 +97,42 @@ def group_rates(evaluation: Mapping[str, Any] | None) -> dict[str, Any]:
     for column, demo in ((evaluation or {}).get("demographics") or {}).items():
         groups = (demo.get("result") or {}).get("groups") or {}
         out[column] = {g: {"fnir": m.get("fnir"), "fpir": m.get("fpir")} for g, m in groups.items()}
+    return out
+
+
+def fairness_breaches(
+    evaluation: Mapping[str, Any] | None, max_fnir_ratio: float, max_fpir_ratio: float
+) -> list[dict[str, Any]]:
+    """Each (attribute, rate) whose ratio between the highest and lowest group exceeds its limit.
+
+    The ratios are those the evaluation stored (groups with too few searches, and identities
+    with no label, already left out). A lowest rate of 0 under a positive highest one has no
+    finite ratio and counts as a breach: one group bears every error of that kind.
+    """
+    out: list[dict[str, Any]] = []
+    for column, demo in ((evaluation or {}).get("demographics") or {}).items():
+        result = demo.get("result") or {}
+        groups = result.get("groups") or {}
+        for rate, limit in (("fnir", max_fnir_ratio), ("fpir", max_fpir_ratio)):
+            ratio = result.get(f"{rate}_ratio")
+            hi, lo = result.get(f"{rate}_highest"), result.get(f"{rate}_lowest")
+            if ratio is None:
+                if hi is None or not (groups.get(hi) or {}).get(rate):
+                    continue
+                ratio = float("inf")
+            if ratio > limit:
+                out.append(
+                    {
+                        "attribute": column,
+                        "rate": rate,
+                        "ratio": ratio if ratio != float("inf") else None,
+                        "limit": limit,
+                        "highest": hi,
+                        "lowest": lo,
+                        "highest_rate": (groups.get(hi) or {}).get(rate),
+                        "lowest_rate": (groups.get(lo) or {}).get(rate),
+                    }
+                )
     return out
 
 
@@ -166,12 +210,20 @@ class Calibration(Protocol):
 
 class ThresholdService:
     def __init__(
-        self, db: Database, audit: AuditFn, clock: Callable[[], datetime] = utcnow
+        self,
+        db: Database,
+        audit: AuditFn,
+        clock: Callable[[], datetime] = utcnow,
+        *,
+        max_fnir_ratio: float = 1.5,
+        max_fpir_ratio: float = 1.5,
     ) -> None:
         self.db = db
         self.audit = audit
         self.clock = clock
         self.guard = Guard(db, audit, clock)
+        self.max_fnir_ratio = max_fnir_ratio
+        self.max_fpir_ratio = max_fpir_ratio
 
     def check_may_record(self, principal: Principal) -> None:
         """Refuse (audited) a caller who may not set thresholds: called before minutes of
@@ -184,6 +236,8 @@ class ThresholdService:
         cal: Calibration,
         pipeline: Mapping[str, Any] | None = None,
         evaluation: Mapping[str, Any] | None = None,
+        *,
+        override_fairness: str | None = None,
     ) -> int:
         """Make ``cal`` the model's active threshold; returns the new record's id.
 
@@ -191,8 +245,48 @@ class ThresholdService:
         in one transaction, so no search can see two active thresholds or none in between.
         ``evaluation`` (per-group figures at the threshold, other FPIR points) is stored with
         it and its per-group figures audited: a threshold change regenerates the DPIA figures.
+
+        A differential above the fairness limits refuses the change (audited, ConflictError)
+        unless ``override_fairness`` gives the admin's justification, which is then stored
+        with the record and audited.
         """
         self.check_may_record(principal)
+        limits = {"max_fnir_ratio": self.max_fnir_ratio, "max_fpir_ratio": self.max_fpir_ratio}
+        breaches = fairness_breaches(evaluation, self.max_fnir_ratio, self.max_fpir_ratio)
+        justification = (override_fairness or "").strip() or None
+        if breaches and justification is None:
+            shown = "; ".join(
+                f"{b['rate'].upper()} ratio by {b['attribute']} "
+                f"{'unbounded' if b['ratio'] is None else format(b['ratio'], '.3g')} "
+                f"({b['highest']} vs {b['lowest']}) > {b['limit']:g}"
+                for b in breaches
+            )
+            error = ConflictError(
+                f"the calibration's differential exceeds the fairness limits: {shown}; an admin "
+                "may record it with a justification (--override-fairness)"
+            )
+            self.guard.refused(
+                principal,
+                ACTION,
+                error,
+                object_type="threshold_record",
+                details={
+                    "model_key": cal.model_key,
+                    "threshold": cal.threshold,
+                    "fairness": {"limits": limits, "breaches": breaches},
+                    "demographics": group_rates(evaluation),
+                },
+            )
+            raise error
+        fairness: dict[str, Any] = {
+            "checked": bool((evaluation or {}).get("demographics")),
+            "limits": limits,
+            "breaches": breaches,
+            "override": (
+                {"justification": justification, "by": principal.username} if breaches else None
+            ),
+        }
+        stored = {**evaluation, "fairness": fairness} if evaluation else None
         now = self.clock()
         with self.db.session() as s:
             previous = s.execute(
@@ -215,7 +309,7 @@ class ThresholdService:
                 created_at=now,
                 created_by=principal.username,
                 active=True,
-                evaluation=dict(evaluation) if evaluation else None,
+                evaluation=stored,
             )
             s.add(record)
             s.flush()
@@ -238,6 +332,8 @@ class ThresholdService:
                     "deactivated": deactivated,
                     "pipeline": {k: v for k, v in (pipeline or {}).items() if k in PIPELINE_KEYS},
                     "demographics": group_rates(evaluation),
+                    "rule": (evaluation or {}).get("rule", {}).get("rule", "overall"),
+                    "fairness": fairness,
                 },
                 ts=now,
             )
