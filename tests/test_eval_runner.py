@@ -386,6 +386,39 @@ def test_dpia_shows_the_per_group_figures_of_the_calibration_run(
     }
 
 
+def test_calibrate_by_the_worst_group(
+    cli: Run, app: AppContext, small_lfw: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--worst-group``: every labelled group's FPIR within the target at the recorded
+    threshold, the rule stored with the record and audited (issue #17)."""
+    app.users.ensure_admin("admin", PASSWORD)
+    monkeypatch.setenv("RETROFACE_PASSWORD", PASSWORD)
+    args = ["eval", "calibrate", str(small_lfw), "--target-fpir", "0.2", "--json"]
+    code, _, err = cli("--user", "admin", *args, "--worst-group", ctx=app)
+    assert code == 2 and "--worst-group needs --attributes" in err
+    attrs = ["--attributes", str(data_dir / "lfw_attributes.csv"), "--min-group", "5"]
+    code, out, err = cli(
+        "--user", "admin", *args, *attrs, "--n-boot", "50", "--worst-group", ctx=app
+    )
+    assert code == 0, err
+    run = json.loads(out)
+    rule = run["rule"]
+    assert rule["rule"] == "worst_group" and run["threshold"] == rule["threshold"]
+    assert run["threshold"] >= rule["overall_threshold"]
+    # 2 non-mated searches of women cannot show FPIR 20% (15 needed): listed, not constraining
+    assert rule["groups"]["sex"]["female"] == {"n_nonmated": 2, "insufficient_samples": True}
+    groups = run["evaluation"]["demographics"]["sex"]["result"]["groups"]
+    assert run["evaluation"]["rule"] == rule
+    checked = [n for n, g in rule["groups"]["sex"].items() if not g["insufficient_samples"]]
+    assert checked == ["male"] and all(groups[n]["fpir"] <= 0.2 for n in checked)
+    with app.db.session() as s:
+        audit = s.scalars(
+            select(AuditRecord).where(AuditRecord.action == "threshold.calibrate")
+        ).one()
+    assert audit.details["rule"] == "worst_group"
+    assert audit.details["demographics"]["sex"].keys() == groups.keys()
+
+
 @pytest.mark.slow
 def test_lfw_acceptance(cli: Run, data_dir: Path) -> None:
     """The default backend on the full LFW protocol (minutes: embeds 6,175 images)."""
