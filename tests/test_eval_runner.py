@@ -419,6 +419,36 @@ def test_calibrate_by_the_worst_group(
     assert audit.details["demographics"]["sex"].keys() == groups.keys()
 
 
+def test_calibrate_through_the_fairness_gate(
+    cli: Run,
+    make_app: Callable[..., AppContext],
+    small_lfw: Path,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CLI: a calibration whose differential exceeds the limit is refused (exit 2, audited)
+    and goes through with ``--override-fairness``, which is stored with the record."""
+    app = make_app(fairness_max_fnir_ratio=1.0, fairness_max_fpir_ratio=1.0)
+    app.users.ensure_admin("admin", PASSWORD)
+    monkeypatch.setenv("RETROFACE_PASSWORD", PASSWORD)
+    args = ["eval", "calibrate", str(small_lfw), "--target-fpir", "0.2", "--n-boot", "50"]
+    args += ["--attributes", str(data_dir / "lfw_attributes.csv"), "--min-group", "1", "--json"]
+    code, out, err = cli("--user", "admin", *args, ctx=app)
+    assert code == 2 and "exceeds the fairness limits" in err
+    code, out, err = cli("--user", "admin", *args, "--override-fairness", "test data", ctx=app)
+    assert code == 0, err
+    run = json.loads(out)
+    with app.db.session() as s:
+        record = s.get(ThresholdRecord, run["threshold_record_id"])
+        assert record is not None and record.evaluation is not None
+        override = record.evaluation["fairness"]["override"]
+        refused = s.scalars(
+            select(AuditRecord).where(AuditRecord.action == "threshold.calibrate.refused")
+        ).one()
+    assert override == {"justification": "test data", "by": "admin"}
+    assert refused.details["fairness"]["breaches"]
+
+
 @pytest.mark.slow
 def test_lfw_acceptance(cli: Run, data_dir: Path) -> None:
     """The default backend on the full LFW protocol (minutes: embeds 6,175 images)."""
