@@ -1,5 +1,5 @@
 """Per-group error rates at the operating threshold, the worst-group threshold, the female misses,
-and one score-normalisation mitigation (issue #17); the numbers of docs/fairness.md.
+and two label-free score normalisations (issue #17); the numbers of docs/fairness.md.
 
 Reuses the embedding cache of ``retroface eval identify DATA/lfw --degrade 40`` (set
 ``RETROFACE_EVAL_CACHE`` to it: the cache key includes the dataset path), so it only searches.
@@ -132,7 +132,20 @@ def misses(
     }
 
 
-def tnorm_kfold(
+def _kmeans(x: NDArray[np.float64], k: int, seed: int = 0, iters: int = 30) -> NDArray[np.float64]:
+    """Spherical k-means centroids of unit vectors ``x`` (no labels: pseudo-groups)."""
+    rng = np.random.default_rng(seed)
+    c = x[rng.choice(x.shape[0], k, replace=False)]
+    for _ in range(iters):
+        a = np.argmax(x @ c.T, axis=1)
+        for j in range(k):
+            if np.any(a == j):
+                m = x[a == j].mean(axis=0)
+                c[j] = m / np.linalg.norm(m)
+    return c
+
+
+def mitigations_kfold(
     g_emb: NDArray[np.float32],
     g_ids: list[str],
     m_emb: NDArray[np.float32],
@@ -142,79 +155,106 @@ def tnorm_kfold(
     n_ids: list[str],
     n_ok: NDArray[np.bool_],
     sex: dict[str, str],
-    cohort: int | None,
     folds: int = 5,
+    clusters: int = 25,
+    far: float = 1e-3,
 ) -> dict[str, Any]:
-    """Raw vs T-normed top scores (each probe's scores standardised by the mean and spread of
-    its scores against the gallery's identities: its ``cohort`` highest, or all), thresholds at
-    FPIR 1% fitted on k-1 identity folds and applied to the held-out one (identity-disjoint)."""
+    """Raw scores against two label-free normalisations, each with its threshold at FPIR 1%
+    fitted on k-1 folds of identities and applied to the held-out fold (identity-disjoint):
+
+    - ``tnorm_*``: each search's scores standardised by the mean and spread of its scores for
+      the gallery's identities (all, or its 100 highest after the first);
+    - ``fsn``: Fair Score Normalization (Terhoerst et al. 2020): k-means pseudo-groups of the
+      training folds' gallery embeddings, each group's threshold at ``far`` on impostor pairs of
+      those gallery images, and a score shifted by the mean of its probe's and its candidate's
+      group thresholds, so every pseudo-group's impostors sit alike. Fitted per fold on the
+      training identities only.
+    """
     names = sorted(set(g_ids))
     col = {n: j for j, n in enumerate(names)}
     column_of = np.array([col[i] for i in g_ids], dtype=np.int64)
+    m_col = np.array([col.get(i, -1) for i in m_ids])
+    n_col = np.array([col.get(i, -1) for i in n_ids])
+    mr = _identity_scores(m_emb, g_emb, column_of, len(names)).astype(np.float64)
+    nr = _identity_scores(n_emb, g_emb, column_of, len(names)).astype(np.float64)
+    everyone = sorted(set(m_ids) | set(n_ids) | set(g_ids))
+    fold_of = {n: k % folds for k, n in enumerate(everyone)}
+    nm_ids = list(n_ids) + list(m_ids)
+    nm_fold = np.array([fold_of[x] for x in nm_ids])
+    m_fold = np.array([fold_of[x] for x in m_ids])
 
-    def rows(e: NDArray[np.float32]) -> NDArray[np.float32]:
-        return _identity_scores(e, g_emb, column_of, len(names))
-
-    def norm(r: NDArray[np.float32]) -> NDArray[np.float64]:
-        x = np.sort(r.astype(np.float64), axis=1)[:, ::-1]
+    def tnorm(r: NDArray[np.float64], cohort: int | None) -> NDArray[np.float64]:
+        x = np.sort(r, axis=1)[:, ::-1]
         c = x[:, 1 : 1 + cohort] if cohort else x[:, 1:]
-        return (r - c.mean(axis=1, keepdims=True)) / c.std(axis=1, keepdims=True)
+        return (r - c.mean(axis=1, keepdims=True)) / (c.std(axis=1, keepdims=True) + 1e-9)
 
-    mr, nr = rows(m_emb), rows(n_emb)
-    result: dict[str, Any] = {}
-    for label, (mx, nx) in {
-        "raw": (mr.astype(np.float64), nr.astype(np.float64)),
-        "tnorm": (norm(mr), norm(nr)),
-    }.items():
-        mate = np.full(len(m_ids), np.nan)
-        rank = np.zeros(len(m_ids), dtype=np.int64)
-        loo = np.full(len(m_ids), np.nan)
-        for i, ident in enumerate(m_ids):
-            j = col.get(ident)
-            if not m_ok[i] or j is None:
-                continue
-            mate[i] = mx[i, j]
-            rank[i] = 1 + int(np.count_nonzero(mx[i] > mx[i, j]))
-            loo[i] = float(np.delete(mx[i], j).max())
-        ntop = np.array(
-            [
-                float(np.delete(nx[i], col[x]).max()) if x in col else float(nx[i].max())
-                for i, x in enumerate(n_ids)
-            ]
+    def fsn(k: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        g = g_emb.astype(np.float64)
+        train = np.array([fold_of[i] != k for i in g_ids])
+        cent = _kmeans(g[train], clusters, seed=k)
+        g_cl = np.argmax(g @ cent.T, axis=1)
+        s = g[train] @ g[train].T
+        ids = np.array(g_ids)[train]
+        impostor = ids[:, None] != ids[None, :]
+        cl = g_cl[train]
+        thr = np.empty(clusters)
+        for c in range(clusters):
+            rows = cl == c
+            v = s[rows][impostor[rows]] if rows.any() else np.empty(0)
+            thr[c] = np.quantile(v, 1 - far) if v.size > 1000 else np.quantile(s[impostor], 1 - far)
+        id_thr = np.zeros(len(names))
+        for i, j in enumerate(column_of):
+            id_thr[j] = thr[g_cl[i]]  # an identity's (first) reference image's group
+        mp = thr[np.argmax(m_emb.astype(np.float64) @ cent.T, axis=1)]
+        npp = thr[np.argmax(n_emb.astype(np.float64) @ cent.T, axis=1)]
+        return mr - 0.5 * (mp[:, None] + id_thr[None, :]), nr - 0.5 * (
+            npp[:, None] + id_thr[None, :]
         )
-        ntop[~n_ok] = np.nan
-        nm_scores = np.concatenate([ntop, loo])
-        nm_ids = list(n_ids) + list(m_ids)
-        fold_of = {n: k % folds for k, n in enumerate(sorted(set(m_ids) | set(n_ids)))}
+
+    def run(scores: Any) -> dict[str, Any]:
         hit = np.zeros(len(m_ids), dtype=bool)
         fp = np.zeros(len(nm_ids), dtype=bool)
-        thresholds = []
         for k in range(folds):
-            train = np.array([fold_of[x] != k for x in nm_ids])
-            t = fpir_threshold(nm_scores[train], 0.01)
-            thresholds.append(t)
-            test_m = np.array([fold_of[x] == k for x in m_ids])
-            hit[test_m] = (rank[test_m] == 1) & (np.nan_to_num(mate[test_m], nan=-1e9) >= t)
-            fp[~train] = np.nan_to_num(nm_scores[~train], nan=-1e9) >= t
+            mx, nx = scores(k)
+            rows = np.arange(len(m_ids))
+            mate = np.where(m_col >= 0, mx[rows, np.maximum(m_col, 0)], np.nan)
+            mate[~m_ok] = np.nan
+            rank = 1 + np.sum(mx > np.nan_to_num(mate, nan=np.inf)[:, None], axis=1)
+            mo = mx.copy()
+            mo[rows[m_col >= 0], m_col[m_col >= 0]] = -np.inf
+            loo = mo.max(axis=1)
+            loo[~m_ok] = np.nan
+            no = nx.copy()
+            nrows = np.arange(len(n_ids))
+            no[nrows[n_col >= 0], n_col[n_col >= 0]] = -np.inf
+            ntop = no.max(axis=1)
+            ntop[~n_ok] = np.nan
+            nm_scores = np.concatenate([ntop, loo])
+            t = fpir_threshold(nm_scores[nm_fold != k], 0.01)
+            test = m_fold == k
+            hit[test] = (rank[test] == 1) & (np.nan_to_num(mate[test], nan=-np.inf) >= t)
+            fp[nm_fold == k] = np.nan_to_num(nm_scores[nm_fold == k], nan=-np.inf) >= t
         groups: dict[str, Any] = {}
         for grp in ("female", "male"):
             gm = np.array([sex.get(x) == grp for x in m_ids])
             gn = np.array([sex.get(x) == grp for x in nm_ids])
-            groups[grp] = {
-                "fnir": 1 - float(hit[gm].mean()),
-                "fpir": float(fp[gn].mean()),
-                "n_mated": int(gm.sum()),
-                "n_nonmated": int(gn.sum()),
-            }
-        result[label] = {
+            groups[grp] = {"fnir": 1 - float(hit[gm].mean()), "fpir": float(fp[gn].mean())}
+        return {
             "fnir": 1 - float(hit.mean()),
             "fpir": float(fp.mean()),
-            "thresholds": thresholds,
             "groups": groups,
             "fnir_ratio": groups["female"]["fnir"] / groups["male"]["fnir"],
             "fpir_ratio": groups["female"]["fpir"] / max(groups["male"]["fpir"], 1e-12),
         }
-    return result
+
+    t_all, t_100 = (tnorm(mr, None), tnorm(nr, None)), (tnorm(mr, 100), tnorm(nr, 100))
+    return {
+        "raw": run(lambda k: (mr, nr)),
+        "tnorm_all": run(lambda k: t_all),
+        "tnorm_top100": run(lambda k: t_100),
+        "fsn": run(fsn),
+        "protocol": f"{folds}-fold over identities; FSN {clusters} k-means groups, FAR {far:g}",
+    }
 
 
 def main() -> None:
@@ -262,28 +302,26 @@ def main() -> None:
             f"{d['inter_eye_under_30px']}; top identities {d['identities']}"
         )
     gi = [i for i, ok in enumerate(g.found) if ok]
-    for cohort in (None, 100):
-        key = f"tnorm_cohort_{cohort or 'all'}"
-        out[key] = tnorm_kfold(
-            g.embeddings[gi],
-            [gal[i].identity for i in gi],
-            m.embeddings,
-            [e.identity for e in mat],
-            m.found,
-            n.embeddings,
-            [e.identity for e in non],
-            n.found,
-            sex,
-            cohort,
+    out["mitigations"] = mitigations_kfold(
+        g.embeddings[gi],
+        [gal[i].identity for i in gi],
+        m.embeddings,
+        [e.identity for e in mat],
+        m.found,
+        n.embeddings,
+        [e.identity for e in non],
+        n.found,
+        sex,
+    )
+    for label, r in out["mitigations"].items():
+        if label == "protocol":
+            continue
+        f, mm = r["groups"]["female"], r["groups"]["male"]
+        print(
+            f"{label:13} FNIR {r['fnir']:.2%} FPIR {r['fpir']:.2%}; female FNIR {f['fnir']:.2%} "
+            f"FPIR {f['fpir']:.2%}; male FNIR {mm['fnir']:.2%} FPIR {mm['fpir']:.2%}; ratios "
+            f"FNIR {r['fnir_ratio']:.2f} FPIR {r['fpir_ratio']:.2f}"
         )
-        for label, r in out[key].items():
-            print(
-                f"{key} {label}: FNIR {r['fnir']:.2%} FPIR {r['fpir']:.2%}; female FNIR "
-                f"{r['groups']['female']['fnir']:.2%} FPIR {r['groups']['female']['fpir']:.2%};"
-                f" male FNIR {r['groups']['male']['fnir']:.2%} FPIR "
-                f"{r['groups']['male']['fpir']:.2%}; ratios FNIR {r['fnir_ratio']:.2f} "
-                f"FPIR {r['fpir_ratio']:.2f}"
-            )
     out["samples_needed_fpir_1pct"] = samples_needed(0.01)
     args.out.write_text(json.dumps(out, indent=1, default=float), "utf-8")
     print(f"\nwrote {args.out}")
