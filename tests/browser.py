@@ -37,6 +37,11 @@ def require_chromium() -> None:
     pytest.skip(message)
 
 
+def shots_dir(tmp_path: Path) -> Path:
+    """Where a browser test writes its screenshots: ``RETROFACE_SCREENSHOTS`` or its tmp dir."""
+    return Path(os.environ.get("RETROFACE_SCREENSHOTS") or tmp_path / "screenshots")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

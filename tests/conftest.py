@@ -181,3 +181,14 @@ def enrol_people(app: AppContext, data_dir: Path) -> None:
 
     people = ("barack_obama", "joe_biden", "kit_harington", "rose_leslie")
     app.enroller().run(ADMIN, items_from_paths([data_dir / "people" / p for p in people]))
+
+
+@pytest.fixture
+def browser_app(
+    make_app: Callable[..., AppContext], database_url: str
+) -> Callable[..., AppContext]:
+    """``make_app`` for browser tests, which run on the embedded default store only (the pages'
+    rules are tested on both stores by the server-side page tests)."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("browser tests run on the embedded default store")
+    return make_app

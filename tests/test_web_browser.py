@@ -6,12 +6,11 @@ the path is printed. No page may load anything from outside the server.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.browser import browser_on, live_server
+from tests.browser import browser_on, live_server, shots_dir
 from tests.conftest import add_team
 
 from retroface.context import AppContext
@@ -20,14 +19,8 @@ PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
-def sqlite_app(make_app: Callable[..., AppContext], database_url: str) -> AppContext:
-    if not database_url.startswith("sqlite"):
-        pytest.skip("browser tests run on the embedded default store")
-    return make_app()
-
-
-def shots_dir(tmp_path: Path) -> Path:
-    return Path(os.environ.get("RETROFACE_SCREENSHOTS") or tmp_path / "screenshots")
+def sqlite_app(browser_app: Callable[..., AppContext]) -> AppContext:
+    return browser_app()
 
 
 def test_sign_in_and_keyboard(sqlite_app: AppContext, tmp_path: Path) -> None:

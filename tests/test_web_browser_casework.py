@@ -10,12 +10,11 @@ page may load anything from outside the server.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.browser import browser_on, live_server
+from tests.browser import browser_on, live_server, shots_dir
 from tests.conftest import add_team, enrol_people
 
 from retroface.context import AppContext
@@ -27,14 +26,8 @@ VIDEO = "video/intel_face-demographics-walking_480x270.mp4"
 
 
 @pytest.fixture
-def sqlite_app(make_app: Callable[..., AppContext], database_url: str) -> AppContext:
-    if not database_url.startswith("sqlite"):
-        pytest.skip("browser tests run on the embedded default store")
-    return make_app()
-
-
-def shots_dir(tmp_path: Path) -> Path:
-    return Path(os.environ.get("RETROFACE_SCREENSHOTS") or tmp_path / "screenshots")
+def sqlite_app(browser_app: Callable[..., AppContext]) -> AppContext:
+    return browser_app()
 
 
 def test_operator_and_authoriser_in_the_browser(

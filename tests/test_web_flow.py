@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from tests.browser import browser_on, live_server
+from tests.browser import browser_on, live_server, shots_dir
 from tests.conftest import add_team, enrol_people
 from tests.test_web_review import NOTE_RITA, NOTE_ROB, PASSWORD, ROLES
 
@@ -34,14 +34,8 @@ PROBE = "lfw/Joseph_Biden/Joseph_Biden_0001.jpg"
 
 
 @pytest.fixture
-def sqlite_app(make_app: Callable[..., AppContext], database_url: str) -> AppContext:
-    if not database_url.startswith("sqlite"):
-        pytest.skip("browser tests run on the embedded default store")
-    return make_app(blur_all_faces=True)
-
-
-def shots_dir(tmp_path: Path) -> Path:
-    return Path(os.environ.get("RETROFACE_SCREENSHOTS") or tmp_path / "screenshots")
+def sqlite_app(browser_app: Callable[..., AppContext]) -> AppContext:
+    return browser_app(blur_all_faces=True)
 
 
 def wait_until(page: Any, script: str, seconds: float = 20) -> None:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from retroface.search.index import VectorIndex, index_from_bytes, new_index
 from retroface.storage.crypto import Cipher, DecryptionError, template_aad
@@ -52,6 +52,23 @@ from retroface.storage.versions import changes_since, gallery_version
 
 #: Added templates per query when catching up (bounded IN lists on both stores).
 _CHUNK = 1000
+
+
+def _templates(model_key: str) -> Select[int, int, int, bytes, str]:
+    """A model's templates as the index needs them: id, subject, image, the encrypted vector
+    and the image hash it is bound to (the decryption's associated data)."""
+    return (
+        select(
+            FaceTemplate.id,
+            FaceTemplate.subject_id,
+            FaceTemplate.image_id,
+            FaceTemplate.embedding_enc,
+            ReferenceImage.content_hash,
+        )
+        .join(FaceTemplate.image)
+        .where(FaceTemplate.model_key == model_key)
+    )
+
 
 log = logging.getLogger(__name__)
 
@@ -252,19 +269,9 @@ class IndexManager:
                 wanted = sorted(added_ids)
                 found: list[Any] = []
                 for start in range(0, len(wanted), _CHUNK):
+                    chunk = wanted[start : start + _CHUNK]
                     found += s.execute(
-                        select(
-                            FaceTemplate.id,
-                            FaceTemplate.subject_id,
-                            FaceTemplate.image_id,
-                            FaceTemplate.embedding_enc,
-                            ReferenceImage.content_hash,
-                        )
-                        .join(FaceTemplate.image)
-                        .where(
-                            FaceTemplate.model_key == model_key,
-                            FaceTemplate.id.in_(wanted[start : start + _CHUNK]),
-                        )
+                        _templates(model_key).where(FaceTemplate.id.in_(chunk))
                     ).all()
                 s.expire_all()
                 if gallery_version(s) == version:
@@ -384,18 +391,7 @@ class IndexManager:
         with self.db.session() as s:
             while True:
                 version = gallery_version(s)
-                rows = s.execute(
-                    select(
-                        FaceTemplate.id,
-                        FaceTemplate.subject_id,
-                        FaceTemplate.image_id,
-                        FaceTemplate.embedding_enc,
-                        ReferenceImage.content_hash,
-                    )
-                    .join(FaceTemplate.image)
-                    .where(FaceTemplate.model_key == model_key)
-                    .order_by(FaceTemplate.id)
-                ).all()
+                rows = s.execute(_templates(model_key).order_by(FaceTemplate.id)).all()
                 s.expire_all()  # read the version row again, not from the session's identity map
                 if gallery_version(s) == version:
                     break
