@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -29,7 +30,9 @@ from retroface.media.enhance import (
 )
 from retroface.media.images import decode_image, load_image
 from retroface.search.service import ProbeProvenance
+from retroface.storage.crypto import template_aad
 from retroface.storage.tables import AuditRecord, Probe, ProbeFace
+from retroface.vision.engines import analyse_probe
 
 PASSWORD = "a long test password"
 CASE = "CR/13"
@@ -369,3 +372,20 @@ def test_probe_enhance_on_the_command_line(run: test_cli.Run, data_dir: Path) ->
     assert code == 0 and "probe version searched" in out and probe["sha256"] in out, out
     code, out = run("probe", "ops", user="olive")
     assert code == 0 and "upscale" in out and "lanczos" in out
+
+
+def test_a_derived_version_is_embedded_as_any_probe(app: AppContext, team: dict[str, Any]) -> None:
+    """Its faces are analysed as every search probe is (``analyse_probe``: test-time flip, a
+    second look when nothing is found), so it is read against the operating threshold that was
+    calibrated on probes embedded that way, like the original it came from."""
+    version = app.enhancements.enhance(
+        team["olive"], team["probe"].probe_id, [{"op": "gamma", "gamma": 1.2}]
+    )
+    with app.db.session() as s:
+        stored = s.scalar(select(ProbeFace).where(ProbeFace.probe_id == version.probe_id))
+        assert stored is not None
+        aad = template_aad(version.sha256, stored.model_key) + b":0"
+        embedding = np.frombuffer(app.cipher.decrypt(stored.embedding_enc, aad=aad), np.float32)
+    image = decode_image(app.blobs.get(version.sha256))
+    expected = analyse_probe(app.engine, image)[0]
+    assert np.allclose(embedding, expected.embedding, atol=1e-6)

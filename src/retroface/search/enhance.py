@@ -43,6 +43,7 @@ from retroface.storage.crypto import Cipher
 from retroface.storage.db import Database
 from retroface.storage.references import still_referenced
 from retroface.storage.tables import Case, Probe
+from retroface.vision.engines import analyse_probe
 from retroface.vision.types import FaceEngine
 
 
@@ -100,7 +101,7 @@ class EnhancementService:
         image = decode_image(data, name=f"probe {probe_id}", max_pixels=self.max_image_pixels)
         out = apply_steps(image, parsed, self.max_image_pixels)
         png = encode_png(out)
-        faces = self.engine.analyse(out)
+        faces = analyse_probe(self.engine, out)  # as any probe (SearchService.add_probe)
         digest = self.blobs.put(png)
         derivation = {
             "input_sha256": parent_hash,
