@@ -1,0 +1,202 @@
+"""Encrypted fixed-width rows (template vectors) with random access and streaming reads.
+
+A gallery's vectors are biometric data: at rest they are encrypted, yet a search must be able to
+read a few hundred of them (the exact re-rank of a shortlist) without decrypting the whole file,
+and a new process must be able to stream them without holding the file twice in memory. So rows
+are encrypted in small fixed-size chunks (AES-256-GCM, one nonce per chunk): chunk ``i`` sits at a
+computable offset and is authenticated with the file's context, its geometry and ``i``, so chunks
+cannot be moved, swapped between files or reordered. A footer chunk authenticates the row count,
+so a truncated file is refused rather than read short.
+
+Chunk size trades re-rank cost against overhead: a chunk of 8 rows of 512 float32 is 16 KiB plus
+32 bytes (0.2%); re-ranking 1,000 scattered rows then decrypts at most 16 MiB.
+
+Files are written once (``write_rows``) and never edited: removing a row (erasure) means writing a
+new file without it and deleting the old one, so the removed bytes are really gone.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from retroface.storage.crypto import MAGIC, NONCE_BYTES, Cipher, DecryptionError
+
+_FILE_MAGIC = b"RFROWS1\0"
+# magic, dtype code (4 ascii chars), dim, chunk_rows, rows
+_HEADER = struct.Struct("<8s4sIIQ")
+_SEALED_OVERHEAD = len(MAGIC) + NONCE_BYTES + 16  # what Cipher.encrypt adds to a plaintext
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "f32\0": np.dtype("<f4"),
+    "f16\0": np.dtype("<f2"),
+    "i64\0": np.dtype("<i8"),
+}
+DEFAULT_CHUNK_ROWS = 8
+
+
+def _code(dtype: np.dtype[Any]) -> str:
+    for code, dt in _DTYPES.items():
+        if dt == dtype:
+            return code
+    raise ValueError(f"unsupported row dtype {dtype}")
+
+
+def _chunk_aad(context: bytes, header: bytes, index: int) -> bytes:
+    return b"rows:" + context + b":" + header[: _HEADER.size - 8] + index.to_bytes(8, "little")
+
+
+def write_rows(
+    path: Path,
+    cipher: Cipher,
+    rows: Iterable[NDArray[np.generic]],
+    *,
+    dim: int,
+    dtype: np.dtype[Any] | type = np.float32,
+    context: bytes = b"",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> int:
+    """Write blocks of rows (each ``(n, dim)``) to a new file at ``path``; returns the row count.
+
+    Written to ``path`` + ``.part``, fsynced and renamed into place: a crash leaves no file or a
+    whole one. Blocks may be any size (they are re-cut into chunks), so a caller can stream a
+    gallery larger than memory.
+    """
+    dt = np.dtype(dtype).newbyteorder("<")
+    code = _code(dt)
+    part = path.with_name(path.name + ".part")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    header_stub = _HEADER.pack(_FILE_MAGIC, code.encode(), dim, chunk_rows, 0)
+    total = 0
+    index = 0
+    pending = np.zeros((0, dim), dtype=dt)
+    try:
+        with open(part, "wb") as fh:
+            fh.write(header_stub)
+
+            def emit(block: NDArray[np.generic]) -> None:
+                nonlocal index
+                fh.write(
+                    cipher.encrypt(block.tobytes(), aad=_chunk_aad(context, header_stub, index))
+                )
+                index += 1
+
+            for block in rows:
+                b = np.ascontiguousarray(np.asarray(block).reshape(-1, dim), dtype=dt)
+                total += len(b)
+                pending = np.concatenate([pending, b]) if len(pending) else b
+                full = len(pending) // chunk_rows * chunk_rows
+                for start in range(0, full, chunk_rows):
+                    emit(pending[start : start + chunk_rows])
+                pending = pending[full:]
+            if len(pending):
+                emit(pending)
+            # the footer: the row count, authenticated at the chunk index after the last row chunk
+            fh.write(
+                cipher.encrypt(
+                    total.to_bytes(8, "little"), aad=_chunk_aad(context, header_stub, index)
+                )
+            )
+            fh.seek(0)
+            fh.write(_HEADER.pack(_FILE_MAGIC, code.encode(), dim, chunk_rows, total))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return total
+
+
+class RowFile:
+    """Read access to a file written by ``write_rows`` (memory-mapped; thread-safe reads)."""
+
+    def __init__(self, path: Path, cipher: Cipher, *, context: bytes = b"") -> None:
+        self.path = path
+        self._cipher = cipher
+        self._context = context
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size < _HEADER.size:
+                raise DecryptionError(f"{path.name} is not a row file")
+            self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        magic, code, dim, chunk_rows, rows = _HEADER.unpack_from(self._map, 0)
+        if magic != _FILE_MAGIC or code.decode() not in _DTYPES or chunk_rows == 0:
+            raise DecryptionError(f"{path.name} is not a row file")
+        self.dim = int(dim)
+        self.rows = int(rows)
+        self.chunk_rows = int(chunk_rows)
+        self.dtype = _DTYPES[code.decode()]
+        self._header = _HEADER.pack(magic, code, dim, chunk_rows, 0)
+        self._row_bytes = self.dim * self.dtype.itemsize
+        self._chunk_bytes = self.chunk_rows * self._row_bytes + _SEALED_OVERHEAD
+        self.chunks = -(-self.rows // self.chunk_rows)
+        footer_at = _HEADER.size + self.rows * self._row_bytes + self.chunks * _SEALED_OVERHEAD
+        if size != footer_at + 8 + _SEALED_OVERHEAD:
+            raise DecryptionError(f"{path.name} is truncated or has extra bytes")
+        count = self._cipher.decrypt(
+            self._map[footer_at:], aad=_chunk_aad(self._context, self._header, self.chunks)
+        )
+        if int.from_bytes(count, "little") != self.rows:
+            raise DecryptionError(f"{path.name}: row count does not match its footer")
+
+    def close(self) -> None:
+        self._map.close()
+
+    def __enter__(self) -> RowFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def chunk(self, index: int) -> NDArray[np.generic]:
+        """The rows of chunk ``index``, decrypted and authenticated."""
+        if not 0 <= index < self.chunks:
+            raise IndexError(index)
+        start = _HEADER.size + index * self._chunk_bytes
+        n = min(self.chunk_rows, self.rows - index * self.chunk_rows)
+        sealed = self._map[start : start + n * self._row_bytes + _SEALED_OVERHEAD]
+        plain = self._cipher.decrypt(sealed, aad=_chunk_aad(self._context, self._header, index))
+        return np.frombuffer(plain, dtype=self.dtype).reshape(n, self.dim)
+
+    def take(self, positions: NDArray[np.integer]) -> NDArray[np.generic]:
+        """Rows at ``positions`` (any order, repeats allowed), decrypting each chunk once."""
+        pos = np.asarray(positions, dtype=np.int64)
+        out = np.empty((len(pos), self.dim), dtype=self.dtype)
+        if len(pos) == 0:
+            return out
+        if pos.min() < 0 or pos.max() >= self.rows:
+            raise IndexError("row position out of range")
+        chunk_of = pos // self.chunk_rows
+        order = np.argsort(chunk_of, kind="stable")
+        bounds = np.flatnonzero(np.diff(chunk_of[order])) + 1
+        for group in np.split(order, bounds):
+            c = int(chunk_of[group[0]])
+            out[group] = self.chunk(c)[pos[group] - c * self.chunk_rows]
+        return out
+
+    def blocks(self, block_rows: int = 65536) -> Iterator[NDArray[np.generic]]:
+        """Every row in order, in blocks of about ``block_rows`` (memory bounded by one block)."""
+        per = max(1, block_rows // self.chunk_rows)
+        for first in range(0, self.chunks, per):
+            parts = [self.chunk(i) for i in range(first, min(self.chunks, first + per))]
+            yield np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def read_all(self) -> NDArray[np.generic]:
+        out = np.empty((self.rows, self.dim), dtype=self.dtype)
+        at = 0
+        for block in self.blocks():
+            out[at : at + len(block)] = block
+            at += len(block)
+        return out
