@@ -1,9 +1,15 @@
-"""Cases, authorisation, search and review on the command line."""
+"""Cases, authorisation, search and review on the command line.
+
+Each command runs the domain services in this process, or, with ``RETROFACE_URL`` set, calls the
+same services through a running server's REST API (:mod:`retroface.cli.remote`), where the models
+and the index are already loaded; either way it prints the same view models with the same code.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import typer
 from rich.table import Table
@@ -20,7 +26,11 @@ from retroface.cli.common import (
 from retroface.cli.session import state
 
 if TYPE_CHECKING:
-    from retroface.search.batch import ProbeFile
+    from retroface.cli.remote import Remote
+    from retroface.governance.views import CaseView
+    from retroface.search.views import BatchSearchFailure, BatchSearchResult
+
+    BatchEntry = BatchSearchResult | BatchSearchFailure
 
 case_app = typer.Typer(help="Cases: open, authorise, list, show.", no_args_is_help=True)
 review_app = typer.Typer(help="Blind two-person review: queue, show, decide.", no_args_is_help=True)
@@ -38,10 +48,23 @@ def case_open(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Open a case; searches need it approved (or urgent and within its window)."""
-    with user_errors():
-        data = state.ctx.cases.open(
-            state.principal(), ref, offence, purpose, justification, urgent=urgent
-        )
+    from retroface.governance.views import CaseView
+
+    remote = state.remote()
+    if remote is not None:
+        body = {
+            "reference": ref,
+            "offence_category": offence,
+            "purpose": purpose,
+            "justification": justification,
+            "urgent": urgent,
+        }
+        data = CaseView.model_validate(remote.call("POST", "/cases", json=body))
+    else:
+        with user_errors():
+            data = state.ctx.cases.open(
+                state.principal(), ref, offence, purpose, justification, urgent=urgent
+            )
     if json_out:
         print_json(data.model_dump(mode="json"))
         return
@@ -70,10 +93,23 @@ def case_authorise(
     """Approve or refuse a case (not your own); refusal deletes everything it produced."""
     if approve is None:
         fail("say --approve or --refuse")
-    with user_errors():
-        data = state.ctx.cases.authorise(
-            state.principal(), ref, approve, note, days, investigation_mode=investigation_mode
-        )
+    from retroface.governance.views import CaseView
+
+    remote = state.remote()
+    if remote is not None:
+        body = {
+            "approve": approve,
+            "note": note,
+            "valid_days": days,
+            "investigation_mode": investigation_mode,
+        }
+        answer = remote.call("POST", f"/cases/{_ref(ref)}/decision", json=body)
+        data = CaseView.model_validate(answer)
+    else:
+        with user_errors():
+            data = state.ctx.cases.authorise(
+                state.principal(), ref, approve, note, days, investigation_mode=investigation_mode
+            )
     if json_out:
         print_json(data.model_dump(mode="json"))
         return
@@ -86,8 +122,12 @@ def case_list(
     status: str | None = typer.Option(None), json_out: bool = typer.Option(False, "--json")
 ) -> None:
     """Cases, newest first."""
-    with user_errors():
-        rows = state.ctx.cases.list_cases(state.principal(), status)
+    remote = state.remote()
+    if remote is not None:
+        rows = _remote_cases(remote, status)
+    else:
+        with user_errors():
+            rows = state.ctx.cases.list_cases(state.principal(), status)
     if json_out:
         print_json({"cases": [r.model_dump(mode="json") for r in rows]})
         return
@@ -108,8 +148,14 @@ def case_list(
 @case_app.command("show")
 def case_show(ref: str, json_out: bool = typer.Option(False, "--json")) -> None:
     """One case."""
-    with user_errors():
-        data = state.ctx.cases.show(state.principal(), ref)
+    from retroface.governance.views import CaseView
+
+    remote = state.remote()
+    if remote is not None:
+        data = CaseView.model_validate(remote.call("GET", f"/cases/{_ref(ref)}"))
+    else:
+        with user_errors():
+            data = state.ctx.cases.show(state.principal(), ref)
     if json_out:
         print_json(data.model_dump(mode="json"))
         return
@@ -127,8 +173,15 @@ case_app.add_typer(team_app, name="team")
 @team_app.command("list")
 def team_list(ref: str, json_out: bool = typer.Option(False, "--json")) -> None:
     """Who has need-to-know on a case: its owner, members and supervisors."""
-    with user_errors():
-        rows = state.ctx.cases.team.members(state.principal(), ref)
+    from retroface.governance.views import TeamMemberView
+
+    remote = state.remote()
+    if remote is not None:
+        answer = remote.call("GET", f"/cases/{_ref(ref)}/team")
+        rows = [TeamMemberView.model_validate(r) for r in answer]
+    else:
+        with user_errors():
+            rows = state.ctx.cases.team.members(state.principal(), ref)
     if json_out:
         print_json({"team": [r.model_dump(mode="json") for r in rows]})
         return
@@ -147,10 +200,17 @@ def team_add(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Add an operator to a case's team (you own the case) or as supervisor (you authorise)."""
-    with user_errors():
-        data = state.ctx.cases.team.add(
-            state.principal(), ref, username, "supervisor" if supervisor else "member"
-        )
+    from retroface.governance.views import TeamMemberView
+
+    role: Literal["member", "supervisor"] = "supervisor" if supervisor else "member"
+    remote = state.remote()
+    if remote is not None:
+        body = {"username": username, "role": role}
+        answer = remote.call("POST", f"/cases/{_ref(ref)}/team", json=body)
+        data = TeamMemberView.model_validate(answer)
+    else:
+        with user_errors():
+            data = state.ctx.cases.team.add(state.principal(), ref, username, role)
     if json_out:
         print_json(data.model_dump(mode="json"))
         return
@@ -160,12 +220,44 @@ def team_add(
 @team_app.command("remove")
 def team_remove(ref: str, username: str, json_out: bool = typer.Option(False, "--json")) -> None:
     """Remove someone from a case's team (members: the owner; supervisors: an authoriser)."""
-    with user_errors():
-        data = state.ctx.cases.team.remove(state.principal(), ref, username)
+    from retroface.governance.views import TeamMemberView
+
+    remote = state.remote()
+    if remote is not None:
+        answer = remote.call("DELETE", f"/cases/{_ref(ref)}/team/{_ref(username, slash=False)}")
+        data = TeamMemberView.model_validate(answer)
+    else:
+        with user_errors():
+            data = state.ctx.cases.team.remove(state.principal(), ref, username)
     if json_out:
         print_json(data.model_dump(mode="json"))
         return
     console.print(f"case {ref}: {data.username} ({data.role}) removed")
+
+
+def _ref(value: str, slash: bool = True) -> str:
+    """A value as a route segment: a case reference keeps its ``/`` (``{ref:path}`` routes)."""
+    from urllib.parse import quote
+
+    return quote(value, safe="/" if slash else "")
+
+
+#: The API's largest page of cases; ``case list`` reads pages until a short one.
+CASE_PAGE = 500
+
+
+def _remote_cases(remote: Remote, status: str | None) -> list[CaseView]:
+    from retroface.governance.views import CaseView
+
+    rows: list[CaseView] = []
+    while True:
+        params: dict[str, object] = {"offset": len(rows), "limit": CASE_PAGE}
+        if status is not None:
+            params["status"] = status
+        page = remote.call("GET", "/cases", params=params)
+        rows.extend(CaseView.model_validate(r) for r in page)
+        if len(page) < CASE_PAGE:
+            return rows
 
 
 @case_app.command("categories")
@@ -215,6 +307,13 @@ def search(
             fail("give probe IMAGES, --probe ID or --video VIDEO, not several")
         if track is None:
             fail("--video needs --track ID (see `retroface video scan VIDEO`)")
+        if state.server_url() is not None:
+            # the API has no route for a video track's search yet: say so rather than search a
+            # local database the user did not mean
+            fail(
+                "video searches run locally only: pass --local (on a machine with the data), "
+                "or unset RETROFACE_URL"
+            )
         from retroface.cli.video_cmds import run_video_search
 
         run_video_search(
@@ -224,8 +323,18 @@ def search(
     if probe is not None:
         if images:
             fail("give probe IMAGES or --probe ID, not both")
-        with user_errors():
-            result = state.ctx.searches.search(state.principal(), case, probe, face, top, threshold)
+        from retroface.search.views import SearchResult
+
+        remote = state.remote()
+        if remote is not None:
+            body = {"case": case, "probe_id": probe, "face": face, "top_k": top}
+            body["threshold"] = threshold
+            result = SearchResult.model_validate(remote.call("POST", "/searches", json=body))
+        else:
+            with user_errors():
+                result = state.ctx.searches.search(
+                    state.principal(), case, probe, face, top, threshold
+                )
         if json_out:
             print_json(result.model_dump(mode="json"))
             return
@@ -238,15 +347,14 @@ def search(
     _search_images(images, case, source, how_obtained, face, top, threshold, json_out)
 
 
-def _probe_files(paths: list[Path]) -> list[ProbeFile]:
+def _probe_paths(paths: list[Path]) -> list[Path]:
     """The images named, folders expanded (recursively, sorted, image extensions, no hidden)."""
-    from retroface.media.images import is_image_path
-    from retroface.search.batch import ProbeFile
+    from retroface.media.formats import is_image_path
 
-    files: list[ProbeFile] = []
+    files: list[Path] = []
     for p in paths:
         if not p.is_dir():
-            files.append(ProbeFile(str(p), p.read_bytes))
+            files.append(p)
             continue
         found = sorted(
             f
@@ -257,8 +365,12 @@ def _probe_files(paths: list[Path]) -> list[ProbeFile]:
         )
         if not found:
             fail(f"{p}: no image files in this folder")
-        files.extend(ProbeFile(str(f), f.read_bytes) for f in found)
+        files.extend(found)
     return files
+
+
+#: ``progress(done, total, entry)`` after each image.
+Progress = Callable[[int, int, "BatchEntry"], None]
 
 
 def _search_images(
@@ -271,14 +383,13 @@ def _search_images(
     threshold: float | None,
     json_out: bool,
 ) -> None:
-    """Every image its own search, in one process: start-up, models and index paid once."""
+    """Every image its own search, in one process: start-up, models and index paid once (or
+    never: through a server, where they are already loaded)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from retroface.search.batch import BatchEntry, search_batch
-    from retroface.search.service import ProbeProvenance
     from retroface.search.views import BatchSearchFailure
 
-    files = _probe_files(paths)
+    files = _probe_paths(paths)
     several = len(files) > 1
     # a bar only for a person watching: not with --json, nor into a pipe or file
     bar_shown = several and not json_out and console.is_terminal
@@ -294,35 +405,30 @@ def _search_images(
             console.print(f"[bold]{entry.input}[/]", highlight=False)
         print_search_result(entry)
 
-    with user_errors():
-        actor = state.principal()
-        searches = state.ctx.searches
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=not bar_shown,
-        ) as bar:
-            task = bar.add_task("Searching", total=len(files))
+    remote = state.remote()
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not bar_shown,
+    ) as bar:
+        task = bar.add_task("Searching", total=len(files))
 
-            def progress(done: int, total: int, entry: BatchEntry) -> None:
-                bar.update(task, completed=done)
-                if not json_out:
-                    show(entry)
+        def progress(done: int, total: int, entry: BatchEntry) -> None:
+            bar.update(task, completed=done)
+            if not json_out:
+                show(entry)
 
-            entries = search_batch(
-                searches,
-                actor,
-                case,
-                files,
-                ProbeProvenance(source, how_obtained),
-                face=face,
-                top_k=top,
-                threshold=threshold,
-                progress=progress,
+        if remote is not None:
+            entries = _remote_batch(
+                remote, case, files, source, how_obtained, face, top, threshold, progress
+            )
+        else:
+            entries = _local_batch(
+                case, files, source, how_obtained, face, top, threshold, progress
             )
     failed = sum(isinstance(e, BatchSearchFailure) for e in entries)
     if json_out:
@@ -333,11 +439,126 @@ def _search_images(
         raise typer.Exit(2)
 
 
+def _local_batch(
+    case: str,
+    files: list[Path],
+    source: str,
+    how_obtained: str,
+    face: int | None,
+    top: int,
+    threshold: float | None,
+    progress: Progress,
+) -> list[BatchEntry]:
+    from retroface.search.batch import ProbeFile, search_batch
+    from retroface.search.service import ProbeProvenance
+
+    with user_errors():
+        return search_batch(
+            state.ctx.searches,
+            state.principal(),
+            case,
+            [ProbeFile(str(f), f.read_bytes) for f in files],
+            ProbeProvenance(source, how_obtained),
+            face=face,
+            top_k=top,
+            threshold=threshold,
+            progress=progress,
+        )
+
+
+def _remote_batch(
+    remote: Remote,
+    case: str,
+    files: list[Path],
+    source: str,
+    how_obtained: str,
+    face: int | None,
+    top: int,
+    threshold: float | None,
+    progress: Progress,
+) -> list[BatchEntry]:
+    """:func:`retroface.search.batch.search_batch`'s rules, one image per request.
+
+    One request per image (``POST /cases/{ref}/searches`` with one file) keeps the batch's rules
+    exact without the server's code here: a refusal of the request itself at the first image ends
+    the command as a local one would; a refusal later (the case refused or lapsed meanwhile) marks
+    that image and every one after it with that error, without asking the server again. It also
+    lets the bar and the results follow image by image. An image is read only when its turn
+    comes, and an upload the server finds too large is that image's entry (``upload_too_large``).
+    """
+    from retroface.cli.remote import RemoteError
+    from retroface.search.views import BatchSearchFailure, ProbeError
+
+    form: dict[str, object] = {"source": source, "how_obtained": how_obtained, "top_k": top}
+    if face is not None:
+        form["face"] = face
+    if threshold is not None:
+        form["threshold"] = threshold
+    route = f"/cases/{_ref(case)}/searches"
+    entries: list[BatchEntry] = []
+    stopped: RemoteError | None = None
+    for path in files:
+        name = str(path)
+        entry: BatchEntry
+        if stopped is not None:
+            entry = BatchSearchFailure(
+                input=name, error=ProbeError(code=stopped.code, message=stopped.message)
+            )
+        else:
+            try:
+                entry = _remote_one(remote, route, path, form)
+            except OSError as exc:  # the local batch's words for a file it cannot read
+                error = ProbeError(code="unreadable", message=f"{name}: {exc.strerror or exc}")
+                entry = BatchSearchFailure(input=name, error=error)
+            except RemoteError as exc:
+                if exc.code == "upload_too_large":
+                    error = ProbeError(code=exc.code, message=f"{name}: {exc.message}")
+                    entry = BatchSearchFailure(input=name, error=error)
+                elif not entries:
+                    fail(exc.message)  # refused before anything was done, as locally
+                else:
+                    stopped = exc
+                    error = ProbeError(code=exc.code, message=exc.message)
+                    entry = BatchSearchFailure(input=name, error=error)
+        entries.append(entry)
+        progress(len(entries), len(files), entry)
+    return entries
+
+
+def _remote_one(remote: Remote, route: str, path: Path, form: dict[str, object]) -> BatchEntry:
+    """One image through the server, named as the user typed it (the server sees only the file
+    name: the entry's ``input`` and the start of its message are put back to the path)."""
+    from retroface.search.views import BatchSearchFailure, BatchSearchResult
+
+    data = path.read_bytes()
+    answer = remote.request(
+        "POST",
+        route,
+        files=[("files", (path.name, data, "application/octet-stream"))],
+        data=form,
+    )
+    (raw,) = answer
+    name, sent = str(path), str(raw.get("input", ""))
+    raw["input"] = name
+    if "error" not in raw:
+        return BatchSearchResult.model_validate(raw)
+    message = str(raw["error"].get("message", ""))
+    if sent and name != sent and message.startswith(sent):
+        raw["error"]["message"] = name + message[len(sent) :]
+    return BatchSearchFailure.model_validate(raw)
+
+
 @review_app.command("queue")
 def review_queue(json_out: bool = typer.Option(False, "--json")) -> None:
     """Searches waiting for your review."""
-    with user_errors():
-        rows = state.ctx.reviews.queue(state.principal())
+    from retroface.governance.views import QueueItem
+
+    remote = state.remote()
+    if remote is not None:
+        rows = [QueueItem.model_validate(r) for r in remote.call("GET", "/reviews/queue")]
+    else:
+        with user_errors():
+            rows = state.ctx.reviews.queue(state.principal())
     if json_out:
         print_json({"queue": [r.model_dump(mode="json") for r in rows]})
         return
@@ -350,8 +571,14 @@ def review_queue(json_out: bool = typer.Option(False, "--json")) -> None:
 @review_app.command("show")
 def review_show(search_id: int, json_out: bool = typer.Option(False, "--json")) -> None:
     """A candidate list to adjudicate; others' decisions stay hidden until both are in."""
-    with user_errors():
-        data = state.ctx.reviews.show(state.principal(), search_id)
+    from retroface.governance.views import ReviewSheet
+
+    remote = state.remote()
+    if remote is not None:
+        data = ReviewSheet.model_validate(remote.call("GET", f"/reviews/{search_id}"))
+    else:
+        with user_errors():
+            data = state.ctx.reviews.show(state.principal(), search_id)
     if json_out:
         print_json(data.model_dump(mode="json"))
         return
@@ -375,8 +602,16 @@ def review_decide(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Record your independent decision on a candidate list."""
-    with user_errors():
-        data = state.ctx.reviews.decide(state.principal(), search_id, decision, note, rank)
+    from retroface.governance.views import ReviewOutcome
+
+    remote = state.remote()
+    if remote is not None:
+        body = {"decision": decision, "note": note, "candidate_rank": rank}
+        answer = remote.call("POST", f"/reviews/{search_id}", json=body)
+        data = ReviewOutcome.model_validate(answer)
+    else:
+        with user_errors():
+            data = state.ctx.reviews.decide(state.principal(), search_id, decision, note, rank)
     if json_out:
         print_json(data.model_dump(mode="json"))
         return

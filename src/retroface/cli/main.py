@@ -35,11 +35,28 @@ def main(
         help="Act as this user (default: RETROFACE_USER), signing in with RETROFACE_PASSWORD or "
         "a prompt; with RETROFACE_TOKEN set it must name the token's owner.",
     ),
+    server: str | None = typer.Option(
+        None,
+        "--server",
+        help="Send casework commands (case, search, review, probe enhance) to this retroface "
+        "server's API (default: RETROFACE_URL); TLS verified, RETROFACE_CA_BUNDLE for a "
+        "private CA.",
+        show_default=False,
+    ),
+    local: bool = typer.Option(
+        False, "--local", help="Work on this machine's data even if RETROFACE_URL is set."
+    ),
 ) -> None:
     """retroface: every search needs a case and an authorisation; results are leads for review."""
     # No envvar= here: the session reads RETROFACE_USER itself, so that only a --user typed on
-    # the command line is checked against RETROFACE_TOKEN's owner.
+    # the command line is checked against RETROFACE_TOKEN's owner; RETROFACE_URL likewise.
+    if server and local:
+        from retroface.cli.common import fail
+
+        fail("give --server URL or --local, not both")
     state.user = user
+    state.server = server
+    state.local = local
 
 
 app.command()(vision_cmds.detect)

@@ -1,4 +1,5 @@
-"""Probes on the command line: audited enhancement into a derived version."""
+"""Probes on the command line: audited enhancement into a derived version (locally, or through the
+server named by ``RETROFACE_URL``: see :mod:`retroface.cli.remote`)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,15 @@ def enhance(
     if (steps is None) == (not step):
         fail("give the steps with --steps JSON-LIST or with one or more --step JSON-OBJECT")
     raw = _parse(steps, "--steps") if steps is not None else [_parse(s, "--step") for s in step]
-    with user_errors():
-        data = state.ctx.enhancements.enhance(state.principal(), probe_id, raw)
+    from retroface.search.views import ProbeView
+
+    remote = state.remote()
+    if remote is not None:
+        answer = remote.call("POST", f"/probes/{probe_id}/enhancements", json={"steps": raw})
+        data = ProbeView.model_validate(answer)
+    else:
+        with user_errors():
+            data = state.ctx.enhancements.enhance(state.principal(), probe_id, raw)
     if json_out:
         print_json(data.model_dump(mode="json"))
         return

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# re-exported: callers named them here before the CLI needed them without NumPy
+from retroface.media.formats import IMAGE_SUFFIXES as IMAGE_SUFFIXES
+from retroface.media.formats import is_image_path as is_image_path
 from retroface.vision.types import ImageArray
 
 #: Default pixel limit: 50 MP is well above any CCTV or phone image and far below a bomb.
@@ -115,12 +118,3 @@ def decode_image(
 def load_image(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageArray:
     """Read an image file from disk; see :func:`decode_image`."""
     return decode_image(Path(path), max_pixels=max_pixels)
-
-
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
-)
-
-
-def is_image_path(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
