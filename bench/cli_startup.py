@@ -9,6 +9,16 @@ same interpreter, for a before/after on one machine in the same minute:
     python bench/cli_startup.py
     python bench/cli_startup.py --src /tmp/before/src --label before
 
+``--search N`` also times ``retroface search PROBE`` from a new process until its candidate list
+is printed, locally (the process opens the database, loads the models and the index) and through a
+warm server (``RETROFACE_URL``: the process sends the image to ``retroface serve``, started here in
+another process on loopback and warmed up first). The gallery is the first image of N LFW
+identities that have two or more; the probe is the second image of the first one (its mate is
+checked in the output). For the remote rows the CPU column is the CLI process's only: the search's
+own work is done by the server.
+
+    python bench/cli_startup.py --search 500 --search-runs 7
+
 Output: a table, and ``bench/results/cli_startup[-LABEL].json``.
 """
 
@@ -18,10 +28,16 @@ import argparse
 import json
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -35,8 +51,19 @@ COMMANDS = (
 )
 
 
-def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall and CPU seconds of one run of ``argv``."""
+ENTRY = "import sys; from retroface.cli.main import app; sys.argv[0] = 'retroface'; app()"
+PASSWORD = "a long benchmark password"
+DATA = Path(
+    os.environ.get(
+        "RETROFACE_TEST_DATA", Path(__file__).resolve().parents[1] / ".." / "shared/data"
+    )
+).resolve()
+
+
+def run_once(
+    argv: list[str], env: dict[str, str], expect: str | None = None
+) -> tuple[float, float]:
+    """Wall and CPU seconds of one run of ``argv`` (whose output must contain ``expect``)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, check=False)
@@ -44,8 +71,121 @@ def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed: {done.stderr.decode()[-500:]}")
+    if expect is not None and expect not in done.stdout.decode():
+        raise SystemExit(f"{' '.join(argv)}: {expect!r} not in its output")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu
+
+
+def timed(
+    name: str, argv: list[str], env: dict[str, str], runs: int, warmup: int, expect: str | None
+) -> dict[str, object]:
+    for _ in range(warmup):
+        run_once(argv, env, expect)
+    samples = [run_once(argv, env, expect) for _ in range(runs)]
+    walls, cpus = [w for w, _ in samples], [c for _, c in samples]
+    return {
+        "command": name,
+        "runs": runs,
+        "wall_median_s": round(statistics.median(walls), 3),
+        "wall_min_s": round(min(walls), 3),
+        "cpu_median_s": round(statistics.median(cpus), 3),
+    }
+
+
+def gallery_and_probe(identities: int) -> tuple[list[Path], Path, str]:
+    """The first image of ``identities`` LFW people with two or more; a second image of the
+    first of them as the probe, and that person's name (the expected candidate)."""
+    people = []
+    for folder in sorted((DATA / "lfw").iterdir()):
+        images = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
+        if len(images) >= 2:
+            people.append(images)
+        if len(people) == identities:
+            break
+    return [images[0] for images in people], people[0][1], people[0][0].parent.name
+
+
+def prepare_home(home: Path, gallery: list[Path]) -> str:
+    """A data directory with an operator, an approved case C1 and the gallery; olive's token."""
+    from argon2 import PasswordHasher
+
+    from retroface.config import Settings
+    from retroface.context import AppContext
+    from retroface.gallery.enrol import items_from_paths
+
+    ctx = AppContext(Settings(home=home))
+    try:
+        ctx.users.hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+        ctx.users.ensure_admin("admin", PASSWORD)
+        admin = ctx.users.principal_for("admin")
+        ctx.users.add(admin, "olive", "operator", PASSWORD)
+        ctx.users.add(admin, "alice", "authoriser", PASSWORD)
+        olive, alice = ctx.users.principal_for("olive"), ctx.users.principal_for("alice")
+        ctx.enroller().run(admin, items_from_paths(gallery))
+        ctx.cases.open(
+            olive, "C1", "robbery", "benchmark a search", "the start-up of a search, measured"
+        )
+        ctx.cases.authorise(alice, "C1", True, "benchmark")
+        return ctx.users.issue_token(olive, "olive", "bench", timedelta(days=1))
+    finally:
+        ctx.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def server(env: dict[str, str]) -> Iterator[str]:
+    """``retroface serve`` on a loopback port, until it answers ready (models loaded)."""
+    port = _free_port()
+    argv = [sys.executable, "-c", ENTRY, "serve", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/api/v1/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"retroface serve did not start: {proc.stderr.read()!r}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def search_rows(identities: int, runs: int, warmup: int, env: dict[str, str]) -> list[dict]:
+    """A search from a new process, locally and through a warm server."""
+    gallery, probe, mate = gallery_and_probe(identities)
+    with tempfile.TemporaryDirectory(prefix="retroface-bench-") as tmp:
+        home = Path(tmp) / "home"
+        env = {**env, "RETROFACE_HOME": str(home), "RETROFACE_RETENTION_INTERVAL_MINUTES": "0"}
+        env["RETROFACE_TOKEN"] = prepare_home(home, gallery)
+        argv = [sys.executable, "-c", ENTRY, "search", str(probe), "--case", "C1"]
+        argv += [
+            "--source",
+            "benchmark",
+            "--how-obtained",
+            "LFW image, bench/cli_startup.py",
+            "--top",
+            "5",
+        ]
+        name = f"retroface search (gallery {len(gallery)})"
+        rows = [timed(name + ", local", argv, env, runs, warmup, mate)]
+        with server(env) as url:
+            remote = {**env, "RETROFACE_URL": url}
+            rows.append(timed(name + ", via warm server", argv, remote, runs, warmup, mate))
+        return rows
 
 
 def main() -> None:
@@ -54,6 +194,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--src", type=Path, help="Run the sources in this folder instead.")
     parser.add_argument("--label", default="", help="Suffix of the JSON file's name.")
+    parser.add_argument(
+        "--search",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Also time a search, locally and through a server, on a gallery of N identities.",
+    )
+    parser.add_argument("--search-runs", type=int, default=5)
     args = parser.parse_args()
 
     env = dict(os.environ)
@@ -61,37 +209,32 @@ def main() -> None:
     if args.src is not None:
         env["PYTHONPATH"] = str(args.src.resolve())
     env["COLUMNS"] = "100"
-    entry = "import sys; from retroface.cli.main import app; sys.argv[0] = 'retroface'; app()"
-    baseline = [sys.executable, "-c", "pass"]
+    for var in ("RETROFACE_URL", "RETROFACE_TOKEN", "RETROFACE_DATABASE_URL"):
+        env.pop(var, None)  # the benchmark's own data directory, nobody else's server
     load_start = os.getloadavg()[0]
-    rows = []
-    for command in (("python -c pass",), *COMMANDS):
-        argv = (
-            baseline if command == ("python -c pass",) else [sys.executable, "-c", entry, *command]
-        )
-        for _ in range(args.warmup):
-            run_once(argv, env)
-        samples = [run_once(argv, env) for _ in range(args.runs)]
-        walls, cpus = [w for w, _ in samples], [c for _, c in samples]
+    rows = [
+        timed("python -c pass", [sys.executable, "-c", "pass"], env, args.runs, args.warmup, None)
+    ]
+    for command in COMMANDS:
+        argv = [sys.executable, "-c", ENTRY, *command]
         rows.append(
-            {
-                "command": "retroface " + " ".join(command) if argv is not baseline else command[0],
-                "runs": args.runs,
-                "wall_median_s": round(statistics.median(walls), 3),
-                "wall_min_s": round(min(walls), 3),
-                "cpu_median_s": round(statistics.median(cpus), 3),
-            }
+            timed("retroface " + " ".join(command), argv, env, args.runs, args.warmup, None)
         )
+    if args.search:
+        if args.src is not None:  # the data directory is prepared with the sources timed
+            sys.path.insert(0, str(args.src.resolve()))
+        rows += search_rows(args.search, args.search_runs, 1, env)
     load_end = os.getloadavg()[0]
 
     table = Table(
-        title=f"CLI start-up, {args.runs} runs each (load {load_start:.1f} → {load_end:.1f})"
+        title=f"CLI start-up, {args.runs} runs each ({args.search_runs} for a search; "
+        f"load {load_start:.1f} → {load_end:.1f})"
     )
     for col in ("command", "wall median s", "wall min s", "CPU median s"):
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r["command"],
+            str(r["command"]),
             f"{r['wall_median_s']:.3f}",
             f"{r['wall_min_s']:.3f}",
             f"{r['cpu_median_s']:.3f}",

@@ -32,6 +32,8 @@ from retroface.vision.types import FaceEngine
 # Throttled logins are answered after a pause in production (a tarpit); tests that flood the
 # login route would only wait. test_sec_login checks the pause with it set explicitly.
 os.environ.setdefault("RETROFACE_LOGIN_THROTTLE_PAUSE", "0")
+# The CLI's tests run it locally unless a test names a server itself (tests/test_cli_remote.py).
+os.environ.pop("RETROFACE_URL", None)
 PG_URL = os.environ.get("RETROFACE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DATA_DIR = Path(
     os.environ.get(

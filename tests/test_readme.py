@@ -99,13 +99,16 @@ def test_configuration_table_names_every_setting() -> None:
     table = section(README.read_text(encoding="utf-8"), "Configuration")
     documented = set(re.findall(r"^\| `(RETROFACE_[A-Z_]+)`", table, re.M))
     settings = {f"RETROFACE_{name.upper()}" for name in Settings.model_fields}
-    # The CLI's sign-in variables and the data key are read outside Settings; list them too.
+    # The CLI's sign-in and server variables and the data key are read outside Settings; list
+    # them too.
     others = {
         "RETROFACE_USER",
         "RETROFACE_PASSWORD",
         "RETROFACE_TOKEN",
         "RETROFACE_NEW_PASSWORD",
         "RETROFACE_DATA_KEY",
+        "RETROFACE_URL",
+        "RETROFACE_CA_BUNDLE",
     }
     missing = (settings | others) - documented
     assert not missing, f"settings missing from the README's table: {sorted(missing)}"
