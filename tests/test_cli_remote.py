@@ -302,8 +302,10 @@ def test_casework_through_the_server_equals_local(
     for a, b in zip(records_l, records_s, strict=True):
         assert b == a
     actions = [r["action"] for r in records_s]
-    # one probe and one search record per image searched (2 of the batch's 6 images, twice)
+    # one search record per image searched (2 of the batch's 6 images, twice) and one probe
+    # record per image stored (4 of 6: not the junk nor the missing file)
     assert actions.count("search.run") == 2 + 2 * 2 + 1
+    assert actions.count("probe.add") == 2 + 2 * 4
     assert any(r["details"].find('"credential": "token:') >= 0 for r in records_s)
 
 
@@ -323,7 +325,7 @@ def served(tmp_path: Path, engine: FaceEngine, data_dir: Path, clean_env: None) 
 def test_remote_errors_map_to_clear_messages(served: World, stills: dict[str, Path]) -> None:
     # a wrong token: refused by the server, exit 2 like a local refusal
     code, out = served.run(None, "case", "list", token="not-a-token")
-    assert code == 2 and "error:" in out
+    assert code == 2 and "error:" in out and "not-a-token" not in out
     # a role that may not do this: refused at the API's gate, and audited there
     code, out = served.run("rita", "case", "open", "--ref", "X1", *CASE_ARGS)
     assert code == 2 and "rita may not call this: needs operator" in out
