@@ -347,6 +347,18 @@ def test_remote_errors_map_to_clear_messages(served: World, stills: dict[str, Pa
     finally:
         del os.environ["RETROFACE_PASSWORD"]
     assert code == 0 and [c["reference"] for c in json.loads(out)["cases"]] == ["X2"]
+    # a proxy in the environment is not used for plain http (loopback): the token stays here
+    dead_proxy = f"http://127.0.0.1:{_free_port()}"
+    saved = {k: os.environ.get(k) for k in ("HTTP_PROXY", "ALL_PROXY", "NO_PROXY")}
+    os.environ.update({"HTTP_PROXY": dead_proxy, "ALL_PROXY": dead_proxy, "NO_PROXY": ""})
+    try:
+        assert served.run("olive", "case", "list", "--json")[0] == 0
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     # video searches are local only: said plainly, nothing searched
     code, out = served.run(
         "olive", "search", "--video", str(stills["biden"]), "--track", "1", "--case", "X2"

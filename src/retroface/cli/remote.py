@@ -99,6 +99,9 @@ class Remote:
             timeout=httpx.Timeout(600.0, connect=10.0),
             follow_redirects=False,
             headers={"User-Agent": "retroface-cli"},
+            # proxies from the environment (HTTPS_PROXY, ...) for https only: plain http goes to
+            # a loopback address, never through a proxy that would see the token in clear
+            trust_env=self.url.startswith("https://"),
         )
 
     # ------------------------------------------------------------------ credentials
