@@ -180,6 +180,63 @@ def test_kind_names() -> None:
             sharded.parse_kind(bad)
 
 
+_LOCAL = """
+import json, os, re, subprocess, sys
+import numpy as np
+from retroface.search.sharded import ShardedIndex, connect
+connect(None, min_cpus=2)
+index = ShardedIndex(8, 2)
+index.add(np.arange(10), np.eye(10, 8, dtype=np.float32))
+assert index.search(np.eye(1, 8, dtype=np.float32), 3)[1].tolist() == [[0, 1, 2]]
+children = {}
+for entry in os.listdir("/proc"):
+    if entry.isdigit():
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+mine, todo = set(), [os.getpid()]
+while todo:
+    pid = todo.pop()
+    mine.add(pid)
+    todo += children.get(pid, [])
+listening = []
+for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines():
+    pids = {int(p) for p in re.findall(r"pid=(\\d+)", line)}
+    if pids & mine:
+        listening.append(line.split()[3])
+print(json.dumps({"nodes": len(set(index.nodes())), "listening": listening}))
+"""
+
+
+def test_a_local_start_listens_on_loopback_only(tmp_path: Path) -> None:
+    """Without RETROFACE_RAY_ADDRESS the process starts Ray itself: every socket that Ray's
+    processes listen on is bound to 127.0.0.1 (a fresh interpreter: Ray is process-wide)."""
+    _need_ray()
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")]
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _LOCAL],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["nodes"] == 1 and len(report["listening"]) >= 3  # GCS, raylet, workers...
+    hosts = {addr.rsplit(":", 1)[0] for addr in report["listening"]}
+    assert hosts <= {"127.0.0.1", "[::ffff:127.0.0.1]"}, report["listening"]
+
+
 # ------------------------------------------------------------------------------ on the cluster
 
 
