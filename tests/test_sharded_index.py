@@ -314,6 +314,22 @@ def test_empty_and_small_galleries(cluster: ClusterInfo, faces: Faces) -> None:
         index.close()
 
 
+def test_a_cluster_too_small_is_an_error_not_a_hang(cluster: ClusterInfo) -> None:
+    """Shards that cannot be placed (each asks more CPUs than any node has) fail the start
+    with the stable error within the start timeout, and are withdrawn."""
+    import ray
+
+    with pytest.raises(ShardUnavailableError, match=r"within 3 s \(start\)") as failed:
+        ShardedIndex(DIM, 2, cpus=64, start_timeout_s=3)
+    assert failed.value.code == "index_unavailable"
+    waiting = [
+        a
+        for a in ray._private.state.actors().values()
+        if a["ActorClassName"] == "Shard" and a["State"] not in ("ALIVE", "DEAD")
+    ]
+    assert waiting == []  # withdrawn, not left to take a place later
+
+
 def _search(app: AppContext, who: Any, probe_id: int) -> list[dict[str, Any]]:
     result = app.searches.search(who, "C1", probe_id, top_k=20)
     return [c.model_dump() for c in result.candidates]

@@ -22,6 +22,7 @@ docs/scale.md) or, unset, started here on loopback only. Kind names: ``sharded{N
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -36,6 +37,8 @@ from retroface.vision.types import FloatArray
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
+
+log = logging.getLogger(__name__)
 
 PREFIX = "sharded"
 _KIND = re.compile(r"sharded(\d+)-(\w+)\Z")
@@ -220,9 +223,13 @@ class ShardedIndex:
         self._actors: list[ActorHandle] = [
             actor.remote(inner, dim, blobs[i] if blobs is not None else b"") for i in range(shards)
         ]
-        self._counts: list[int] = self._call(
-            lambda a: a.count.remote(), timeout=start_timeout_s, doing="start"
-        )
+        try:
+            self._counts: list[int] = self._call(
+                lambda a: a.count.remote(), timeout=start_timeout_s, doing="start"
+            )
+        except ShardUnavailableError:
+            self.close()  # shards still waiting for a place must not take one later
+            raise
 
     # -------------------------------------------------------------- calls to the shards
 
@@ -236,18 +243,23 @@ class ShardedIndex:
             self._fail(f"a shard's actor is gone ({doing}): {type(exc).__name__}", refs)
         except ray.exceptions.RayTaskError as exc:  # the shard's own code raised: a bug
             self._fail(f"a shard failed ({doing}): {exc.cause!r}", refs)
+        except ray.exceptions.RayError as exc:  # anything else Ray reports: no partial answer
+            self._fail(f"a shard is unreachable ({doing}): {type(exc).__name__}", refs)
         raise AssertionError("unreachable")
 
     def _fail(self, message: str, refs: list[Any]) -> None:
         ray = _ray()
         for ref in refs:
-            ray.cancel(ref, force=False)
+            try:
+                ray.cancel(ref, force=False)
+            except Exception:  # best effort: the error raised below is what matters
+                log.debug("could not cancel a shard call", exc_info=True)
         # Every later call fails too: a failed add or remove may have reached some shards only,
         # so the vectors no longer match the database until the manager rebuilds.
         self._broken = message
         raise ShardUnavailableError(
-            f"sharded gallery index unavailable: {message}; the gallery is rebuilt from the "
-            "database when the service restarts"
+            f"sharded gallery index unavailable: {message}; the next search rebuilds it from "
+            "the database"
         )
 
     def _call(
@@ -371,7 +383,10 @@ class ShardedIndex:
         """Stop the shard actors now (they also stop when the last handle goes)."""
         ray = _ray()
         for a in self._actors:
-            ray.kill(a)
+            try:
+                ray.kill(a)
+            except Exception:  # already gone with its node: nothing to stop
+                log.debug("could not kill a shard actor", exc_info=True)
         self._broken = self._broken or "closed"
 
 
