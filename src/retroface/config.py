@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     flip: bool = False
     #: Vector index: ``flat`` (exact, default) or ``hnsw`` (approximate + exact re-rank).
     index_kind: str = "flat"
+    #: Split the gallery index over this many Ray actors (docs/scale.md), each holding an index
+    #: of ``index_kind`` for its share of the templates; 0 keeps one index in this process.
+    index_shards: int = Field(default=0, ge=0)
+    #: Ray cluster the shards run on (``host:port`` of ``ray start --head``); unset with
+    #: ``index_shards`` > 0, a Ray instance is started in this process on loopback only.
+    ray_address: str | None = None
     #: Largest accepted upload (API), bytes.
     max_upload_bytes: int = 25_000_000
     #: Folder the API's batch enrolment may read from (unset: batch import over the API is off).

@@ -100,12 +100,18 @@ class AppContext:
 
     @cached_property
     def index(self) -> IndexManager:
+        kind = self.settings.index_kind
+        if self.settings.index_shards:
+            from retroface.search import sharded  # registers the sharded kinds; loads no Ray
+
+            sharded.connect(self.settings.ray_address, min_cpus=self.settings.index_shards)
+            kind = sharded.sharded_kind(kind, self.settings.index_shards)
         return IndexManager(
             self.db,
             self.cipher,
             self.home / "index",
             dim=self.engine.identity.embedding_size,
-            kind=self.settings.index_kind,
+            kind=kind,
         )
 
     @cached_property

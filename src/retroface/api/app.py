@@ -51,6 +51,7 @@ STATUS_FOR_CODE = {
     "invalid_video": 422,
     "too_many_requests": 429,
     "route_not_declared": 403,
+    "index_unavailable": 503,
 }
 
 #: Every error code the API answers with; docs/api.md lists each one (a test holds them equal).
@@ -71,6 +72,7 @@ ERROR_CODES = (
     "too_many_requests",
     "too_many_attempts",  # 429: failed logins throttled (account lockout or client), Retry-After
     "decryption_failed",
+    "index_unavailable",  # 503: a shard of the gallery index is gone (docs/scale.md)
     "internal_error",
 )
 

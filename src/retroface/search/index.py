@@ -9,6 +9,7 @@ against the stored vectors), so only which templates are looked at is approximat
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Protocol
 
 import faiss
@@ -247,7 +248,31 @@ class IvfIndex:
         return out
 
 
+#: Index kinds built by other modules, by the prefix of their kind name: ``search/sharded.py``
+#: registers ``sharded`` (it builds on this module, so this one may not import it).
+_PLUGINS: dict[
+    str, tuple[Callable[[str, int], VectorIndex], Callable[[str, bytes], VectorIndex]]
+] = {}
+
+
+def register_kind(
+    prefix: str,
+    make: Callable[[str, int], VectorIndex],
+    load: Callable[[str, bytes], VectorIndex],
+) -> None:
+    """Let ``new_index``/``index_from_bytes`` build kinds named ``prefix...`` with these."""
+    _PLUGINS[prefix] = (make, load)
+
+
+def _plugin(
+    kind: str,
+) -> tuple[Callable[[str, int], VectorIndex], Callable[[str, bytes], VectorIndex]] | None:
+    return next((p for prefix, p in _PLUGINS.items() if kind.startswith(prefix)), None)
+
+
 def new_index(kind: str, dim: int) -> VectorIndex:
+    if (plugin := _plugin(kind)) is not None:
+        return plugin[0](kind, dim)
     if kind == "flat":
         return FlatIndex(dim)
     if kind == "hnsw":
@@ -258,6 +283,8 @@ def new_index(kind: str, dim: int) -> VectorIndex:
 
 
 def index_from_bytes(kind: str, data: bytes) -> VectorIndex:
+    if (plugin := _plugin(kind)) is not None:
+        return plugin[1](kind, data)
     if kind == "flat":
         return FlatIndex.from_bytes(data)
     if kind == "hnsw":

@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 
+from retroface.core.errors import RetrofaceError
 from retroface.search.index_manager import IndexManager
 from retroface.vision.types import FloatArray
 
@@ -40,21 +41,17 @@ class Matcher:
         Subjects with several templates are ranked once: by their best template (``max``) or by
         the mean similarity of their templates (``mean``, from the shortlist).
         """
-        # Everything read from the index (ids, maps, version) comes from one state: the shared
-        # lock holds updates back until the shortlist is resolved to subjects and images.
-        with self.index.reading(model_key) as loaded:
-            version = loaded.version
-            total = loaded.index.count()
-            if total == 0:
-                return [], version
-            # enough templates that top_k distinct subjects survive grouping
-            k = min(total, max(top_k * 4, top_k + 50))
-            scores, ids = loaded.index.search(np.asarray(embedding, dtype=np.float32)[None], k)
-            hits = [
-                (score, tid, loaded.subject_of[tid], loaded.image_of[tid])
-                for score, tid in zip(scores[0].tolist(), ids[0].tolist(), strict=True)
-                if tid >= 0
-            ]
+        try:
+            hits, version = self._shortlist(embedding, model_key, top_k)
+        except RetrofaceError as exc:
+            if exc.code == "index_unavailable":
+                # A lost shard (search/sharded.py): this search fails, never returns a short
+                # list; dropping the cached state makes the next one rebuild the index from the
+                # database, on the nodes still there.
+                self.index.invalidate()
+            raise
+        if hits is None:
+            return [], version
         best: dict[int, tuple[float, int, int]] = {}
         sums: dict[int, list[float]] = {}
         for score, tid, sid, image_id in hits:
@@ -72,3 +69,24 @@ class Matcher:
             Match(rank=i + 1, subject_id=sid, similarity=sim, image_id=img, template_id=tid)
             for i, (sim, sid, img, tid) in enumerate(rows[:top_k])
         ], version
+
+    def _shortlist(
+        self, embedding: FloatArray, model_key: str, top_k: int
+    ) -> tuple[list[tuple[float, int, int, int]] | None, int]:
+        """(score, template, subject, image) of the nearest templates, and the version searched;
+        None for an empty gallery."""
+        # Everything read from the index (ids, maps, version) comes from one state: the shared
+        # lock holds updates back until the shortlist is resolved to subjects and images.
+        with self.index.reading(model_key) as loaded:
+            version = loaded.version
+            total = loaded.index.count()
+            if total == 0:
+                return None, version
+            # enough templates that top_k distinct subjects survive grouping
+            k = min(total, max(top_k * 4, top_k + 50))
+            scores, ids = loaded.index.search(np.asarray(embedding, dtype=np.float32)[None], k)
+            return [
+                (score, tid, loaded.subject_of[tid], loaded.image_of[tid])
+                for score, tid in zip(scores[0].tolist(), ids[0].tolist(), strict=True)
+                if tid >= 0
+            ], version
