@@ -292,7 +292,8 @@ class Enroller:
         with self.db.session() as s:
             known = set(s.scalars(select(ReferenceImage.content_hash)))
         model_key = self.engine.identity.key
-        self.index.get(model_key)  # make sure the index is current before following changes
+        # No index is loaded here: each batch's change goes to an in-memory state only where one
+        # is cached (the server), and the store gets this run's delta at the end (``persist``).
         touched_subjects: set[str] = set()
         pending: list[_Analysed] = []
         seen: set[str] = set()
@@ -334,7 +335,8 @@ class Enroller:
                     progress(done, total)
         if pending:
             self._commit(principal, pending, summary, model_key)
-        self.index.save(model_key=model_key)
+        # only what changed since the stored version: a delta, not the whole gallery (issue #16)
+        self.index.persist(model_key)
         summary.subjects = len(touched_subjects)
         summary.seconds = time.perf_counter() - started
         return summary
