@@ -134,7 +134,7 @@ def add_person(app: AppContext, person: Person, follow: bool = True) -> tuple[in
             s.add_all([image, template])
             s.flush()
             added.append((template.id, subject.id, image.id, face.vector))
-        version = bump_gallery_version(s)
+        version = bump_gallery_version(s, added=[a[0] for a in added])
     if follow:
         app.index.apply(key, version, added=added)
     return version, added
