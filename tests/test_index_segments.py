@@ -88,8 +88,13 @@ def test_enrolment_persists_only_a_delta(
     make_app: Callable[..., AppContext], data_dir: Path
 ) -> None:
     app = make_app()
-    enrol(app, data_dir, "barack_obama", "joe_biden")
     key = app.engine.identity.key
+    # the single file of earlier versions (the whole gallery in one blob) is deleted, not read
+    legacy = app.index.folder / f"{app.index.folder_for(key).name}.flat.idx.enc"
+    legacy.parent.mkdir(parents=True, exist_ok=True)
+    legacy.write_bytes(b"an old whole-gallery file")
+    enrol(app, data_dir, "barack_obama", "joe_biden")
+    assert not legacy.exists()
     store = app.index.store(key)
     first = store.manifest()
     assert first is not None and first.version == db_version(app)

@@ -535,7 +535,9 @@ class IndexManager:
                         w.change(version, Added.of(added, self.dim), removed)
                         self.writes["delta"] += 1
                 else:
-                    if whole is None or (current is not None and current.version >= whole[0]):
+                    # a store ahead of the database (restored from a backup?) is not usable
+                    usable = current is not None and current.version <= db_version
+                    if whole is None or (usable and current.version >= whole[0]):  # type: ignore[union-attr]
                         whole = self._read_all(model_key)
                     w.replace_all(*whole)
                     self.writes["full"] += 1
@@ -553,7 +555,10 @@ class IndexManager:
 
     def _schedule_compaction(self, model_key: str) -> None:
         if not self.compact_in_background:
-            self.compact(model_key)
+            try:
+                self.compact(model_key)
+            except Exception:  # the change is persisted; a failed merge is retried next time
+                log.exception("index compaction failed; the next writer retries")
             return
         with self._compacting_lock:
             running = self._compacting.get(model_key)
