@@ -24,7 +24,7 @@ subjects (nothing here reads them). Then:
 - ``erase_one``: erasing one template (it rewrites the one segment holding it).
 - ``compaction``: merging the deltas left by the steps above.
 
-    python bench/incremental.py                 # 1M faces (the size; ~15 min here)
+    python bench/incremental.py                 # 1M faces (the size; ~25 min here)
     python bench/incremental.py --faces 200000  # quicker
 
 Results go to ``bench/results/incremental.json``; the table is printed.
