@@ -24,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,34 +111,36 @@ def add_person(app: AppContext, person: Person, follow: bool = True) -> tuple[in
     enroller does. Returns the version committed and what was added."""
     key = app.engine.identity.key
     added: Added = []
-    with app.db.session() as s:
-        subject = Subject(reference=person.name, inclusion_reason="test", created_by="system")
-        s.add(subject)
-        s.flush()
-        for face in person.gallery:
-            image = ReferenceImage(
-                subject=subject,
-                content_hash=face.digest,
-                original_name=face.path.name,
-                provenance=str(face.path),
-                width=face.width,
-                height=face.height,
-            )
-            template = FaceTemplate(
-                image=image,
-                subject_id=subject.id,
-                model_key=key,
-                embedding_enc=app.cipher.encrypt(
-                    face.vector.tobytes(), aad=template_aad(face.digest, key)
-                ),
-                det_score=0.9,
-            )
-            s.add_all([image, template])
+    # as the enroller does: a search meeting the commit waits for the apply (``changing``)
+    with app.index.changing() if follow else nullcontext():
+        with app.db.session() as s:
+            subject = Subject(reference=person.name, inclusion_reason="test", created_by="system")
+            s.add(subject)
             s.flush()
-            added.append((template.id, subject.id, image.id, face.vector))
-        version = bump_gallery_version(s)
-    if follow:
-        app.index.apply(key, version, added=added)
+            for face in person.gallery:
+                image = ReferenceImage(
+                    subject=subject,
+                    content_hash=face.digest,
+                    original_name=face.path.name,
+                    provenance=str(face.path),
+                    width=face.width,
+                    height=face.height,
+                )
+                template = FaceTemplate(
+                    image=image,
+                    subject_id=subject.id,
+                    model_key=key,
+                    embedding_enc=app.cipher.encrypt(
+                        face.vector.tobytes(), aad=template_aad(face.digest, key)
+                    ),
+                    det_score=0.9,
+                )
+                s.add_all([image, template])
+                s.flush()
+                added.append((template.id, subject.id, image.id, face.vector))
+            version = bump_gallery_version(s, added=[a[0] for a in added])
+        if follow:
+            app.index.apply(key, version, added=added)
     return version, added
 
 
@@ -381,13 +385,16 @@ def test_search_between_commit_and_apply_waits_for_the_apply(
     add_person(app, people[1])
     cached = app.index.get(key)
     app.index.catch_up_s = 60.0  # however slow the machine, the apply below comes first
-    version, added = add_person(app, people[0], follow=False)  # committed, not yet applied
-    out: dict[str, Any] = {}
-    searcher = threading.Thread(
-        target=lambda: out.update(result=app.matcher.match(people[0].probe, key, top_k=TOP_K))
-    )
-    searcher.start()
-    app.index.apply(key, version, added=added)
+    with app.index.changing():  # this process's change, between its commit and its apply
+        version, added = add_person(app, people[0], follow=False)  # committed, not yet applied
+        out: dict[str, Any] = {}
+        searcher = threading.Thread(
+            target=lambda: out.update(result=app.matcher.match(people[0].probe, key, top_k=TOP_K))
+        )
+        searcher.start()
+        time.sleep(0.5)  # the search has found the database ahead and is waiting
+        assert searcher.is_alive()
+        app.index.apply(key, version, added=added)
     searcher.join(60)
     matches, found = out["result"]
     _, state = read_state(app)

@@ -56,6 +56,9 @@ class AppContext:
         self.clock = clock
         self._engine = engine
         self._engine_injected = engine is not None
+        #: Set by the API server: index compaction then runs in a background thread while the
+        #: cached index keeps serving (a command-line process compacts before it exits).
+        self.serving = False
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     @property
@@ -112,6 +115,7 @@ class AppContext:
             self.home / "index",
             dim=self.engine.identity.embedding_size,
             kind=kind,
+            compact_in_background=self.serving,
         )
 
     @cached_property

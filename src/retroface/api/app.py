@@ -116,6 +116,9 @@ def _error(
 
 def create_app(ctx: AppContext | None = None) -> FastAPI:
     ctx = ctx or AppContext()
+    ctx.serving = True
+    if "index" in ctx.__dict__:  # already built (a test's context): compact in the background too
+        ctx.index.compact_in_background = True
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -292,7 +292,8 @@ class Enroller:
         with self.db.session() as s:
             known = set(s.scalars(select(ReferenceImage.content_hash)))
         model_key = self.engine.identity.key
-        self.index.get(model_key)  # make sure the index is current before following changes
+        # No index is loaded here: each batch's change goes to an in-memory state only where one
+        # is cached (the server), and the store gets this run's delta at the end (``persist``).
         touched_subjects: set[str] = set()
         pending: list[_Analysed] = []
         seen: set[str] = set()
@@ -334,7 +335,8 @@ class Enroller:
                     progress(done, total)
         if pending:
             self._commit(principal, pending, summary, model_key)
-        self.index.save(model_key=model_key)
+        # only what changed since the stored version: a delta, not the whole gallery (issue #16)
+        self.index.persist(model_key)
         summary.subjects = len(touched_subjects)
         summary.seconds = time.perf_counter() - started
         return summary
@@ -345,77 +347,80 @@ class Enroller:
         for res in batch:  # durable encrypted files first; the rows that reference them follow
             self.blobs.put(res.data)
         added: list[tuple[int, int, int, np.ndarray]] = []
-        with self.db.session() as s:
-            subjects: dict[str, Subject] = {}
-            images: list[ReferenceImage] = []
-            for res in batch:
-                item, face = res.item, res.face
-                assert face is not None
-                subject = subjects.get(item.subject) or s.scalar(
-                    select(Subject).where(Subject.reference == item.subject)
-                )
-                if subject is None:
-                    subject = Subject(
-                        reference=item.subject,
-                        display_name=item.display_name,
-                        inclusion_reason=item.inclusion_reason or "unspecified",
-                        legal_basis=item.legal_basis,
-                        source=item.source,
-                        retention_until=item.retention_until,
-                        created_by=principal.username,
+        with self.index.changing():  # a search meeting the commit waits for the apply
+            with self.db.session() as s:
+                subjects: dict[str, Subject] = {}
+                images: list[ReferenceImage] = []
+                for res in batch:
+                    item, face = res.item, res.face
+                    assert face is not None
+                    subject = subjects.get(item.subject) or s.scalar(
+                        select(Subject).where(Subject.reference == item.subject)
                     )
-                    s.add(subject)
+                    if subject is None:
+                        subject = Subject(
+                            reference=item.subject,
+                            display_name=item.display_name,
+                            inclusion_reason=item.inclusion_reason or "unspecified",
+                            legal_basis=item.legal_basis,
+                            source=item.source,
+                            retention_until=item.retention_until,
+                            created_by=principal.username,
+                        )
+                        s.add(subject)
+                        s.flush()
+                        summary.new_subjects += 1
+                    elif subject.status != SubjectStatus.ACTIVE:
+                        summary.rejected.append(
+                            Rejection(
+                                path=str(item.path), reason=f"subject {item.subject} is erased"
+                            )
+                        )
+                        continue
+                    subjects[item.subject] = subject
+                    image = ReferenceImage(
+                        subject=subject,
+                        content_hash=res.digest,
+                        original_name=item.path.name,
+                        provenance=item.provenance or str(item.path),
+                        capture_date=item.capture_date,
+                        width=res.width,
+                        height=res.height,
+                    )
+                    s.add(image)
+                    vector = np.ascontiguousarray(face.embedding, dtype=np.float32)
+                    template = FaceTemplate(
+                        image=image,
+                        subject_id=subject.id,
+                        model_key=model_key,
+                        embedding_enc=self.cipher.encrypt(
+                            vector.tobytes(), aad=template_aad(res.digest, model_key)
+                        ),
+                        det_score=face.det_score,
+                        box={"box": list(face.box), "landmarks": face.landmarks.tolist()},
+                        quality=face.quality.to_dict(),
+                    )
+                    s.add(template)
                     s.flush()
-                    summary.new_subjects += 1
-                elif subject.status != SubjectStatus.ACTIVE:
-                    summary.rejected.append(
-                        Rejection(path=str(item.path), reason=f"subject {item.subject} is erased")
+                    images.append(image)
+                    added.append((template.id, subject.id, image.id, vector))
+                version = bump_gallery_version(s, added=[a[0] for a in added])
+                if images:
+                    self.audit(
+                        s,
+                        actor=principal,
+                        action="gallery.enrol",
+                        object_type="reference_image",
+                        # ids in details (JSON, uncapped): joined into object_id they overflowed
+                        # its 200 characters once ids reached 100,000 (issue #11, finding 3)
+                        object_id=str(images[0].id),
+                        details={
+                            "images": len(images),
+                            "image_ids": [i.id for i in images],
+                            "subjects": sorted(subjects),
+                        },
+                        ts=self.clock(),
                     )
-                    continue
-                subjects[item.subject] = subject
-                image = ReferenceImage(
-                    subject=subject,
-                    content_hash=res.digest,
-                    original_name=item.path.name,
-                    provenance=item.provenance or str(item.path),
-                    capture_date=item.capture_date,
-                    width=res.width,
-                    height=res.height,
-                )
-                s.add(image)
-                vector = np.ascontiguousarray(face.embedding, dtype=np.float32)
-                template = FaceTemplate(
-                    image=image,
-                    subject_id=subject.id,
-                    model_key=model_key,
-                    embedding_enc=self.cipher.encrypt(
-                        vector.tobytes(), aad=template_aad(res.digest, model_key)
-                    ),
-                    det_score=face.det_score,
-                    box={"box": list(face.box), "landmarks": face.landmarks.tolist()},
-                    quality=face.quality.to_dict(),
-                )
-                s.add(template)
-                s.flush()
-                images.append(image)
-                added.append((template.id, subject.id, image.id, vector))
-            version = bump_gallery_version(s, added=[a[0] for a in added])
-            if images:
-                self.audit(
-                    s,
-                    actor=principal,
-                    action="gallery.enrol",
-                    object_type="reference_image",
-                    # ids in details (JSON, uncapped): joined into object_id they overflowed
-                    # its 200 characters once ids reached 100,000 (issue #11, finding 3)
-                    object_id=str(images[0].id),
-                    details={
-                        "images": len(images),
-                        "image_ids": [i.id for i in images],
-                        "subjects": sorted(subjects),
-                    },
-                    ts=self.clock(),
-                )
-        summary.enrolled += len(added)
-        summary.gallery_version = version
-        self.index.apply(model_key, version, added=added)
+            summary.enrolled += len(added)
+            summary.gallery_version = version
+            self.index.apply(model_key, version, added=added)

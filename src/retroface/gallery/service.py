@@ -179,34 +179,35 @@ class GalleryService:
     ) -> ErasureResult:
         """Rows go first in one transaction (with the version bump, so no search sees a
         half-erased subject, and with the audit record); files follow once that has committed."""
-        with self.db.session() as s:
-            subject = self._get(s, reference)
-            images = list(subject.images)
-            hashes = [img.content_hash for img in images]
-            template_ids = [t.id for img in images for t in img.templates]
-            details: dict[str, Any] = {"images": len(images), "templates": len(template_ids)}
-            if action == "retention.subject_erase" and subject.retention_until is not None:
-                # when it fell due, so the oversight figures can tell an erasure on time from one
-                # made late (the subject row, which held the date, is gone)
-                details["due"] = subject.retention_until.isoformat()
-            model_keys = {t.model_key for img in images for t in img.templates}
-            s.delete(subject)
-            s.flush()
-            version = bump_gallery_version(s, removed=template_ids)
-            self.audit(
-                s,
-                actor=principal,
-                action=action,
-                object_type="subject",
-                object_id=reference,
-                justification=reason,
-                details=details,
-                ts=self.clock(),
-            )
-            still_used = still_referenced(s, hashes)
-        deleted = sum(self.blobs.delete(h) for h in set(hashes) - still_used)
-        for key in model_keys:
-            self.index.apply(key, version, removed=template_ids, save=True)
+        with self.index.changing():  # a search meeting the commit waits for the apply
+            with self.db.session() as s:
+                subject = self._get(s, reference)
+                images = list(subject.images)
+                hashes = [img.content_hash for img in images]
+                template_ids = [t.id for img in images for t in img.templates]
+                details: dict[str, Any] = {"images": len(images), "templates": len(template_ids)}
+                if action == "retention.subject_erase" and subject.retention_until is not None:
+                    # when it fell due, so the oversight figures can tell an erasure on time from
+                    # one made late (the subject row, which held the date, is gone)
+                    details["due"] = subject.retention_until.isoformat()
+                model_keys = {t.model_key for img in images for t in img.templates}
+                s.delete(subject)
+                s.flush()
+                version = bump_gallery_version(s, removed=template_ids)
+                self.audit(
+                    s,
+                    actor=principal,
+                    action=action,
+                    object_type="subject",
+                    object_id=reference,
+                    justification=reason,
+                    details=details,
+                    ts=self.clock(),
+                )
+                still_used = still_referenced(s, hashes)
+            deleted = sum(self.blobs.delete(h) for h in set(hashes) - still_used)
+            for key in model_keys:
+                self.index.apply(key, version, removed=template_ids, save=True)
         return ErasureResult(
             subject=reference,
             images=len(images),

@@ -1,7 +1,10 @@
 """Keeps the derived vector index in step with the database, the source of truth.
 
-The index file is encrypted (it holds templates) and carries the gallery version and model it was
-built from; a missing, stale or unreadable file is rebuilt from the database automatically.
+The index is stored per model as encrypted immutable segments under a small manifest that carries
+the gallery version and model it reflects (``search/segments.py``): a change writes only what it
+changed (a delta segment for an enrolment, replacements of the segments holding an erased
+template), and a new process streams the segments into a fresh index. A missing, stale or
+unreadable store is rebuilt from the database automatically.
 
 Concurrency: a readers-writer lock, not copy-on-write snapshots. In the API process a job thread
 follows enrolments and erasures (``apply``) while request threads search. FAISS supports many
@@ -17,7 +20,12 @@ Following other processes: every gallery version records the template ids it add
 (``gallery_changes``). A state behind the database (this process's cache after another process
 enrolled or erased, or the saved file in a new process) catches up by reading only those ids and
 the added templates, under the exclusive lock for the in-memory step alone; the whole gallery is
-re-read only when the log cannot bridge the gap (versions from before the log existed).
+re-read only when the log cannot bridge the gap (versions from before the log existed). The
+stored segments follow the same way (``persist``): under the store's writer lock (a flock, so
+across processes) the writer reads what changed since the manifest's version and writes only that.
+A process that changes the gallery persists its change; it never loads the whole index to do so.
+Compaction (merging deltas) changes no row, so it never touches the in-memory state; in the
+server it runs in a background thread while searches go on.
 
 Invariants: the cached ``LoadedIndex`` for a model is always a whole state of the gallery at its
 ``version`` (index, maps and version change together, under the exclusive lock), and is only
@@ -30,7 +38,6 @@ again, so anyone still holding it holds a consistent (if old) state.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from collections import Counter
@@ -43,10 +50,17 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Select, select
 
-from retroface.search.index import VectorIndex, index_from_bytes, new_index
-from retroface.storage.crypto import Cipher, DecryptionError, template_aad
+from retroface.search.index import VectorIndex, new_index
+from retroface.search.segments import (
+    Added,
+    CompactionPolicy,
+    SegmentStore,
+    StaleManifest,
+    StoreError,
+    remove_legacy,
+)
+from retroface.storage.crypto import Cipher, template_aad
 from retroface.storage.db import Database
-from retroface.storage.files import atomic_write
 from retroface.storage.tables import FaceTemplate, ReferenceImage
 from retroface.storage.versions import changes_since, gallery_version
 
@@ -145,6 +159,8 @@ class IndexManager:
         dim: int,
         kind: str = "flat",
         catch_up_s: float = 0.25,
+        policy: CompactionPolicy | None = None,
+        compact_in_background: bool = False,
     ) -> None:
         self.db = db
         self.cipher = cipher
@@ -155,21 +171,39 @@ class IndexManager:
         self._lock = ReadWriteLock()  # guards _loaded and the state of every LoadedIndex in it
         # one reload at a time: searches that all find the index stale build it once, not N times
         self._load_lock = threading.Lock()
-        self._save_lock = threading.Lock()
-        self._saved: dict[str, int] = {}  # version last written per model: never write an older
+        self.policy = policy or CompactionPolicy()
+        # The server compacts in a background thread (searches go on against the cached state,
+        # which compaction does not change); a CLI process compacts before it exits.
+        self.compact_in_background = compact_in_background
+        self._compacting: dict[str, threading.Thread] = {}
+        self._compacting_lock = threading.Lock()
+        #: What the store writer did: "delta" (a change written), "full" (a whole state written),
+        #: "compaction". Tests and benches read it.
+        self.writes: Counter[str] = Counter()
         # A search that finds the database a version ahead of the cache has usually met a change
         # of this process between its commit and its apply (microseconds to a few ms apart): it
         # waits up to catch_up_s for that apply rather than rebuild (seconds at 100k templates).
         # Only a change made by another process costs this wait, before the rebuild it needs.
         self.catch_up_s = catch_up_s
         self._applied = threading.Condition()
-        #: How states came to be: "rebuild" (every template decrypted), "file" (saved file read),
-        #: "catch_up" (followed the change log). Tests and benches read it.
+        self._changing = 0  # changes of this process between commit and apply (``changing``)
+        #: How states came to be: "rebuild" (every template decrypted), "file" (stored segments
+        #: read), "catch_up" (followed the change log). Tests and benches read it.
         self.stats: Counter[str] = Counter()
 
-    def path_for(self, model_key: str) -> Path:
+    def folder_for(self, model_key: str) -> Path:
+        """The folder of a model's stored index (manifest, segments, lock)."""
         digest = hashlib.sha256(model_key.encode()).hexdigest()[:16]
-        return self.folder / f"{digest}.{self.kind}.idx.enc"
+        return self.folder / digest
+
+    def store(self, model_key: str) -> SegmentStore:
+        return SegmentStore(
+            self.folder_for(model_key), self.cipher, model_key, self.dim, self.kind, self.policy
+        )
+
+    def path_for(self, model_key: str) -> Path:
+        """The manifest of a model's stored index (the file that says which segments count)."""
+        return self.store(model_key).manifest_path
 
     def _db_version(self) -> int:
         with self.db.session() as s:
@@ -216,7 +250,28 @@ class IndexManager:
         if self._loaded.get(model_key) is None:
             return False  # nothing to follow: load it
         with self._applied:
-            return self._applied.wait_for(caught_up, timeout=self.catch_up_s)
+            if not self._changing:
+                # no change of this process in flight: it is another process's, so catch up
+                # now (waiting added 250 ms to every pick-up, bench/incremental.py)
+                return False
+            self._applied.wait_for(
+                lambda: caught_up() or not self._changing, timeout=self.catch_up_s
+            )
+            return caught_up()
+
+    @contextmanager
+    def changing(self) -> Iterator[None]:
+        """Wrap a change this process commits and then ``apply``s: a search meeting the commit
+        before the apply waits for the apply (up to ``catch_up_s``); with none in flight, a search
+        that finds the database ahead catches up through the change log at once."""
+        with self._applied:
+            self._changing += 1
+        try:
+            yield
+        finally:
+            with self._applied:
+                self._changing -= 1
+                self._applied.notify_all()
 
     def get(self, model_key: str) -> LoadedIndex:
         """The index for a model, current with the database's gallery version.
@@ -238,12 +293,21 @@ class IndexManager:
             if cached is not None and self._catch_up_cached(cached):
                 return
             loaded = self._load_file(model_key, version)
-            if loaded is not None and loaded.version < version and not self._advance(loaded):
-                loaded = None
+            erased = False
+            if loaded is not None and loaded.version < version:
+                advanced = self._advance(loaded)
+                if advanced is None:
+                    loaded = None
+                else:
+                    erased = advanced
             if loaded is None:
                 self.rebuild(model_key)
             else:
                 self._install(loaded)
+                if erased:
+                    # the store still holds templates erased since (a writer that died before
+                    # persisting): write the store forward now, so their bytes go
+                    self.persist(model_key)
 
     def _changes(
         self, model_key: str, since: int
@@ -312,14 +376,15 @@ class IndexManager:
                 state.image_of[tid] = iid
         state.version = version
 
-    def _advance(self, loaded: LoadedIndex) -> bool:
-        """Bring a state nobody else holds yet (a file just read) up to the database."""
+    def _advance(self, loaded: LoadedIndex) -> bool | None:
+        """Bring a state nobody else holds yet (segments just read) up to the database; None
+        when the log cannot bridge the gap, else whether the change log removed templates."""
         changes = self._changes(loaded.model_key, loaded.version)
         if changes is None:
-            return False
+            return None
         self._apply_to(loaded, *changes)
         self.stats["catch_up"] += 1
-        return True
+        return bool(changes[2])
 
     def _catch_up_cached(self, cached: LoadedIndex) -> bool:
         """Bring the cached state forward in place: the reads and decryption outside the lock,
@@ -351,37 +416,67 @@ class IndexManager:
                 self._loaded[loaded.model_key] = loaded
 
     def _load_file(self, model_key: str, version: int) -> LoadedIndex | None:
-        path = self.path_for(model_key)
-        if not path.exists():
-            log.info("index %s missing: rebuilding", path.name)
-            return None
-        try:
-            raw = self.cipher.decrypt(path.read_bytes(), aad=model_key.encode())
-            header_len = int.from_bytes(raw[:4], "big")
-            header = json.loads(raw[4 : 4 + header_len])
-            if header["version"] > version or header["model_key"] != model_key:
-                # ahead of the database (restored from backup?) or another model's: not usable
-                log.info(
-                    "index %s unusable (v%s, gallery v%s)", path.name, header["version"], version
-                )
+        """The stored state, streamed from its segments; None when missing or unusable."""
+        store = self.store(model_key)
+        for _ in range(5):
+            try:
+                return self._read_store(store, version)
+            except StaleManifest:
+                continue  # a writer replaced a segment after the manifest was read: read again
+            except (StoreError, ValueError, RuntimeError) as exc:
+                log.warning("index %s unreadable (%s): rebuilding", store.folder.name, exc)
                 return None
-            index = index_from_bytes(self.kind, raw[4 + header_len :])
-            maps = header["maps"]
-            self.stats["file"] += 1
-            return LoadedIndex(
-                index,
-                int(header["version"]),
-                model_key,
-                False,
-                {int(k): v for k, v in maps["subject"].items()},
-                {int(k): v for k, v in maps["image"].items()},
-            )
-        except (DecryptionError, ValueError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
-            log.warning("index %s unreadable (%s): rebuilding", path.name, exc)
-            return None
+        log.warning("index %s kept changing while read: rebuilding", store.folder.name)
+        return None
 
-    def rebuild(self, model_key: str) -> LoadedIndex:
-        """Re-derive the index from every template of this model in the database, and cache it.
+    def _read_store(self, store: SegmentStore, version: int) -> LoadedIndex | None:
+        manifest = store.manifest()
+        if manifest is None:
+            log.info("index %s missing: rebuilding", store.folder.name)
+            return None
+        if manifest.version > version or manifest.dim != self.dim:
+            # ahead of the database (restored from backup?) or another geometry: not usable
+            log.info(
+                "index %s unusable (v%s, gallery v%s)", store.folder.name, manifest.version, version
+            )
+            return None
+        index = new_index(self.kind, self.dim)
+        # A flat index takes the vectors block by block (memory: the index plus one block);
+        # other kinds get them in one call, as a rebuild gives them, since IVF trains its
+        # quantiser on the first batch it is given.
+        streaming = self.kind == "flat"
+        held: list[np.ndarray] = []
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for seg in manifest.segments:
+            ids, sids, iids = store.read_ids(seg)
+            with store.open_rows(seg) as rows:
+                at = 0
+                for block in rows.blocks():
+                    if streaming:
+                        index.add(ids[at : at + len(block)], np.asarray(block, np.float32))
+                    else:
+                        held.append(np.array(block, dtype=np.float32))
+                    at += len(block)
+            parts.append((ids, sids, iids))
+        ids, sids, iids = (
+            np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64)
+            for i in range(3)
+        )
+        if held:
+            index.add(ids, np.concatenate(held))
+        self.stats["file"] += 1
+        id_list = ids.tolist()
+        return LoadedIndex(
+            index,
+            manifest.version,
+            manifest.model_key,
+            False,
+            dict(zip(id_list, sids.tolist(), strict=True)),
+            dict(zip(id_list, iids.tolist(), strict=True)),
+        )
+
+    def _read_all(self, model_key: str) -> tuple[int, Added]:
+        """Every template of this model in the database, decrypted, and the version it is at.
 
         The version is read before and after the templates and the read retried until both agree:
         on PostgreSQL (read committed) each statement sees its own snapshot, and every gallery
@@ -396,11 +491,8 @@ class IndexManager:
                 if gallery_version(s) == version:
                     break
                 log.info("gallery changed during the index rebuild: reading it again")
-        self.stats["rebuild"] += 1
-        index = new_index(self.kind, self.dim)
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        if rows:
-            vectors = np.stack(
+        vectors = (
+            np.stack(
                 [
                     np.frombuffer(
                         self.cipher.decrypt(r[3], aad=template_aad(r[4], model_key)),
@@ -409,18 +501,108 @@ class IndexManager:
                     for r in rows
                 ]
             )
-            index.add(ids, vectors)
+            if rows
+            else np.zeros((0, self.dim), np.float32)
+        )
+        return version, Added(
+            np.array([r[0] for r in rows], dtype=np.int64),
+            np.array([r[1] for r in rows], dtype=np.int64),
+            np.array([r[2] for r in rows], dtype=np.int64),
+            vectors,
+        )
+
+    def rebuild(self, model_key: str) -> LoadedIndex:
+        """Re-derive the index from every template of this model in the database, cache it, and
+        write the store forward (a whole new one only where the change log cannot bridge)."""
+        version, rows = self._read_all(model_key)
+        self.stats["rebuild"] += 1
+        index = new_index(self.kind, self.dim)
+        if len(rows):
+            index.add(rows.ids, rows.vectors)
+        id_list = rows.ids.tolist()
         loaded = LoadedIndex(
             index,
             version,
             model_key,
             True,
-            {int(r[0]): int(r[1]) for r in rows},
-            {int(r[0]): int(r[2]) for r in rows},
+            dict(zip(id_list, rows.subject_ids.tolist(), strict=True)),
+            dict(zip(id_list, rows.image_ids.tolist(), strict=True)),
         )
         self._install(loaded)
-        self.save(loaded)
+        self.persist(model_key, whole=(version, rows))
         return loaded
+
+    def persist(self, model_key: str, whole: tuple[int, Added] | None = None) -> None:
+        """Write the stored index forward to the database's gallery version: under the store's
+        writer lock, only what changed since the manifest's version (the change log), or a whole
+        new state where the log cannot bridge (``whole`` if given and newer than the store).
+
+        Never writes an older state over a newer one: the manifest's version only goes up.
+        Compaction follows when due (in a background thread in the server).
+        """
+        store = self.store(model_key)
+        with store.writer() as w:
+            remove_legacy(self.folder, model_key)
+            db_version = self._db_version()
+            current = w.manifest
+            if current is not None and current.version == db_version:
+                due = self.policy.due(current)
+            else:
+                changes = None
+                if current is not None and current.version < db_version:
+                    changes = self._changes(model_key, current.version)
+                if changes is not None:
+                    version, added, removed = changes
+                    if version > current.version:  # type: ignore[union-attr]
+                        w.change(version, Added.of(added, self.dim), removed)
+                        self.writes["delta"] += 1
+                else:
+                    # a store ahead of the database (restored from a backup?) is not usable
+                    usable = current is not None and current.version <= db_version
+                    if whole is None or (usable and current.version >= whole[0]):  # type: ignore[union-attr]
+                        whole = self._read_all(model_key)
+                    w.replace_all(*whole)
+                    self.writes["full"] += 1
+                due = w.manifest is not None and self.policy.due(w.manifest)
+        if due:
+            self._schedule_compaction(model_key)
+
+    def compact(self, model_key: str, force: bool = False) -> bool:
+        """Merge the store's deltas when due (or ``force``); True if it changed the store."""
+        with self.store(model_key).writer() as w:
+            done = w.compact(force)
+        if done:
+            self.writes["compaction"] += 1
+        return done
+
+    def _schedule_compaction(self, model_key: str) -> None:
+        if not self.compact_in_background:
+            try:
+                self.compact(model_key)
+            except Exception:  # the change is persisted; a failed merge is retried next time
+                log.exception("index compaction failed; the next writer retries")
+            return
+        with self._compacting_lock:
+            running = self._compacting.get(model_key)
+            if running is not None and running.is_alive():
+                return
+
+            def run() -> None:
+                try:
+                    self.compact(model_key)
+                except Exception:  # the store is still whole (new pieces first, manifest last)
+                    log.exception("index compaction failed; the next writer retries")
+
+            thread = threading.Thread(target=run, name="index-compaction", daemon=True)
+            self._compacting[model_key] = thread
+            thread.start()
+
+    def wait_for_compaction(self, timeout: float | None = None) -> None:
+        """Wait for background compactions started so far (tests, orderly shutdown)."""
+        with self._compacting_lock:
+            threads = list(self._compacting.values())
+        for thread in threads:
+            thread.join(timeout)
 
     def apply(
         self,
@@ -437,12 +619,12 @@ class IndexManager:
         """
         try:
             with self._lock.write():
-                followed = self._follow(model_key, new_version, added or [], removed or [])
+                self._follow(model_key, new_version, added or [], removed or [])
         finally:
             with self._applied:  # wake searches waiting for this change (or for its drop)
                 self._applied.notify_all()
-        if save and followed:
-            self.save(model_key=model_key)
+        if save:  # persisted even when nothing was cached: an erasure must leave the store
+            self.persist(model_key)
 
     def _follow(
         self,
@@ -485,27 +667,9 @@ class IndexManager:
             self._loaded.clear()
 
     def save(self, loaded: LoadedIndex | None = None, model_key: str | None = None) -> None:
-        """Write a state to the encrypted file; serialised under the shared lock, so whole."""
-        with self._lock.read():
-            if loaded is None:
-                if model_key is None or model_key not in self._loaded:
-                    return
-                loaded = self._loaded[model_key]
-            version, key = loaded.version, loaded.model_key
-            header = json.dumps(
-                {
-                    "version": version,
-                    "model_key": key,
-                    "kind": self.kind,
-                    "count": loaded.index.count(),
-                    "maps": {"subject": loaded.subject_of, "image": loaded.image_of},
-                }
-            ).encode()
-            body = loaded.index.to_bytes()
-        raw = len(header).to_bytes(4, "big") + header + body
-        blob = self.cipher.encrypt(raw, aad=key.encode())
-        with self._save_lock:
-            if self._saved.get(key, -1) > version:
-                return  # a newer state was written meanwhile: an older one must not replace it
-            atomic_write(self.path_for(key), blob)
-            self._saved[key] = version
+        """Write the store forward to the database (``persist``; kept for callers of the
+        single-file era). The store reflects the database, never an in-memory state: a state
+        older than the store is never written over it."""
+        key = loaded.model_key if loaded is not None else model_key
+        if key is not None:
+            self.persist(key)
