@@ -212,8 +212,12 @@ def serve(
 
     configure_logging()
     with user_errors():
-        app = create_app(state.ctx)
-        state.ctx.engine  # load the models before the first request  # noqa: B018
+        ctx = state.ctx
+        app = create_app(ctx)
+        ctx.engine  # load the models before the first request  # noqa: B018
+        ctx.db  # noqa: B018
+        if ctx.schema_change is not None:  # a schema this start-up upgraded is audited
+            ctx.schema.record_upgrade(ctx.schema_change, by="retroface serve")
     # browsers send the Secure session cookie over plain HTTP to localhost only
     page_host = "localhost" if host in ("127.0.0.1", "::1", "localhost") else host
     console.print(f"retroface API on http://{host}:{port}/api/v1/docs", highlight=False)
