@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -38,6 +40,24 @@ from retroface.web.app import add_web
 from retroface.web.errors import is_page, page_error
 
 log = logging.getLogger("retroface.api")
+
+
+def api_threads(configured: int) -> int:
+    """How many requests' handlers run at once: ``RETROFACE_API_THREADS``, else two per core.
+
+    Two per core keeps the cores busy while a thread waits on the database, and few enough that
+    the waiting happens in one FIFO queue instead of on the GIL, the connection pool and the
+    audit lock, which serve waiters in no particular order (measured: docs/performance.md).
+    """
+    return configured or 2 * (os.cpu_count() or 1)
+
+
+def bound_worker_threads(tokens: int) -> None:
+    """Limit the running event loop's worker threads (every sync route and dependency runs in
+    one) to ``tokens``. AnyIO's limiter admits waiters first come, first served, and a newcomer
+    never overtakes a waiter, so a request's wait depends on its place in the queue, not luck."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = tokens
+
 
 STATUS_FOR_CODE = {
     "unauthenticated": 401,
@@ -120,6 +140,7 @@ def create_app(ctx: AppContext | None = None) -> FastAPI:
         """While serving: scheduled retention, so lapsed urgent cases are purged within minutes
         even if nobody touches them (issue #11, finding 5); with local jobs, what a crashed
         predecessor left running is marked interrupted now (the runner itself starts lazily)."""
+        bound_worker_threads(api_threads(ctx.settings.api_threads))
         if not ctx.settings.redis_url:
             ctx.job_store.fail_interrupted("local")
         scheduler = None
