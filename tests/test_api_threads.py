@@ -1,10 +1,10 @@
-"""The API's worker threads are bounded (``RETROFACE_API_THREADS``, default two per core) and
-admitted first come, first served; pooled PostgreSQL connections idle for a while are tested and
-replaced before use, those in steady use are not (docs/performance.md, "API under 50 clients")."""
+"""The API's worker threads can be bounded (``RETROFACE_API_THREADS``; unset, AnyIO's
+default) and are admitted first come, first served; pooled PostgreSQL connections idle for a
+while are tested and replaced before use, those in steady use are not (docs/performance.md,
+"API under 50 concurrent search clients")."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from retroface.api.app import api_threads, create_app
+from retroface.api.app import create_app
 from retroface.context import AppContext
 from retroface.storage import db as dbmod
 from retroface.storage.db import Database
@@ -30,9 +30,9 @@ def _tokens(client: TestClient) -> float:
     return client.portal.call(read)
 
 
-def test_default_is_two_threads_per_core() -> None:
-    assert api_threads(0) == 2 * (os.cpu_count() or 1)
-    assert api_threads(7) == 7
+def test_default_leaves_anyio_default(make_app: Callable[..., AppContext]) -> None:
+    with TestClient(create_app(make_app())) as client:
+        assert _tokens(client) == 40
 
 
 def test_serving_bounds_the_worker_threads(make_app: Callable[..., AppContext]) -> None:

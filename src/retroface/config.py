@@ -39,10 +39,10 @@ class Settings(BaseSettings):
     flip: bool = False
     #: Vector index: ``flat`` (exact, default) or ``hnsw`` (approximate + exact re-rank).
     index_kind: str = "flat"
-    #: API/web requests whose handler runs at once (the rest wait in arrival order); 0: two per
-    #: core. Every route is synchronous and runs in a worker thread: with the default 40 threads,
-    #: 50 concurrent searches thrashed the GIL, the connection pool and the audit lock, and the
-    #: slowest 1% waited 3-4x the median (docs/performance.md, "API under 50 clients").
+    #: API/web requests whose handlers run at once, the rest waiting in arrival order; 0 keeps
+    #: AnyIO's default of 40 worker threads. Measured with 50 concurrent searches on 2 busy cores
+    #: (docs/performance.md, "API under 50 concurrent search clients"): 4 threads halved SQLite's
+    #: throughput (its lock waits sleep) and did not shorten PostgreSQL's tail, so it is opt-in.
     api_threads: int = Field(default=0, ge=0, le=1000)
     #: Largest accepted upload (API), bytes.
     max_upload_bytes: int = 25_000_000

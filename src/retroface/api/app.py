@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -40,16 +39,6 @@ from retroface.web.app import add_web
 from retroface.web.errors import is_page, page_error
 
 log = logging.getLogger("retroface.api")
-
-
-def api_threads(configured: int) -> int:
-    """How many requests' handlers run at once: ``RETROFACE_API_THREADS``, else two per core.
-
-    Two per core keeps the cores busy while a thread waits on the database, and few enough that
-    the waiting happens in one FIFO queue instead of on the GIL, the connection pool and the
-    audit lock, which serve waiters in no particular order (measured: docs/performance.md).
-    """
-    return configured or 2 * (os.cpu_count() or 1)
 
 
 def bound_worker_threads(tokens: int) -> None:
@@ -140,7 +129,8 @@ def create_app(ctx: AppContext | None = None) -> FastAPI:
         """While serving: scheduled retention, so lapsed urgent cases are purged within minutes
         even if nobody touches them (issue #11, finding 5); with local jobs, what a crashed
         predecessor left running is marked interrupted now (the runner itself starts lazily)."""
-        bound_worker_threads(api_threads(ctx.settings.api_threads))
+        if ctx.settings.api_threads:
+            bound_worker_threads(ctx.settings.api_threads)
         if not ctx.settings.redis_url:
             ctx.job_store.fail_interrupted("local")
         scheduler = None
