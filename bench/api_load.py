@@ -66,25 +66,49 @@ def scratch_schema(url: str) -> Iterator[str]:
         engine.dispose()
 
 
-#: How a sampled stack is classed: the first rule (innermost frame first) whose pattern occurs in
-#: a frame's "function (file)" text names the kind of work.
+#: Waits told apart by the innermost frame of a sample (py-spy counts a thread blocked in C code
+#: that released the GIL as active, so these are wall time, not CPU).
+WAITS: dict[str, str] = {
+    "Connection.wait (psycopg": "DB: waiting for PostgreSQL's answer",
+    "EpollSelector.select": "event loop idle (epoll)",
+    "Condition.wait (threading": "thread pool hand-off (wait/notify)",
+    "Condition.notify (threading": "thread pool hand-off (wait/notify)",
+    "_write_to_self (asyncio": "thread pool hand-off (wait/notify)",
+}
+#: A frame anywhere in the stack that names the wait: SQLite's BEGIN IMMEDIATE queues on the
+#: database write lock inside the driver.
+WAITS_ANYWHERE: dict[str, str] = {"_sqlite_begin": "DB: waiting for SQLite's write lock"}
+#: Otherwise the first rule (innermost frame first) whose pattern occurs in a frame's
+#: "function (file)" text names the kind of work.
 KINDS: list[tuple[str, tuple[str, ...]]] = [
     ("image decode", ("decode_image", "imdecode", "media/images.py")),
     ("face detection", ("scrfd.py",)),
     ("embedding", ("arcface.py", "alignment.py")),
-    ("index search", ("search/index", "matcher.py", "faiss")),
+    ("index search (faiss)", ("search/index", "matcher.py", "faiss")),
     ("audit writes", ("audit/log.py", "audit/guard.py", "audit/chain.py", "audit/anchor.py")),
     ("password/token hashing", ("argon2", "hashlib", "_hash_token", "authenticate_token")),
-    (
-        "database (SQLAlchemy + driver)",
-        ("sqlalchemy", "psycopg", "sqlite3", "storage/db.py", "pool/"),
-    ),
+    ("DB: SQLAlchemy + driver work", ("sqlalchemy", "psycopg", "sqlite3", "storage/db.py")),
     ("serialization (pydantic/json)", ("pydantic", "json", "jsonable_encoder", "serialize")),
     (
         "HTTP + event loop (uvicorn/starlette/anyio)",
         ("uvicorn", "starlette", "fastapi", "anyio", "h11", "httptools", "asyncio"),
     ),
 ]
+
+
+def classify(frames: list[str]) -> str:
+    inner = frames[-1]
+    for pattern, kind in WAITS.items():
+        if pattern in inner:
+            return kind
+    for pattern, kind in WAITS_ANYWHERE.items():
+        if any(pattern in f for f in frames):
+            return kind
+    for frame in reversed(frames):
+        hit = next((k for k, pats in KINDS if any(p in frame for p in pats)), None)
+        if hit:
+            return hit
+    return "other"
 
 
 def breakdown(collapsed: Path) -> dict[str, float]:
@@ -95,16 +119,38 @@ def breakdown(collapsed: Path) -> dict[str, float]:
         stack, _, n = line.rpartition(" ")
         if not n.isdigit():
             continue
-        frames = stack.split(";")
-        kind = "other"
-        for frame in reversed(frames):
-            hit = next((k for k, pats in KINDS if any(p in frame for p in pats)), None)
-            if hit:
-                kind = hit
-                break
+        kind = classify(stack.split(";"))
         counts[kind] = counts.get(kind, 0) + int(n)
         total += int(n)
     return {k: round(100 * v / total, 1) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+
+#: Steps of POST /searches, by a function on the stack (inclusive: a step's share counts its
+#: database work and waits too).
+STEPS: dict[str, str] = {
+    "the route in a worker thread (all steps)": "search (retroface/api/routers/casework.py",
+    "token check (authorise dependency)": "UserService.authenticate_token",
+    "need-to-know check": "TeamService.require_case",
+    "lapsed urgent case check": "CaseService.purge_lapsed",
+    "index search incl. gallery version read": "Matcher.match",
+    "audit record incl. its lock": "AuditLog.record",
+    "response model (pydantic)": "serialize_response",
+}
+
+
+def steps(collapsed: Path) -> dict[str, float]:
+    """Share of all samples spent inside each step of the search (:data:`STEPS`)."""
+    counts = dict.fromkeys(STEPS, 0)
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        for step, pattern in STEPS.items():
+            if pattern in stack:
+                counts[step] += int(n)
+    return {k: round(100 * v / total, 1) for k, v in counts.items()}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -269,79 +315,105 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, console: Console, tmp: str) -> dict[str, object]:
-    if True:
-        home = Path(tmp)
-        with console.status("Seeding gallery, users and case…"):
-            seed(home, args.identities, args.database_url)
-        port = free_port()
-        env = os.environ | {"RETROFACE_HOME": str(home)}
-        if args.database_url:
-            env["RETROFACE_DATABASE_URL"] = args.database_url
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "retroface.cli.main",
-                "serve",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(120):
-                try:
-                    if httpx.get(f"{base}/api/v1/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
-            else:
-                raise SystemExit("server did not become ready")
-            spy = None
-            if args.py_spy:
-                spy = subprocess.Popen(
-                    [
-                        str(Path(sys.executable).with_name("py-spy")),
-                        "record",
-                        "--pid",
-                        str(server.pid),
-                        "--nonblocking",
-                        "--rate",
-                        "50",
-                        "--format",
-                        "raw",
-                        "--output",
-                        str(args.py_spy),
-                        "--duration",
-                        str(int(args.seconds) + 5),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            cpu0 = cpu_seconds(server.pid)
-            with console.status(f"{args.clients} clients searching for {args.seconds:.0f} s…"):
-                result = asyncio.run(
-                    run_load(base, args.clients, args.seconds, args.bad_logins, args.control)
-                )
-            cpu = cpu_seconds(server.pid) - cpu0
-            result["server_cpu_s"] = round(cpu, 1)
-            result["server_cpu_ms_per_request"] = round(
-                1000 * cpu / max(1, int(result["requests"])),
-                1,  # type: ignore[call-overload]
+    home = Path(tmp)
+    with console.status("Seeding gallery, users and case…"):
+        seed(home, args.identities, args.database_url)
+    port = free_port()
+    server_log = (home / "server.log").open("wb")
+    env = os.environ | {"RETROFACE_HOME": str(home)}
+    if args.database_url:
+        env["RETROFACE_DATABASE_URL"] = args.database_url
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "retroface.cli.main",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=server_log,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if httpx.get(f"{base}/api/v1/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise SystemExit("server did not become ready")
+        spy = None
+        if args.py_spy:
+            spy = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("py-spy")),
+                    "record",
+                    "--pid",
+                    str(server.pid),
+                    "--nonblocking",
+                    "--rate",
+                    "50",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(args.py_spy),
+                    "--duration",
+                    str(int(args.seconds) + 5),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
-            if spy is not None:
-                spy.wait(timeout=120)
-                result["profile"] = breakdown(args.py_spy)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        cpu0 = cpu_seconds(server.pid)
+        me0 = cpu_seconds(os.getpid())
+        with console.status(f"{args.clients} clients searching for {args.seconds:.0f} s…"):
+            result = asyncio.run(
+                run_load(base, args.clients, args.seconds, args.bad_logins, args.control)
+            )
+        cpu = cpu_seconds(server.pid) - cpu0
+        # the load generator shares the cores: its own CPU per request shows how much of the
+        # clients' latency may be the clients themselves
+        mine = cpu_seconds(os.getpid()) - me0
+        n = max(1, int(str(result["requests"])))
+        result["client_cpu_ms_per_request"] = round(1000 * mine / n, 1)
+        result["server_cpu_s"] = round(cpu, 1)
+        result["server_cpu_ms_per_request"] = round(1000 * cpu / n, 1)
+        if spy is not None:
+            spy.wait(timeout=120)
+            result["profile"] = breakdown(args.py_spy)
+            result["profile_steps"] = steps(args.py_spy)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        server_log.close()
+    result |= server_side(home / "server.log")
     return result
+
+
+def server_side(log: Path) -> dict[str, object]:
+    """p50/p99 of POST /searches as the server measured them (its request log: from the
+    request reaching the application to the response), beside the clients' figures, which also
+    count the wait for the event loop to read the request and the network."""
+    ms = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("route") == "/api/v1/searches" and rec.get("method") == "POST":
+            ms.append(float(rec["ms"]))
+    if not ms:
+        return {}
+    return {
+        "server_side_p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "server_side_p99_ms": round(float(np.percentile(ms, 99)), 1),
+    }
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from api_load import DATA, PASSWORD, free_port, scratch_schema
+from api_load import DATA, PASSWORD, free_port, scratch_schema, server_side
 
 PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
 #: Probes the search clients rotate over: the second image of this many seeded people.
@@ -402,6 +402,7 @@ def run(args: argparse.Namespace, url: str, home: Path, console: Console) -> dic
             "requests": searched["requests"],
             "throughput_per_s": round(searched["requests"] / searched["seconds"], 1),
             **percentiles(searched["latencies"]),
+            **server_side(args.json.with_suffix(".server.log")),
         },
         "enrol": {
             "runs": len(runs),
