@@ -71,7 +71,9 @@ def seed(home: Path, url: str, names: list[str]) -> int:
     from retroface.gallery.enrol import EnrolItem
 
     ctx = AppContext(Settings(home=home, database_url=url))
-    ctx.schema.record_upgrade(ctx.schema_change, by="bench/pg_load.py")  # type: ignore[arg-type]
+    ctx.db  # noqa: B018 - opening the database migrates the fresh schema to head
+    assert ctx.schema_change is not None
+    ctx.schema.record_upgrade(ctx.schema_change, by="bench/pg_load.py")
     admin = ctx.users.ensure_admin("admin", PASSWORD) or ctx.users.principal_for("admin")
     items = [EnrolItem(sorted((DATA / "lfw" / n).glob("*.jpg"))[0], n) for n in names]
     summary = ctx.enroller(require_quality=False, multi_face="main").run(admin, items)
