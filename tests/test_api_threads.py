@@ -85,3 +85,14 @@ def test_idle_pooled_connection_killed_by_the_server_is_replaced(
     finally:
         admin.dispose()
         db.dispose()
+
+
+def test_serve_keeps_idle_connections_longer_than_clients() -> None:
+    """The client closes an idle connection before the server does, never the other way round
+    (the race that lost a request under bench/pg_load.py)."""
+    import httpx
+
+    from retroface.cli.admin_cmds import KEEP_ALIVE_SECONDS
+
+    expiry = httpx.Limits().keepalive_expiry
+    assert expiry is not None and 2 * expiry < KEEP_ALIVE_SECONDS
