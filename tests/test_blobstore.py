@@ -51,3 +51,47 @@ def test_orphans_found_by_name(tmp_path: Path) -> None:
     assert stored - store.names_of([kept]) == {store.name_for(orphan)}
     assert store.delete_name(store.name_for(orphan)) and not store.exists(orphan)
     assert store.exists(kept)
+
+
+def test_cleanup_spares_another_process_write_in_flight(tmp_path: Path) -> None:
+    """An enrolment run clears temp files a crash left behind; it must not delete the temp file
+    another process (the API server, another worker) is writing right now: that write's rename
+    then failed and the probe upload answered 500 (found by bench/pg_load.py, 8 enrolment
+    workers beside the server on one data directory)."""
+    store = _store(tmp_path)
+    folder = tmp_path / "ab" / "cd"
+    folder.mkdir(parents=True)
+    in_flight = folder / ".tmp-live.part"
+    in_flight.write_bytes(b"being written")
+    crashed = folder / ".tmp-old.part"
+    crashed.write_bytes(b"left by a crash")
+    old = os.stat(crashed).st_mtime - 2 * 3600
+    os.utime(crashed, (old, old))
+    assert store.remove_partials() == 1
+    assert in_flight.exists() and not crashed.exists()
+
+
+def test_cleanup_removes_what_a_dead_writer_left(tmp_path: Path) -> None:
+    """A temp file named for a process of this host that no longer runs (killed mid-write) goes
+    at once; one of a live process stays."""
+    import subprocess
+    import sys
+
+    from retroface.storage import files
+
+    store = _store(tmp_path)
+    folder = tmp_path / "ab" / "cd"
+    folder.mkdir(parents=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    host = files._WRITER.partition("@")[2]
+    left = folder / f".tmp-{dead.stdout.strip()}@{host}~x1.part"
+    left.write_bytes(b"left by a killed writer")
+    live = folder / f".tmp-{os.getppid()}@{host}~x2.part"
+    live.write_bytes(b"a live process's write")
+    assert store.remove_partials() == 1
+    assert live.exists() and not left.exists()

@@ -59,7 +59,14 @@ def test_importing_the_cli_loads_nothing_heavy() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["version"], ["search", "--help"], ["case", "--help"], ["gallery", "--help"]],
+    [
+        ["--help"],
+        ["version"],
+        ["search", "--help"],
+        ["case", "--help"],
+        ["gallery", "--help"],
+        ["db", "--help"],
+    ],
 )
 def test_help_and_version_load_nothing_heavy(argv: list[str]) -> None:
     code = (

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     #: Ray cluster the shards run on (``host:port`` of ``ray start --head``); unset with
     #: ``index_shards`` > 0, a Ray instance is started in this process on loopback only.
     ray_address: str | None = None
+
+    #: API/web requests whose handlers run at once, the rest waiting in arrival order; 0 keeps
+    #: AnyIO's default of 40 worker threads. Measured with 50 concurrent searches on 2 busy cores
+    #: (docs/performance.md, "API under 50 concurrent search clients"): 4 threads halved SQLite's
+    #: throughput (its lock waits sleep) and did not shorten PostgreSQL's tail, so it is opt-in.
+    api_threads: int = Field(default=0, ge=0, le=1000)
     #: Largest accepted upload (API), bytes.
     max_upload_bytes: int = 25_000_000
     #: Folder the API's batch enrolment may read from (unset: batch import over the API is off).

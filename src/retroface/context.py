@@ -25,6 +25,7 @@ from retroface.governance.oversight import OversightService
 from retroface.governance.policy import DEFAULT_OFFENCE_CATEGORIES, GovernancePolicy
 from retroface.governance.retention import RetentionService
 from retroface.governance.review import ReviewService
+from retroface.governance.schema import SchemaService
 from retroface.governance.thresholds import ThresholdService
 from retroface.governance.users import UserService
 from retroface.jobs.base import JobRunner
@@ -40,7 +41,7 @@ from retroface.search.matcher import Matcher
 from retroface.search.service import SearchService
 from retroface.storage.blobstore import EncryptedBlobStore
 from retroface.storage.crypto import Cipher, load_or_create_key
-from retroface.storage.db import Database
+from retroface.storage.db import Database, SchemaChange
 from retroface.vision.engines import build_engine, engine_options
 from retroface.vision.types import FaceEngine
 
@@ -59,6 +60,9 @@ class AppContext:
         #: Set by the API server: index compaction then runs in a background thread while the
         #: cached index keeps serving (a command-line process compacts before it exits).
         self.serving = False
+
+        #: What opening the database changed (``db`` migrates to head on first use).
+        self.schema_change: SchemaChange | None = None
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     @property
@@ -68,7 +72,7 @@ class AppContext:
     @cached_property
     def db(self) -> Database:
         db = Database(self.settings.resolved_database_url)
-        db.migrate()
+        self.schema_change = db.migrate()
         return db
 
     @cached_property
@@ -173,6 +177,10 @@ class AppContext:
             trusted_public_keys=[trusted.read_text()] if trusted else (),
             clock=self.clock,
         )
+
+    @cached_property
+    def schema(self) -> SchemaService:
+        return SchemaService(self.db, self.audit.record, clock=self.clock)
 
     @cached_property
     def guard(self) -> Guard:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -38,6 +39,14 @@ from retroface.web.app import add_web
 from retroface.web.errors import is_page, page_error
 
 log = logging.getLogger("retroface.api")
+
+
+def bound_worker_threads(tokens: int) -> None:
+    """Limit the running event loop's worker threads (every sync route and dependency runs in
+    one) to ``tokens``. AnyIO's limiter admits waiters first come, first served, and a newcomer
+    never overtakes a waiter, so a request's wait depends on its place in the queue, not luck."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = tokens
+
 
 STATUS_FOR_CODE = {
     "unauthenticated": 401,
@@ -125,6 +134,8 @@ def create_app(ctx: AppContext | None = None) -> FastAPI:
         """While serving: scheduled retention, so lapsed urgent cases are purged within minutes
         even if nobody touches them (issue #11, finding 5); with local jobs, what a crashed
         predecessor left running is marked interrupted now (the runner itself starts lazily)."""
+        if ctx.settings.api_threads:
+            bound_worker_threads(ctx.settings.api_threads)
         if not ctx.settings.redis_url:
             ctx.job_store.fail_interrupted("local")
         scheduler = None

@@ -8,6 +8,7 @@ from retroface import __version__
 from retroface.cli import (
     admin_cmds,
     casework_cmds,
+    db_cmds,
     demo_cmds,
     eval_cmds,
     gallery_cmds,
@@ -76,6 +77,7 @@ app.add_typer(admin_cmds.retention_app, name="retention")
 app.add_typer(report_cmds.app, name="report")
 app.add_typer(eval_cmds.app, name="eval")
 app.add_typer(video_cmds.app, name="video")
+app.add_typer(db_cmds.app, name="db")
 
 
 @app.command()

@@ -13,16 +13,22 @@ under its legacy name is renamed on first access, and deletion removes either na
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from retroface.core.errors import NotFoundError
 from retroface.storage.crypto import Cipher
-from retroface.storage.files import atomic_write
+from retroface.storage.files import atomic_write, writer_gone
 
 
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+#: A temp file older than this is a crash's leftover, not a write in progress (a write takes
+#: milliseconds; an hour leaves room for a stalled disk).
+PARTIAL_GRACE_SECONDS = 3600.0
 
 
 class EncryptedBlobStore:
@@ -96,10 +102,21 @@ class EncryptedBlobStore:
         except FileNotFoundError:
             return False
 
-    def remove_partials(self) -> int:
-        """Delete temp files a crash left behind."""
+    def remove_partials(self, older_than: float = PARTIAL_GRACE_SECONDS) -> int:
+        """Delete temp files a crash left behind: those whose writer (a process of this host) is
+        gone, and any untouched for ``older_than`` seconds.
+
+        Others may be writes in flight in another process on the same store (the API server,
+        other enrolment workers): deleting one made that write's rename fail.
+        """
         n = 0
+        cutoff = time.time() - older_than
         for p in self.root.glob("*/*/.tmp-*.part"):
+            try:
+                if not writer_gone(p) and p.stat().st_mtime >= cutoff:
+                    continue
+            except FileNotFoundError:  # its write finished meanwhile
+                continue
             p.unlink(missing_ok=True)
             n += 1
         return n

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: Key of the PostgreSQL advisory lock held while migrating ("rfschema" in ASCII): processes that
+#: start together (API workers, enrolment workers) would otherwise all read the old revision and
+#: race to create the same tables; the second waits, then finds the schema at head.
+PG_MIGRATE_LOCK_KEY = 0x7266736368656D61
 #: The execution option that marks a connection's transactions read-only (see ``read_session``).
 READ_ONLY = "retroface_read_only"
 
@@ -74,7 +81,53 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url)
+    event.listen(engine, "checkin", _note_checkin)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+#: A pooled connection idle for longer than this is tested before use (see ``_ping_if_idle``).
+PING_AFTER_IDLE_SECONDS = 5.0
+
+
+def _note_checkin(_dbapi_conn: Any, record: Any) -> None:
+    record.info["returned_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+    """Test a pooled connection before use only if it sat idle for a while.
+
+    ``pool_pre_ping`` tests it at every checkout: one more round trip per transaction, and a
+    search runs six transactions; under 50 concurrent searches on PostgreSQL the waits for the
+    server's answers were the largest share of the API's time (docs/performance.md). A connection
+    that was in use a moment ago is alive; one idle for seconds may have been closed by a
+    server restart or a network device, and is replaced here, before the transaction starts
+    (SQLAlchemy's documented pessimistic-disconnect pattern).
+    """
+    returned = record.info.get("returned_at")
+    if returned is None or time.monotonic() - returned < PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        if not dbapi_conn.autocommit:
+            dbapi_conn.rollback()
+    except Exception as exc:
+        raise DisconnectionError(f"pooled connection is gone: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    """What :meth:`Database.migrate` did: from which revision (None: an empty database) to which."""
+
+    before: str | None
+    after: str
+    dialect: str
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
 
 
 class Database:
@@ -115,16 +168,48 @@ class Database:
                 s.rollback()
                 s.close()
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (idempotent)."""
-        from alembic import command
+    def _alembic_config(self) -> Any:
         from alembic.config import Config
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        return cfg
+
+    def head_revision(self) -> str:
+        """The newest revision this version of retroface ships."""
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+        assert head is not None, "no migrations found"
+        return head
+
+    def schema_revision(self) -> str | None:
+        """The revision the database is at (None: no retroface schema yet); changes nothing."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def migrate(self) -> SchemaChange:
+        """Bring the schema to the newest Alembic revision (idempotent); says from which to which.
+
+        One transaction: on PostgreSQL (transactional DDL) a failed migration leaves the schema
+        as it was. Concurrent callers queue on an advisory lock (PostgreSQL) or SQLite's write
+        lock, so only the first one changes anything.
+        """
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+
+        cfg = self._alembic_config()
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_MIGRATE_LOCK_KEY})")
+            before = MigrationContext.configure(conn).get_current_revision()
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+            after = MigrationContext.configure(conn).get_current_revision()
+        assert after is not None
+        return SchemaChange(before, after, self.engine.dialect.name)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -4,15 +4,42 @@ reads confined to a folder."""
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import tempfile
 from pathlib import Path
+
+#: Who writes a temp file, in its name (".tmp-PID@HOST~random.part"): cleaning up after a crash
+#: then removes what a dead process of this host left, and spares writes in flight elsewhere.
+_WRITER = f"{os.getpid()}@{socket.gethostname()[:40].replace('~', '_')}"
+
+
+def writer_gone(tmp: Path) -> bool:
+    """True if temp file ``tmp`` (from :func:`atomic_write`) was left by a process of this host
+    that no longer runs; False if its writer may still be writing (or is elsewhere, or unknown).
+    """
+    name = tmp.name
+    if not name.startswith(".tmp-") or "~" not in name:
+        return False
+    pid_text, _, host = name[len(".tmp-") :].split("~", 1)[0].partition("@")
+    if not pid_text.isdigit() or host != _WRITER.partition("@")[2]:
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another account's
+        return False
+    return False
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync it, rename over ``path``, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{_WRITER}~", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
