@@ -189,6 +189,12 @@ def search(
     face: int | None = typer.Option(
         None, help="Which face of the probe (see the probe's faces); applies to every image."
     ),
+    main_face: bool = typer.Option(
+        False,
+        "--main-face",
+        help="Images with several faces: search the main one when it clearly is (twice as "
+        "prominent as the next, as enrolment's rule); without it, such an image is an error.",
+    ),
     top: int = typer.Option(20, "--top", min=1, max=200, help="Candidate list length."),
     threshold: float | None = typer.Option(None, help="Only candidates at or above this."),
     video: Path | None = typer.Option(
@@ -235,7 +241,7 @@ def search(
         fail("give probe IMAGES (files or folders) or --probe ID")
     if not source or not how_obtained:
         fail("a new probe needs --source and --how-obtained (its provenance)")
-    _search_images(images, case, source, how_obtained, face, top, threshold, json_out)
+    _search_images(images, case, source, how_obtained, face, top, threshold, json_out, main_face)
 
 
 def _probe_files(paths: list[Path]) -> list[ProbeFile]:
@@ -270,6 +276,7 @@ def _search_images(
     top: int,
     threshold: float | None,
     json_out: bool,
+    main_face: bool = False,
 ) -> None:
     """Every image its own search, in one process: start-up, models and index paid once."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -323,6 +330,7 @@ def _search_images(
                 top_k=top,
                 threshold=threshold,
                 progress=progress,
+                main_face=main_face,
             )
     failed = sum(isinstance(e, BatchSearchFailure) for e in entries)
     if json_out:

@@ -301,11 +301,17 @@ def create_engine(
 
 def prominence(face: Face, image_shape: tuple[int, ...]) -> float:
     """How much a face is *the* subject of a photo: its area, discounted by distance from centre."""
+    return box_prominence(face.box, image_shape)
+
+
+def box_prominence(box: Sequence[float], image_shape: tuple[int, ...]) -> float:
+    """:func:`prominence` from a face box ``(x1, y1, x2, y2)`` alone (a stored probe's face)."""
     h, w = image_shape[:2]
     diag = float(np.hypot(w, h))
-    fx, fy = (face.box[0] + face.box[2]) / 2.0, (face.box[1] + face.box[3]) / 2.0
+    area = max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+    fx, fy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
     off_centre = float(np.hypot(fx - w / 2.0, fy - h / 2.0)) / diag
-    return face.area * (1.0 - off_centre) ** 2
+    return area * (1.0 - off_centre) ** 2
 
 
 def primary_face(faces: list[Face], image_shape: tuple[int, ...]) -> Face | None:
