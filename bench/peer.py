@@ -12,7 +12,9 @@ time is the children's user + system time:
   primary face of a probe, flip as searches do) + a cosine matrix.
 - **CLI**: ``face_recognition --cpus -1 --show-distance true KNOWN/ PROBES/`` against
   ``retroface gallery enrol KNOWN/ --multi-face main --json`` followed by one batch
-  ``retroface search PROBES/ --case … --main-face --json``. (``--multi-face main`` and
+  ``retroface search PROBES/ --case … --main-face --json``; ``rf-cli-all`` is the same with
+  ``--allow-low-quality`` on the enrolment (every known face enrolled, as face_recognition does;
+  by default retroface refuses references below its quality minimums). (``--multi-face main`` and
   ``--main-face`` take the main face of an image where SCRFD also finds a bystander at the edge,
   as face_recognition takes the first face of a known image and searches every face of a probe;
   without them 15% of these LFW probes are refused with "several faces".) retroface's data
@@ -52,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 DATA = Path(os.environ.get("RETROFACE_TEST_DATA", Path(__file__).parents[1] / "../shared/data"))
-RUNS = ("fr-api", "rf-api", "fr-cli", "rf-cli")
+RUNS = ("fr-api", "rf-api", "fr-cli", "rf-cli", "rf-cli-all")
 CASE = "PEER-1"
 PASSWORD = "peer-bench-password-1"
 
@@ -277,9 +279,18 @@ def rf_env(env: dict[str, str], home: Path, user: str) -> dict[str, str]:
     }
 
 
-def run_rf_cli(dirs: dict[str, Path], work: Path, env: dict[str, str], job: dict[str, Any]):
+def run_rf_cli(
+    dirs: dict[str, Path],
+    work: Path,
+    env: dict[str, str],
+    job: dict[str, Any],
+    label: str = "rf",
+    enrol_options: tuple[str, ...] = (),
+):
+    """``enrol_options``: ``("--allow-low-quality",)`` enrols every known face, as
+    face_recognition does, instead of refusing those below the quality minimums (the default)."""
     exe = str(Path(sys.executable).with_name("retroface"))
-    home = work / "rf-home"
+    home = work / f"{label}-home"
     admin, olive, arthur = (rf_env(env, home, u) for u in ("admin", "olive", "arthur"))
     setup = [
         ([exe, "init"], admin),
@@ -302,12 +313,9 @@ def run_rf_cli(dirs: dict[str, Path], work: Path, env: dict[str, str], job: dict
             c1.children_user - c0.children_user + c1.children_system - c0.children_system, 2
         ),
     }
-    enrol_out, search_out = work / "rf-enrol.json", work / "rf-search.json"
-    enrol = timed(
-        [exe, "gallery", "enrol", str(dirs["known_rf"]), "--multi-face", "main", "--json"],
-        admin,
-        enrol_out,
-    )
+    enrol_out, search_out = work / f"{label}-enrol.json", work / f"{label}-search.json"
+    enrol_cmd = [exe, "gallery", "enrol", str(dirs["known_rf"]), "--multi-face", "main"]
+    enrol = timed([*enrol_cmd, *enrol_options, "--json"], admin, enrol_out)
     search = timed(
         [exe, "search", str(dirs["probes"]), "--case", CASE, "--source", "CCTV",
          "--how-obtained", "benchmark stills", "--main-face", "--json"],
@@ -337,8 +345,11 @@ def run_rf_cli(dirs: dict[str, Path], work: Path, env: dict[str, str], job: dict
         "enrol_rejected": [(Path(r["path"]).name, r["reason"]) for r in summary["rejected"]],
         "search_failures": failures,
         **score(job, best, failed=sum(failures.values())),
-        "command": "retroface gallery enrol KNOWN_RF/ --multi-face main --json; "
-        f"retroface search PROBES/ --case {CASE} --source CCTV --how-obtained … --main-face --json",
+        "command": " ".join(
+            ("retroface gallery enrol KNOWN_RF/ --multi-face main", *enrol_options, "--json;")
+        )
+        + f" retroface search PROBES/ --case {CASE} --source CCTV --how-obtained … --main-face "
+        "--json",
     }
 
 
@@ -390,8 +401,10 @@ def main() -> None:
                 res = run_api(which, jobfile, work, env, job)
             elif which == "fr-cli":
                 res = run_fr_cli(dirs, work, env, job)
-            else:
+            elif which == "rf-cli":
                 res = run_rf_cli(dirs, work, env, job)
+            else:
+                res = run_rf_cli(dirs, work, env, job, "rf-all", ("--allow-low-quality",))
             res["load_after"] = load()
             results["runs"][which] = res
             print(f"  {json.dumps({k: v for k, v in res.items() if k != 'enrol_rejected'})}")
@@ -400,7 +413,7 @@ def main() -> None:
             shutil.copytree(work, args.keep, symlinks=True, dirs_exist_ok=True)
         shutil.rmtree(work, ignore_errors=True)
     runs = results["runs"]
-    for a, b in (("fr-api", "rf-api"), ("fr-cli", "rf-cli")):
+    for a, b in (("fr-api", "rf-api"), ("fr-cli", "rf-cli"), ("fr-cli", "rf-cli-all")):
         if a in runs and b in runs:
             results[f"speedup_{b}"] = {
                 "wall": round(runs[a]["wall_s"] / runs[b]["wall_s"], 2),
