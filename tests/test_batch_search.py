@@ -25,10 +25,11 @@ from retroface.cli.session import state
 from retroface.config import get_settings
 from retroface.context import AppContext
 from retroface.core.errors import PermissionDeniedError
+from retroface.media.images import load_image
 from retroface.search.batch import ProbeFile, search_batch
 from retroface.search.service import ProbeProvenance
 from retroface.search.views import BatchSearchFailure, BatchSearchResult
-from retroface.storage.tables import AuditRecord, Probe, SearchRecord
+from retroface.storage.tables import AuditRecord, Probe, ProbeFace, SearchRecord
 
 PASSWORD = "a long test password"
 CASE = {
@@ -253,3 +254,43 @@ def test_a_case_that_lapses_partway_stops_the_batch_once(
     # and a batch refused at its first image is refused as a whole, as one search would be
     with pytest.raises(PermissionDeniedError):
         search_batch(app.searches, olive, "U1", files[2:], provenance)
+
+
+def test_main_face_searches_a_clear_main_face_and_still_refuses_a_group(
+    cli: AppContext, data_dir: Path, probes: dict[str, Path]
+) -> None:
+    """``--main-face``: an LFW still with a bystander cut off at its edge (SCRFD finds two faces)
+    is searched with its centred face; the group photo, where no face is clearly the main one,
+    is still refused with its probe id; without the flag both are refused as before."""
+    from retroface.gallery.enrol import EnrolItem
+
+    app = cli
+    enrol_people(app, data_dir)
+    team = add_team(app, {"admin": "admin", "olive": "operator", "arthur": "authoriser"}, PASSWORD)
+    warner = data_dir / "lfw/John_Warner"
+    app.enroller().run(
+        team["admin"], [EnrolItem(path=warner / "John_Warner_0001.jpg", subject="john_warner")]
+    )
+    app.cases.open(
+        team["olive"], "C1", CASE["offence_category"], CASE["purpose"], CASE["justification"]
+    )
+    app.cases.authorise(team["arthur"], "C1", True, "proportionate")
+    still = warner / "John_Warner_0002.jpg"
+    assert len(app.engine.analyse(load_image(still))) == 2  # the test's premise
+
+    code, out = _search(str(still), str(probes["group"]), "--json")
+    assert code == 2
+    assert [e["error"]["code"] for e in json.loads(out)] == ["several_faces"] * 2
+    assert _count(app, "search.run") == 0
+
+    code, out = _search(str(still), str(probes["group"]), "--main-face", "--json")
+    assert code == 2
+    found, group = json.loads(out)
+    assert found["candidates"][0]["subject"] == "john_warner"
+    with app.db.session() as s:
+        record = s.get(SearchRecord, found["search_id"])
+        assert record is not None and record.probe_face_id is not None
+        face = s.get(ProbeFace, record.probe_face_id)
+        assert face is not None and face.face_index == 0  # the centred face, box x 82..176
+    assert group["error"]["code"] == "several_faces" and group["probe_id"]
+    assert _count(app, "search.run") == 1

@@ -14,8 +14,10 @@ from tests.conftest import ADMIN
 
 from retroface.context import AppContext
 from retroface.core.errors import InvalidInputError, NotFoundError
-from retroface.gallery.enrol import EnrolItem, items_from_manifest, items_from_paths
+from retroface.gallery.enrol import EnrolItem, choose_face, items_from_manifest, items_from_paths
 from retroface.media.images import load_image
+from retroface.storage.blobstore import content_hash
+from retroface.storage.crypto import template_aad
 from retroface.storage.tables import FaceTemplate, ReferenceImage, Subject
 from retroface.vision.engines import primary_face
 
@@ -91,6 +93,73 @@ def test_rejections_have_reasons(app: AppContext, data_dir: Path, tmp_path: Path
     # the manifest's face column picks one explicitly
     chosen = app.enroller().run(ADMIN, [EnrolItem(group, "s3", face=0)])
     assert chosen.enrolled == 1
+
+
+def test_enrolment_embeds_only_the_chosen_face_and_stores_what_analyse_gave(
+    app: AppContext, data_dir: Path
+) -> None:
+    """Enrolment aligns and embeds only the face it takes (the bystanders SCRFD finds at the
+    edge of these LFW images are never embedded), and the template, box and quality it stores are
+    those of that face as a full ``analyse`` gives them (the pipeline before issue #16)."""
+    lfw = data_dir / "lfw"
+    paths = [
+        lfw / "John_Warner/John_Warner_0002.jpg",  # two faces: a bystander cut off at the left
+        lfw / "Lars_Von_Trier/Lars_Von_Trier_0003.jpg",  # two faces
+        lfw / "Joseph_Biden/Joseph_Biden_0001.jpg",  # one face
+    ]
+    engine = app.batch_engine
+    expected = []
+    for p in paths:
+        img = load_image(p)
+        expected.append(choose_face(engine.analyse(img), img.shape, None, "main"))
+    assert sum(len(engine.analyse(load_image(p))) for p in paths) == 5  # the test's premise
+
+    embedded: list[int] = []
+    recogniser = engine.recogniser  # type: ignore[attr-defined]
+    real = recogniser.embed_raw
+
+    def counting(crops: list[np.ndarray], flip: bool = False) -> object:
+        embedded.append(len(crops))
+        return real(crops, flip=flip)
+
+    recogniser.embed_raw = counting
+    try:
+        summary = app.enroller(require_quality=False, multi_face="main").run(
+            ADMIN, [EnrolItem(path=p, subject=p.parent.name) for p in paths]
+        )
+    finally:
+        recogniser.embed_raw = real
+    assert summary.enrolled == 3 and embedded == [1, 1, 1]
+    with app.db.session() as s:
+        rows = s.execute(
+            select(ReferenceImage.original_name, FaceTemplate)
+            .join(FaceTemplate, FaceTemplate.image_id == ReferenceImage.id)
+            .order_by(ReferenceImage.id)
+        ).all()
+        stored = {name: t for name, t in rows}
+        for p, face in zip(paths, expected, strict=True):
+            t = stored[p.name]
+            vector = np.frombuffer(
+                app.cipher.decrypt(
+                    t.embedding_enc, aad=template_aad(content_hash(p.read_bytes()), t.model_key)
+                ),
+                dtype=np.float32,
+            )
+            # the same crop through the same single-threaded session: identical on this CPU;
+            # the tolerance only covers a CPU whose kernels depend on the batch size
+            np.testing.assert_allclose(vector, face.embedding, rtol=0, atol=1e-6)
+            assert t.box["box"] == list(face.box)
+            assert t.quality == face.quality.to_dict()
+    # the refusals are the same as when every face was analysed
+    group = data_dir / "people/_multi_face_scenes/obama_and_biden.jpg"
+    n = len(engine.analyse(load_image(group)))
+    refused = app.enroller().run(ADMIN, [EnrolItem(path=group, subject="group")])
+    assert [r.reason for r in refused.rejected] == [
+        f"{n} faces and none clearly the main one: choose one with the manifest's 'face' column "
+        "(see `retroface detect`)"
+    ]
+    wrong = app.enroller().run(ADMIN, [EnrolItem(path=group, subject="group", face=n)])
+    assert [r.reason for r in wrong.rejected] == [f"face {n} requested but {n} found"]
 
 
 def test_manifest(tmp_path: Path, data_dir: Path) -> None:

@@ -281,6 +281,12 @@ def search(
     face: int | None = typer.Option(
         None, help="Which face of the probe (see the probe's faces); applies to every image."
     ),
+    main_face: bool = typer.Option(
+        False,
+        "--main-face",
+        help="Images with several faces: search the main one when it clearly is (twice as "
+        "prominent as the next, as enrolment's rule); without it, such an image is an error.",
+    ),
     top: int = typer.Option(20, "--top", min=1, max=200, help="Candidate list length."),
     threshold: float | None = typer.Option(None, help="Only candidates at or above this."),
     video: Path | None = typer.Option(
@@ -344,7 +350,7 @@ def search(
         fail("give probe IMAGES (files or folders) or --probe ID")
     if not source or not how_obtained:
         fail("a new probe needs --source and --how-obtained (its provenance)")
-    _search_images(images, case, source, how_obtained, face, top, threshold, json_out)
+    _search_images(images, case, source, how_obtained, face, top, threshold, json_out, main_face)
 
 
 def _probe_paths(paths: list[Path]) -> list[Path]:
@@ -382,6 +388,7 @@ def _search_images(
     top: int,
     threshold: float | None,
     json_out: bool,
+    main_face: bool = False,
 ) -> None:
     """Every image its own search, in one process: start-up, models and index paid once (or
     never: through a server, where they are already loaded)."""
@@ -406,6 +413,9 @@ def _search_images(
         print_search_result(entry)
 
     remote = state.remote()
+    if remote is not None and main_face:
+        # the API's batch route takes no main-face choice yet: say so rather than refuse groups
+        fail("--main-face runs locally only: pass --local, or unset RETROFACE_URL")
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -428,7 +438,7 @@ def _search_images(
             )
         else:
             entries = _local_batch(
-                case, files, source, how_obtained, face, top, threshold, progress
+                case, files, source, how_obtained, face, top, threshold, progress, main_face
             )
     failed = sum(isinstance(e, BatchSearchFailure) for e in entries)
     if json_out:
@@ -448,6 +458,7 @@ def _local_batch(
     top: int,
     threshold: float | None,
     progress: Progress,
+    main_face: bool = False,
 ) -> list[BatchEntry]:
     from retroface.search.batch import ProbeFile, search_batch
     from retroface.search.service import ProbeProvenance
@@ -463,6 +474,7 @@ def _local_batch(
             top_k=top,
             threshold=threshold,
             progress=progress,
+            main_face=main_face,
         )
 
 

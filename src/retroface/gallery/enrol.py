@@ -6,10 +6,16 @@ transaction as its template, the gallery version bump and the audit record, afte
 file is durably on disk, so a crash at any point leaves either a complete enrolment or one that the
 next run redoes.
 
-Only a window of ``4 × workers`` images is in flight at once (plus the batch waiting to commit), so
-a run's memory does not grow with its size: enrolling 5,000 LFW images (``bench/enrol_memory.py``)
-peaked at 629 MiB RSS when every image of the run was read before any was used, and at 388 MiB
-with the window, for the same CPU time per image (docs/gallery.md).
+Only a window of ``4 × workers + batch_size`` images is in flight at once (plus the batch waiting
+to commit), so a run's memory does not grow with its size: enrolling 5,000 LFW images
+(``bench/enrol_memory.py``) peaked at 629 MiB RSS when every image of the run was read before any
+was used, and at 388 MiB with a window of ``4 × workers``, for the same CPU time per image
+(docs/gallery.md). An image in flight holds its file's bytes and the chosen face's 112×112 crop,
+not its decoded pixels. The window is a batch larger than that so that the workers never idle
+while a batch commits; and only the face enrolment takes is aligned and embedded
+(:func:`~retroface.vision.engines.analyse_chosen`), which spares the recogniser the bystanders
+SCRFD finds (119 faces in 100 LFW images sampled across the set). Before/after:
+``bench/enrol_speed.py``, docs/performance.md.
 
 Enrolment changes the gallery, so it needs the admin role; :meth:`Enroller.run` checks it and a
 refusal is audited as ``gallery.enrol.refused``.
@@ -20,7 +26,7 @@ from __future__ import annotations
 import csv
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,7 +51,7 @@ from retroface.storage.db import Database
 from retroface.storage.files import OutsideFolderError, is_within, read_confined
 from retroface.storage.tables import FaceTemplate, ReferenceImage, Subject
 from retroface.storage.versions import bump_gallery_version
-from retroface.vision.engines import prominence
+from retroface.vision.engines import Box, analyse_chosen, box_prominence
 from retroface.vision.types import Face, FaceEngine
 
 #: With several faces, the main one is taken only if it is this many times more prominent
@@ -53,8 +59,10 @@ from retroface.vision.types import Face, FaceEngine
 #: bystanders at the edge qualifies, a group photo does not.
 DOMINANT_RATIO = 2.0
 
-#: Images in flight per worker: enough that a worker never waits for the next image while the
-#: calling thread commits a batch, few enough that memory stays flat however long the run.
+#: Images in flight per worker, on top of one commit batch: the workers go on analysing the
+#: next ``batch_size`` images while the calling thread commits a batch (encrypted files synced
+#: to disk, the rows, the audit record), instead of idling once their few images were done; few
+#: enough that memory stays flat however long the run.
 WINDOW_PER_WORKER = 4
 
 
@@ -179,21 +187,29 @@ def choose_face(
     ``multi_face="main"`` always takes the most prominent face: for curated single-subject
     collections (custody photos, LFW) where extra faces can only be bystanders.
     """
-    if not faces:
+    return faces[choose_index([f.box for f in faces], shape, wanted, multi_face)]
+
+
+def choose_index(
+    boxes: Sequence[Box], shape: tuple[int, ...], wanted: int | None, multi_face: str = "reject"
+) -> int:
+    """:func:`choose_face` from the faces' boxes alone: which one, by index. The choice needs
+    no embedding, so enrolment embeds only the face it picks (:func:`analyse_chosen`)."""
+    if not boxes:
         raise InvalidInputError("no face found")
     if wanted is not None:
-        if not 0 <= wanted < len(faces):
-            raise InvalidInputError(f"face {wanted} requested but {len(faces)} found")
-        return faces[wanted]
-    if len(faces) == 1:
-        return faces[0]
-    ranked = sorted(faces, key=lambda f: prominence(f, shape), reverse=True)
-    if multi_face == "main" or prominence(ranked[0], shape) >= DOMINANT_RATIO * prominence(
-        ranked[1], shape
-    ):
+        if not 0 <= wanted < len(boxes):
+            raise InvalidInputError(f"face {wanted} requested but {len(boxes)} found")
+        return wanted
+    if len(boxes) == 1:
+        return 0
+    ranked = sorted(range(len(boxes)), key=lambda i: box_prominence(boxes[i], shape), reverse=True)
+    if multi_face == "main" or box_prominence(
+        boxes[ranked[0]], shape
+    ) >= DOMINANT_RATIO * box_prominence(boxes[ranked[1]], shape):
         return ranked[0]
     raise InvalidInputError(
-        f"{len(faces)} faces and none clearly the main one: choose one with the manifest's "
+        f"{len(boxes)} faces and none clearly the main one: choose one with the manifest's "
         "'face' column (see `retroface detect`)"
     )
 
@@ -262,7 +278,11 @@ class Enroller:
         try:
             image = decode_image(data, name=str(item.path), max_pixels=self.max_image_pixels)
             out.height, out.width = image.shape[:2]
-            face = choose_face(self.engine.analyse(image), image.shape, item.face, self.multi_face)
+            face = analyse_chosen(
+                self.engine,
+                image,
+                lambda boxes: choose_index(boxes, image.shape, item.face, self.multi_face),
+            )
             if self.require_quality and not face.quality.acceptable:
                 raise InvalidInputError(
                     "below quality minimums: " + "; ".join(face.quality.reasons)
@@ -304,7 +324,7 @@ class Enroller:
         # Results are taken in submission order, so the first of two identical images in a run is
         # the one enrolled (as before); a duplicate within a run is analysed and then dropped,
         # which costs one analysis but keeps that choice independent of thread timing.
-        window = WINDOW_PER_WORKER * self.workers
+        window = WINDOW_PER_WORKER * self.workers + self.batch_size
         with ThreadPoolExecutor(self.workers) as pool:
             in_flight: deque[Future[_Analysed]] = deque()
             queue = iter(todo)

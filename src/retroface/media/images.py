@@ -115,6 +115,16 @@ def decode_image(
     return np.ascontiguousarray(arr)
 
 
+def upright_shape(data: bytes) -> tuple[int, int]:
+    """``(height, width)`` of an image as :func:`decode_image` turns it upright, from its header
+    alone (EXIF orientations 5-8 swap the sides): no pixels are decoded."""
+    with Image.open(io.BytesIO(data)) as img:
+        w, h = img.size
+        if img.getexif().get(0x0112) in (5, 6, 7, 8):
+            w, h = h, w
+    return h, w
+
+
 def load_image(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageArray:
     """Read an image file from disk; see :func:`decode_image`."""
     return decode_image(Path(path), max_pixels=max_pixels)

@@ -26,14 +26,16 @@ from pathlib import PurePath
 
 from retroface.core.access import Principal
 from retroface.core.errors import InvalidInputError, RetrofaceError
-from retroface.media.images import ImageLoadError
+from retroface.media.images import ImageLoadError, upright_shape
 from retroface.search.service import ProbeProvenance, SearchService
 from retroface.search.views import (
     BatchSearchFailure,
     BatchSearchResult,
+    FaceView,
     ProbeError,
     SearchResult,
 )
+from retroface.vision.engines import box_prominence
 
 #: One entry per input image, in input order.
 BatchEntry = BatchSearchResult | BatchSearchFailure
@@ -43,6 +45,12 @@ BatchProgress = Callable[[int, int, BatchEntry], None]
 #: Codes of :class:`~retroface.core.errors.RetrofaceError` raised by a front end's ``read`` that
 #: concern one image only (the API's per-file upload limit).
 PROBE_ERROR_CODES = frozenset({"upload_too_large"})
+
+#: With ``main_face``, a face is searched in a several-face image only if it is this many times as
+#: prominent (area discounted by distance from the centre) as the next: enrolment's rule
+#: (``gallery.enrol.DOMINANT_RATIO``), so a still's bystander at the edge does not stop a batch,
+#: and a group photo still asks which face to search.
+MAIN_FACE_RATIO = 2.0
 
 
 @dataclass(frozen=True)
@@ -77,12 +85,15 @@ def search_batch(
     top_k: int = 20,
     threshold: float | None = None,
     progress: BatchProgress | None = None,
+    main_face: bool = False,
 ) -> list[BatchEntry]:
     """Search every image of ``probes`` under ``case_ref``; one entry each, in input order.
 
     ``face`` applies to every image (most stills show one person; an image with several faces
     and no ``face`` is refused as a single search would be, with its probe id so that it can be
-    searched later with ``--probe ID --face N``).
+    searched later with ``--probe ID --face N``). With ``main_face`` (and no ``face``), an image
+    with several faces is searched with its main face when one clearly is (see
+    :data:`MAIN_FACE_RATIO`), and refused as before when none is.
     """
     # What is wrong for every image is an error of the request, found before anything is stored.
     provenance.check()
@@ -98,7 +109,7 @@ def search_batch(
         else:
             try:
                 result = _search_one(
-                    searches, actor, case_ref, probe, provenance, face, top_k, threshold
+                    searches, actor, case_ref, probe, provenance, face, top_k, threshold, main_face
                 )
                 entries.append(BatchSearchResult(**dict(result), input=probe.name))
             except _ProbeFailed as failed:
@@ -111,6 +122,16 @@ def search_batch(
         if progress is not None:
             progress(len(entries), len(probes), entries[-1])
     return entries
+
+
+def _clear_main_face(faces: Sequence[FaceView], shape: tuple[int, int]) -> int | None:
+    """The index of the face that is clearly the image's main one, or None."""
+    ranked = sorted(faces, key=lambda f: box_prominence(f.box, shape), reverse=True)
+    if box_prominence(ranked[0].box, shape) >= MAIN_FACE_RATIO * box_prominence(
+        ranked[1].box, shape
+    ):
+        return ranked[0].face
+    return None
 
 
 def _failure(name: str, error: ProbeError, probe_id: int | None = None) -> BatchSearchFailure:
@@ -126,6 +147,7 @@ def _search_one(
     face: int | None,
     top_k: int,
     threshold: float | None,
+    main_face: bool = False,
 ) -> SearchResult:
     name = PurePath(probe.name).name or probe.name
     try:
@@ -145,6 +167,8 @@ def _search_one(
     pid = added.probe_id
     if not added.faces:
         raise _ProbeFailed("no_face", f"{probe.name}: no face found; nothing to search", pid)
+    if face is None and len(added.faces) > 1 and main_face:
+        face = _clear_main_face(added.faces, upright_shape(data))
     if face is None and len(added.faces) > 1:
         boxes = ", ".join(f"{f.face}: box {[round(v) for v in f.box]}" for f in added.faces)
         raise _ProbeFailed(

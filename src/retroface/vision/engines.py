@@ -8,7 +8,7 @@ backend, weights and detector settings, and thus the model key, is made in one w
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,29 @@ ARCFACE_PIPELINE = 2
 
 #: Whether probes are embedded with test-time flip (:meth:`ArcFaceEngine.analyse_probe`).
 PROBE_FLIP = True
+
+
+#: A face box as :class:`Face` holds it: ``(x1, y1, x2, y2)`` in image pixels.
+Box = tuple[float, float, float, float]
+
+#: Picks one face from the boxes ``(x1, y1, x2, y2)`` of every face found, by index (raising
+#: to refuse the image): enrolment's :func:`~retroface.gallery.enrol.choose_face` rule.
+FaceChooser = Callable[[Sequence[Box]], int]
+
+
+def analyse_chosen(engine: FaceEngine, image: ImageArray, choose: FaceChooser) -> Face:
+    """The one face ``choose`` picks from the faces' boxes, analysed as :meth:`analyse` would.
+
+    The arcface engine detects, lets ``choose`` pick, then aligns, embeds and assesses that face
+    only: on LFW, 19% of the images show a bystander at the edge whose embedding enrolment never
+    used (about a sixth of the recogniser's time). Other engines analyse every face first.
+    """
+    chosen = getattr(engine, "analyse_chosen", None)
+    if callable(chosen):
+        face: Face = chosen(image, choose)
+        return face
+    faces = engine.analyse(image)
+    return faces[choose([f.box for f in faces])]
 
 
 def analyse_probe(engine: FaceEngine, image: ImageArray) -> list[Face]:
@@ -130,37 +153,60 @@ class ArcFaceEngine:
         :data:`PROBE_FLIP` for what it gains."""
         return self._analyse(image, probe=PROBE_FLIP)
 
+    def analyse_chosen(self, image: ImageArray, choose: FaceChooser) -> Face:
+        """See :func:`analyse_chosen`: only the chosen face is aligned, embedded and assessed.
+
+        The face is exactly the one :meth:`analyse` gives at that index: the recogniser's output
+        for a crop does not depend on the other crops of its batch (on this CPU the embeddings
+        are bit-identical at batch 1 and 32; ``tests/test_gallery.py`` checks the templates).
+        """
+        dets = self.detect(image)
+        index = choose([_box(b) for b in dets.boxes])
+        return self._faces(image, dets, [index], probe=False)[0]
+
     def _analyse(self, image: ImageArray, probe: bool) -> list[Face]:
         dets = self.detect(image)
         if len(dets) == 0:
             return []
-        crops = [align_face(image, lm, self.recogniser.crop_size) for lm in dets.landmarks]
+        return self._faces(image, dets, range(len(dets)), probe)
+
+    def _faces(
+        self, image: ImageArray, dets: Detections, indices: Iterable[int], probe: bool
+    ) -> list[Face]:
+        """Align, embed (one batch) and assess the faces ``indices`` of ``dets``."""
+        chosen = list(indices)
+        crops = [align_face(image, dets.landmarks[i], self.recogniser.crop_size) for i in chosen]
         raw, mirrored = self.recogniser.embed_raw(crops, flip=self.flip or probe)
         embeddings = l2_normalise(raw if mirrored is None else raw + mirrored)
         norms = np.linalg.norm(raw, axis=1)
         faces = []
-        for i, crop in enumerate(crops):
+        for k, (i, crop) in enumerate(zip(chosen, crops, strict=True)):
             score = float(dets.scores[i])
             quality = measure_quality(
                 crop,
                 dets.landmarks[i],
                 score,
                 self.quality_policy,
-                embedding_norm=float(norms[i]),
+                embedding_norm=float(norms[k]),
                 hit_model=self.hit_model,
             )
             faces.append(
                 Face(
-                    box=tuple(float(v) for v in dets.boxes[i]),  # type: ignore[arg-type]
+                    box=_box(dets.boxes[i]),
                     landmarks=dets.landmarks[i],
                     det_score=score,
                     crop=crop,
                     quality=quality,
-                    embedding=embeddings[i],
+                    embedding=embeddings[k],
                     model=self.identity,
                 )
             )
         return faces
+
+
+def _box(row: np.ndarray) -> Box:
+    """A detection's box as :class:`Face` holds it (Python floats)."""
+    return tuple(float(v) for v in row)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -301,11 +347,17 @@ def create_engine(
 
 def prominence(face: Face, image_shape: tuple[int, ...]) -> float:
     """How much a face is *the* subject of a photo: its area, discounted by distance from centre."""
+    return box_prominence(face.box, image_shape)
+
+
+def box_prominence(box: Sequence[float], image_shape: tuple[int, ...]) -> float:
+    """:func:`prominence` from a face box ``(x1, y1, x2, y2)`` alone (a stored probe's face)."""
     h, w = image_shape[:2]
     diag = float(np.hypot(w, h))
-    fx, fy = (face.box[0] + face.box[2]) / 2.0, (face.box[1] + face.box[3]) / 2.0
+    area = max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+    fx, fy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
     off_centre = float(np.hypot(fx - w / 2.0, fy - h / 2.0)) / diag
-    return face.area * (1.0 - off_centre) ** 2
+    return area * (1.0 - off_centre) ** 2
 
 
 def primary_face(faces: list[Face], image_shape: tuple[int, ...]) -> Face | None:
