@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,52 +147,133 @@ def _kmeans(x: NDArray[np.float64], k: int, seed: int = 0, iters: int = 30) -> N
     return c
 
 
+#: Impostor pairs kept (uniformly) to fit FairCal's calibration maps: the beta map has three
+#: parameters, and 300,000 pairs (several thousand per cluster at K = 100) fix them to well
+#: within the fold-to-fold spread, at a tenth of the cost of all 5 million.
+IMPOSTOR_SAMPLE = 300_000
+#: mated embeddings, their detection flags, non-mated embeddings, theirs
+ProbeSet = tuple[NDArray[np.float32], NDArray[np.bool_], NDArray[np.float32], NDArray[np.bool_]]
+Transform = Callable[
+    [NDArray[np.float64], NDArray[np.float64], NDArray[np.float32], NDArray[np.float32]],
+    tuple[NDArray[np.float64], NDArray[np.float64]],
+]
+
+
+def _beta_features(s: NDArray[np.float64], use: tuple[bool, bool]) -> NDArray[np.float64]:
+    """Beta calibration's inputs (Kull et al. 2017) for cosine scores mapped to (0, 1)."""
+    u = np.clip((s + 1) / 2, 1e-6, 1 - 1e-6)
+    cols = [c for c, on in ((np.log(u), use[0]), (-np.log(1 - u), use[1])) if on]
+    return np.column_stack([*cols, np.ones_like(u)])
+
+
+def _logistic(x: NDArray[np.float64], y: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Maximum-likelihood logistic regression by Newton steps (a tiny ridge keeps a cluster
+    with separable scores finite)."""
+    w = np.zeros(x.shape[1])
+    t = y.astype(np.float64)
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-np.clip(x @ w, -30, 30)))
+        grad = x.T @ (p - t) + 1e-3 * w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-3 * np.eye(x.shape[1])
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w
+
+
+class BetaCalibration:
+    """Score -> probability of a mate, ``1 / (1 + 1 / (e^c u^a / (1-u)^b))`` with a, b >= 0
+    (a coefficient fitted negative is dropped and the rest refitted, as Kull et al. do), so
+    the map is monotone in the score."""
+
+    def __init__(self, s: NDArray[np.float64], y: NDArray[np.bool_]) -> None:
+        self.use = (True, True)
+        w = _logistic(_beta_features(s, self.use), y)
+        if w[0] < 0 or w[1] < 0:
+            self.use = (bool(w[0] >= 0), bool(w[1] >= 0))
+            if not any(self.use):
+                self.use = (False, True)
+            w = _logistic(_beta_features(s, self.use), y)
+        self.w = w
+
+    def __call__(self, s: NDArray[np.float64]) -> NDArray[np.float64]:
+        z = _beta_features(s.ravel(), self.use) @ self.w
+        return np.asarray(1 / (1 + np.exp(-np.clip(z, -30, 30)))).reshape(s.shape)
+
+
 def mitigations_kfold(
     g_emb: NDArray[np.float32],
     g_ids: list[str],
-    m_emb: NDArray[np.float32],
     m_ids: list[str],
-    m_ok: NDArray[np.bool_],
-    n_emb: NDArray[np.float32],
     n_ids: list[str],
-    n_ok: NDArray[np.bool_],
+    probes: dict[
+        str, tuple[NDArray[np.float32], NDArray[np.bool_], NDArray[np.float32], NDArray[np.bool_]]
+    ],
     sex: dict[str, str],
     folds: int = 5,
     clusters: int = 25,
     far: float = 1e-3,
+    faircal_clusters: Sequence[int] = (25, 100),
 ) -> dict[str, Any]:
-    """Raw scores against two label-free normalisations, each with its threshold at FPIR 1%
-    fitted on k-1 folds of identities and applied to the held-out fold (identity-disjoint):
+    """Raw scores against label-free normalisations, each with its threshold at FPIR 1%
+    fitted on k-1 folds of identities and applied to the held-out fold (identity-disjoint).
+    ``probes`` maps a probe set name (clean, degraded) to its mated and non-mated embeddings
+    and detection flags; every method is fitted on clean data only (the gallery and the
+    fitting identities' clean probes) and its threshold on the clean non-mated searches of
+    the fitting folds, then applied unchanged to every probe set, as a deployment would:
 
     - ``tnorm_*``: each search's scores standardised by the mean and spread of its scores for
       the gallery's identities (all, or its 100 highest after the first);
     - ``fsn``: Fair Score Normalization (Terhoerst et al. 2020): k-means pseudo-groups of the
       training folds' gallery embeddings, each group's threshold at ``far`` on impostor pairs of
       those gallery images, and a score shifted by the mean of its probe's and its candidate's
-      group thresholds, so every pseudo-group's impostors sit alike. Fitted per fold on the
-      training identities only.
+      group thresholds, so every pseudo-group's impostors sit alike;
+    - ``faircal_K``: FairCal (Salvador et al., ICLR 2022): k-means (K clusters) of the fitting
+      identities' images, a beta calibration per cluster fitted on the fitting identities'
+      search pairs (probe, gallery image) that have a face in that cluster (mates: genuine;
+      everyone else: impostors), and each pair's score replaced by its two faces' clusters'
+      calibrated probabilities, weighted by the clusters' pair counts.
     """
     names = sorted(set(g_ids))
     col = {n: j for j, n in enumerate(names)}
     column_of = np.array([col[i] for i in g_ids], dtype=np.int64)
     m_col = np.array([col.get(i, -1) for i in m_ids])
     n_col = np.array([col.get(i, -1) for i in n_ids])
-    mr = _identity_scores(m_emb, g_emb, column_of, len(names)).astype(np.float64)
-    nr = _identity_scores(n_emb, g_emb, column_of, len(names)).astype(np.float64)
+    raw = {
+        name: (
+            _identity_scores(me, g_emb, column_of, len(names)).astype(np.float64),
+            _identity_scores(ne, g_emb, column_of, len(names)).astype(np.float64),
+        )
+        for name, (me, _, ne, _) in probes.items()
+    }
     everyone = sorted(set(m_ids) | set(n_ids) | set(g_ids))
     fold_of = {n: k % folds for k, n in enumerate(everyone)}
     nm_ids = list(n_ids) + list(m_ids)
     nm_fold = np.array([fold_of[x] for x in nm_ids])
     m_fold = np.array([fold_of[x] for x in m_ids])
+    n_fold = np.array([fold_of[x] for x in n_ids])
+    g_fold = np.array([fold_of[x] for x in g_ids])
+    col_fold = np.array([fold_of[n] for n in names])
+    m_clean, m_ok_clean, n_clean, n_ok_clean = probes["clean"]
 
-    def tnorm(r: NDArray[np.float64], cohort: int | None) -> NDArray[np.float64]:
+    def tnorm(cohort: int | None) -> Callable[[int], Transform]:
+        def fit(k: int) -> Transform:
+            def apply(mr: Any, nr: Any, me: Any, ne: Any) -> Any:
+                return _tn(mr, cohort), _tn(nr, cohort)
+
+            return apply
+
+        return fit
+
+    def _tn(r: NDArray[np.float64], cohort: int | None) -> NDArray[np.float64]:
         x = np.sort(r, axis=1)[:, ::-1]
         c = x[:, 1 : 1 + cohort] if cohort else x[:, 1:]
         return (r - c.mean(axis=1, keepdims=True)) / (c.std(axis=1, keepdims=True) + 1e-9)
 
-    def fsn(k: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    def fsn(k: int) -> Transform:
         g = g_emb.astype(np.float64)
-        train = np.array([fold_of[i] != k for i in g_ids])
+        train = g_fold != k
         cent = _kmeans(g[train], clusters, seed=k)
         g_cl = np.argmax(g @ cent.T, axis=1)
         s = g[train] @ g[train].T
@@ -205,56 +288,289 @@ def mitigations_kfold(
         id_thr = np.zeros(len(names))
         for i, j in enumerate(column_of):
             id_thr[j] = thr[g_cl[i]]  # an identity's (first) reference image's group
-        mp = thr[np.argmax(m_emb.astype(np.float64) @ cent.T, axis=1)]
-        npp = thr[np.argmax(n_emb.astype(np.float64) @ cent.T, axis=1)]
-        return mr - 0.5 * (mp[:, None] + id_thr[None, :]), nr - 0.5 * (
-            npp[:, None] + id_thr[None, :]
-        )
 
-    def run(scores: Any) -> dict[str, Any]:
-        hit = np.zeros(len(m_ids), dtype=bool)
-        fp = np.zeros(len(nm_ids), dtype=bool)
+        def apply(mr: Any, nr: Any, me: Any, ne: Any) -> Any:
+            mp = thr[np.argmax(me.astype(np.float64) @ cent.T, axis=1)]
+            npp = thr[np.argmax(ne.astype(np.float64) @ cent.T, axis=1)]
+            return mr - 0.5 * (mp[:, None] + id_thr[None, :]), nr - 0.5 * (
+                npp[:, None] + id_thr[None, :]
+            )
+
+        return apply
+
+    def faircal(n_clusters: int) -> Callable[[int], Transform]:
+        def fit(k: int) -> Transform:
+            rng = np.random.default_rng(k)
+            fit_m, fit_n, fit_g = m_fold != k, n_fold != k, g_fold != k
+            pool = np.concatenate(
+                [g_emb[fit_g], m_clean[fit_m & m_ok_clean], n_clean[fit_n & n_ok_clean]]
+            )
+            cent = _kmeans(pool.astype(np.float64), n_clusters, seed=k)
+            col_cl = np.zeros(len(names), dtype=np.int64)
+            col_cl[column_of] = np.argmax(g_emb.astype(np.float64) @ cent.T, axis=1)
+            cols = np.flatnonzero(col_fold != k)  # the fitting identities' gallery columns
+            mr, nr = raw["clean"]
+            rows_m = np.flatnonzero(fit_m & m_ok_clean)
+            rows_n = np.flatnonzero(fit_n & n_ok_clean)
+            s = np.concatenate([mr[np.ix_(rows_m, cols)], nr[np.ix_(rows_n, cols)]])
+            y = np.zeros_like(s, dtype=bool)
+            y[: rows_m.size] = m_col[rows_m][:, None] == cols[None, :]
+            p_cl = np.argmax(
+                np.concatenate([m_clean[rows_m], n_clean[rows_n]]).astype(np.float64) @ cent.T,
+                axis=1,
+            )
+            a = np.broadcast_to(p_cl[:, None], s.shape).ravel()
+            b = np.broadcast_to(col_cl[cols][None, :], s.shape).ravel()
+            s, y = s.ravel(), y.ravel()
+            # every mate pair, a uniform sample of the impostor pairs (the same share in every
+            # cluster, so each cluster's mate/impostor balance is kept)
+            keep = y | (rng.random(s.size) < min(1.0, IMPOSTOR_SAMPLE / max(1, s.size)))
+            s, y, a, b = s[keep], y[keep], a[keep], b[keep]
+            fallback = BetaCalibration(s, y)
+            cal: list[BetaCalibration] = []
+            count = np.zeros(n_clusters)
+            for c in range(n_clusters):
+                sel = (a == c) | (b == c)
+                count[c] = sel.sum()
+                ok = y[sel].sum() >= 5 and (~y[sel]).sum() >= 5
+                cal.append(BetaCalibration(s[sel], y[sel]) if ok else fallback)
+            count = np.maximum(count, 1)
+
+            def calibrated(r: NDArray[np.float64], e: NDArray[np.float32]) -> NDArray[np.float64]:
+                pc = np.argmax(e.astype(np.float64) @ cent.T, axis=1)
+                out = np.zeros_like(r)
+                for c in range(n_clusters):  # the probe's cluster, by rows
+                    rows = pc == c
+                    if rows.any():
+                        out[rows] += count[c] * cal[c](r[rows])
+                for c in range(n_clusters):  # the gallery face's cluster, by columns
+                    cs = col_cl == c
+                    if cs.any():
+                        out[:, cs] += count[c] * cal[c](r[:, cs])
+                return out / (count[pc][:, None] + count[col_cl][None, :])
+
+            def apply(mr: Any, nr: Any, me: Any, ne: Any) -> Any:
+                return calibrated(mr, me), calibrated(nr, ne)
+
+            return apply
+
+        return fit
+
+    def run(fit: Callable[[int], Transform]) -> dict[str, Any]:
+        res: dict[str, Any] = {}
+        hit = {p: np.zeros(len(m_ids), dtype=bool) for p in probes}
+        fp = {p: np.zeros(len(nm_ids), dtype=bool) for p in probes}
         for k in range(folds):
-            mx, nx = scores(k)
-            rows = np.arange(len(m_ids))
-            mate = np.where(m_col >= 0, mx[rows, np.maximum(m_col, 0)], np.nan)
-            mate[~m_ok] = np.nan
-            rank = 1 + np.sum(mx > np.nan_to_num(mate, nan=np.inf)[:, None], axis=1)
-            mo = mx.copy()
-            mo[rows[m_col >= 0], m_col[m_col >= 0]] = -np.inf
-            loo = mo.max(axis=1)
-            loo[~m_ok] = np.nan
-            no = nx.copy()
-            nrows = np.arange(len(n_ids))
-            no[nrows[n_col >= 0], n_col[n_col >= 0]] = -np.inf
-            ntop = no.max(axis=1)
-            ntop[~n_ok] = np.nan
-            nm_scores = np.concatenate([ntop, loo])
-            t = fpir_threshold(nm_scores[nm_fold != k], 0.01)
-            test = m_fold == k
-            hit[test] = (rank[test] == 1) & (np.nan_to_num(mate[test], nan=-np.inf) >= t)
-            fp[nm_fold == k] = np.nan_to_num(nm_scores[nm_fold == k], nan=-np.inf) >= t
-        groups: dict[str, Any] = {}
-        for grp in ("female", "male"):
-            gm = np.array([sex.get(x) == grp for x in m_ids])
-            gn = np.array([sex.get(x) == grp for x in nm_ids])
-            groups[grp] = {"fnir": 1 - float(hit[gm].mean()), "fpir": float(fp[gn].mean())}
-        return {
-            "fnir": 1 - float(hit.mean()),
-            "fpir": float(fp.mean()),
-            "groups": groups,
-            "fnir_ratio": groups["female"]["fnir"] / groups["male"]["fnir"],
-            "fpir_ratio": groups["female"]["fpir"] / max(groups["male"]["fpir"], 1e-12),
-        }
+            apply = fit(k)
+            t = None
+            for pname in ("clean", *(p for p in probes if p != "clean")):
+                me, m_ok, ne, n_ok = probes[pname]
+                mx, nx = apply(*raw[pname], me, ne)
+                rows = np.arange(len(m_ids))
+                mate = np.where(m_col >= 0, mx[rows, np.maximum(m_col, 0)], np.nan)
+                mate[~m_ok] = np.nan
+                rank = 1 + np.sum(mx > np.nan_to_num(mate, nan=np.inf)[:, None], axis=1)
+                mo = mx.copy()
+                mo[rows[m_col >= 0], m_col[m_col >= 0]] = -np.inf
+                loo = mo.max(axis=1)
+                loo[~m_ok] = np.nan
+                no = nx.copy()
+                nrows = np.arange(len(n_ids))
+                no[nrows[n_col >= 0], n_col[n_col >= 0]] = -np.inf
+                ntop = no.max(axis=1)
+                ntop[~n_ok] = np.nan
+                nm_scores = np.concatenate([ntop, loo])
+                if t is None:  # the clean fitting folds set the threshold for every probe set
+                    t = fpir_threshold(nm_scores[nm_fold != k], 0.01)
+                test = m_fold == k
+                hit[pname][test] = (rank[test] == 1) & (np.nan_to_num(mate[test], nan=-np.inf) >= t)
+                fp[pname][nm_fold == k] = np.nan_to_num(nm_scores[nm_fold == k], nan=-np.inf) >= t
+        for pname in probes:
+            groups: dict[str, Any] = {}
+            for grp in ("female", "male"):
+                gm = np.array([sex.get(x) == grp for x in m_ids])
+                gn = np.array([sex.get(x) == grp for x in nm_ids])
+                groups[grp] = {
+                    "fnir": 1 - float(hit[pname][gm].mean()),
+                    "fpir": float(fp[pname][gn].mean()),
+                }
+            res[pname] = {
+                "fnir": 1 - float(hit[pname].mean()),
+                "fpir": float(fp[pname].mean()),
+                "groups": groups,
+                "fnir_ratio": groups["female"]["fnir"] / groups["male"]["fnir"],
+                "fpir_ratio": groups["female"]["fpir"] / max(groups["male"]["fpir"], 1e-12),
+            }
+        return res
 
-    t_all, t_100 = (tnorm(mr, None), tnorm(nr, None)), (tnorm(mr, 100), tnorm(nr, 100))
-    return {
-        "raw": run(lambda k: (mr, nr)),
-        "tnorm_all": run(lambda k: t_all),
-        "tnorm_top100": run(lambda k: t_100),
-        "fsn": run(fsn),
-        "protocol": f"{folds}-fold over identities; FSN {clusters} k-means groups, FAR {far:g}",
+    def same(k: int) -> Transform:
+        return lambda mr, nr, me, ne: (mr, nr)
+
+    methods: dict[str, Callable[[int], Transform]] = {
+        "raw": same,
+        "tnorm_all": tnorm(None),
+        "tnorm_top100": tnorm(100),
+        "fsn": fsn,
+        **{f"faircal_{kc}": faircal(kc) for kc in faircal_clusters},
     }
+    out: dict[str, Any] = {}
+    for label, fit in methods.items():
+        t0 = time.perf_counter()
+        out[label] = run(fit)
+        show_mitigations({label: out[label]})
+        print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    out["protocol"] = (
+        f"{folds}-fold over identities; FSN {clusters} k-means groups, FAR {far:g}; FairCal "
+        f"K in {list(faircal_clusters)}, beta calibration per cluster; everything fitted on the "
+        "clean data of the fitting folds, threshold at FPIR 1% on their clean non-mated searches"
+    )
+    return out
+
+
+def _agg_scores(
+    probes: NDArray[np.float32],
+    rows: NDArray[np.float32],
+    column_of: NDArray[np.int64],
+    k: int,
+    agg: str,
+) -> NDArray[np.float64]:
+    """Per gallery identity: the best (``max``) or the mean (``mean``) of its templates'
+    scores, as the matcher's two aggregates rank a subject with several templates."""
+    sims = (probes @ rows.T).astype(np.float64)
+    if agg == "max":
+        out = np.full((probes.shape[0], k), -np.inf)
+        for j in range(column_of.size):
+            np.maximum(out[:, column_of[j]], sims[:, j], out=out[:, column_of[j]])
+        return out
+    total = np.zeros((probes.shape[0], k))
+    np.add.at(total.T, column_of, sims.T)
+    return total / np.maximum(np.bincount(column_of, minlength=k), 1)[None, :]
+
+
+def fused_templates(
+    gal: list[Any],
+    g: Any,
+    mat: list[Any],
+    mg: Any,
+    probe_sets: dict[str, tuple[Any, Any]],
+    non: list[Any],
+    sex: dict[str, str],
+    refs: int,
+) -> dict[str, Any]:
+    """Several reference images per subject, against one (issue #17's "fused multi-image
+    templates"). The LFW 1:N protocol enrols one image per identity, so this is a *variant
+    protocol*: every identity with more than ``refs`` images enrols its first ``refs`` (the
+    protocol's gallery image and its next ``refs - 1``, embedded as enrolment embeds them) and
+    searches with the rest; every other gallery identity keeps its one image as a distractor;
+    the protocol's non-mated searches and each mated search's leave-one-identity-out top score
+    are the non-mated searches. The same searches run against four galleries: the first image
+    only, all ``refs`` templates ranked by their best score (the matcher's ``max``) or their
+    mean score (``mean``), and one fused template (the mean of the unit embeddings,
+    renormalised). Each gallery's threshold is set at FPIR 1% on its clean non-mated searches
+    and kept for the degraded probes."""
+    by_id: dict[str, list[int]] = {}
+    for i, e in enumerate(mat):
+        by_id.setdefault(e.identity, []).append(i)
+    multi = {ident for ident, rows in by_id.items() if len(rows) >= refs}
+    ref_rows = {ident: by_id[ident][: refs - 1] for ident in multi}
+    probe_rows = np.array([i for ident in sorted(multi) for i in by_id[ident][refs - 1 :]])
+    names = sorted({e.identity for e in gal})
+    col = {n: j for j, n in enumerate(names)}
+    first = {e.identity: i for i, e in enumerate(gal)}
+    results: dict[str, Any] = {
+        "protocol": (
+            f"identities with {refs + 1}+ images: {len(multi)} "
+            f"({sum(sex.get(i) == 'female' for i in multi)} female), enrolling {refs} images "
+            f"each; {probe_rows.size} mated searches with their remaining images; "
+            f"{len(names) - len(multi)} other gallery identities with one image"
+        )
+    }
+    m_ident = [mat[i].identity for i in probe_rows]
+    m_col = np.array([col[i] for i in m_ident])
+    nm_ident = [e.identity for e in non] + m_ident
+    for gallery in ("single", "max", "mean", "fused"):
+        vecs: list[NDArray[np.float32]] = []
+        cols: list[int] = []
+        for name in names:
+            own = [g.embeddings[first[name]]] if g.found[first[name]] else []
+            if name in multi and gallery != "single":
+                own += [mg.embeddings[i] for i in ref_rows[name] if mg.found[i]]
+            if not own:
+                continue  # no face in any reference image: not enrolled (its mates are misses)
+            if gallery == "fused":
+                v = np.mean(own, axis=0)
+                own = [v / np.linalg.norm(v)]
+            vecs.extend(own)
+            cols.extend([col[name]] * len(own))
+        rows, column_of = np.asarray(vecs, dtype=np.float32), np.asarray(cols, dtype=np.int64)
+        agg = "mean" if gallery == "mean" else "max"
+        t = None
+        out: dict[str, Any] = {}
+        for pname, (pm, pn) in probe_sets.items():
+            ms = _agg_scores(pm.embeddings[probe_rows], rows, column_of, len(names), agg)
+            ns = _agg_scores(pn.embeddings, rows, column_of, len(names), agg)
+            r = np.arange(probe_rows.size)
+            mate = ms[r, m_col].copy()
+            mate[~pm.found[probe_rows] | ~np.isfinite(mate)] = np.nan
+            rank = 1 + np.sum(ms > np.nan_to_num(mate, nan=np.inf)[:, None], axis=1)
+            ms[r, m_col] = -np.inf
+            loo = np.where(pm.found[probe_rows], ms.max(axis=1), np.nan)
+            n_cols = np.array([col.get(e.identity, -1) for e in non])
+            nr = np.arange(len(non))
+            ns[nr[n_cols >= 0], n_cols[n_cols >= 0]] = -np.inf
+            ntop = np.where(pn.found, ns.max(axis=1), np.nan)
+            nm = np.concatenate([ntop, loo])
+            if t is None:
+                t = fpir_threshold(nm, 0.01)
+            hit = (rank == 1) & (np.nan_to_num(mate, nan=-np.inf) >= t)
+            fp = np.nan_to_num(nm, nan=-np.inf) >= t
+            groups = {}
+            for grp in ("female", "male"):
+                gm = np.array([sex.get(x) == grp for x in m_ident])
+                gn = np.array([sex.get(x) == grp for x in nm_ident])
+                groups[grp] = {
+                    "n_mated": int(gm.sum()),
+                    "n_nonmated": int(gn.sum()),
+                    "fnir": 1 - float(hit[gm].mean()),
+                    "fpir": float(fp[gn].mean()),
+                }
+            out[pname] = {
+                "threshold": float(t),
+                "fnir": 1 - float(hit.mean()),
+                "fpir": float(fp.mean()),
+                "groups": groups,
+                "fnir_ratio": groups["female"]["fnir"] / max(groups["male"]["fnir"], 1e-12),
+                "fpir_ratio": groups["female"]["fpir"] / max(groups["male"]["fpir"], 1e-12),
+            }
+        results[gallery] = out
+    return results
+
+
+def show_fusion(res: dict[str, Any]) -> None:
+    print(f"\nfused templates: {res['protocol']}")
+    for gallery in ("single", "max", "mean", "fused"):
+        for pname, x in res[gallery].items():
+            f, mm = x["groups"]["female"], x["groups"]["male"]
+            print(
+                f"  {gallery:7} {pname:11} t {x['threshold']:.4f} FNIR {x['fnir']:.2%} FPIR "
+                f"{x['fpir']:.2%}; female FNIR {f['fnir']:.2%} FPIR {f['fpir']:.2%} "
+                f"(n {f['n_mated']}/{f['n_nonmated']}); male FNIR {mm['fnir']:.2%} FPIR "
+                f"{mm['fpir']:.2%} (n {mm['n_mated']}/{mm['n_nonmated']}); ratios FNIR "
+                f"{x['fnir_ratio']:.2f} FPIR {x['fpir_ratio']:.2f}"
+            )
+
+
+def show_mitigations(res: dict[str, Any]) -> None:
+    for label, r in res.items():
+        if label == "protocol":
+            continue
+        for pname, x in r.items():
+            f, mm = x["groups"]["female"], x["groups"]["male"]
+            print(
+                f"{label:13} {pname:11} FNIR {x['fnir']:.2%} FPIR {x['fpir']:.2%}; female FNIR "
+                f"{f['fnir']:.2%} FPIR {f['fpir']:.2%}; male FNIR {mm['fnir']:.2%} FPIR "
+                f"{mm['fpir']:.2%}; ratios FNIR {x['fnir_ratio']:.2f} FPIR {x['fpir_ratio']:.2f}"
+            )
 
 
 def main() -> None:
@@ -262,6 +578,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=Path("fairness.json"))
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument(
+        "--enrol-tta",
+        action="store_true",
+        help="also enrol the gallery with flip and second look (1,862 more images the first time)",
+    )
+    ap.add_argument("--references", type=lambda v: [int(x) for x in v.split(",")], default=[2, 3])
+    ap.add_argument(
+        "--faircal-clusters", type=lambda v: [int(x) for x in v.split(",")], default=[25, 100]
+    )
     args = ap.parse_args()
     cache = Path(
         os.environ.get("RETROFACE_EVAL_CACHE")
@@ -305,23 +630,43 @@ def main() -> None:
     out["mitigations"] = mitigations_kfold(
         g.embeddings[gi],
         [gal[i].identity for i in gi],
-        m.embeddings,
         [e.identity for e in mat],
-        m.found,
-        n.embeddings,
         [e.identity for e in non],
-        n.found,
+        {
+            "clean": (m.embeddings, m.found, n.embeddings, n.found),
+            "degraded_40": (dm.embeddings, dm.found, dn.embeddings, dn.found),
+        },
         sex,
+        faircal_clusters=args.faircal_clusters,
     )
-    for label, r in out["mitigations"].items():
-        if label == "protocol":
-            continue
-        f, mm = r["groups"]["female"], r["groups"]["male"]
-        print(
-            f"{label:13} FNIR {r['fnir']:.2%} FPIR {r['fpir']:.2%}; female FNIR {f['fnir']:.2%} "
-            f"FPIR {f['fpir']:.2%}; male FNIR {mm['fnir']:.2%} FPIR {mm['fpir']:.2%}; ratios "
-            f"FNIR {r['fnir_ratio']:.2f} FPIR {r['fpir_ratio']:.2f}"
+    # the mated images embedded as enrolment embeds them (a second reference image)
+    mg = ev.embed([e.path for e in mat], "mated images as references")
+    out["fused_templates"] = {
+        f"{r}_references": fused_templates(
+            gal, g, mat, mg, {"clean": (m, n), "degraded_40": (dm, dn)}, non, sex, r
         )
+        for r in args.references
+    }
+    for res in out["fused_templates"].values():
+        show_fusion(res)
+    if args.enrol_tta:
+        # test-time augmentation at enrolment: the gallery analysed as searches analyse probes
+        # (flip, second look); its own FPIR-1% threshold on clean searches, kept for 40 px
+        gt = ev.embed([e.path for e in gal], "gallery with flip and second look", probe=True)
+        gi_, mi_, ni_ = (
+            [e.identity for e in gal],
+            [e.identity for e in mat],
+            [e.identity for e in non],
+        )
+        ts = run_searches(gi_, gt, mi_, m, ni_, n)
+        t_tta = fpir_threshold(ts.augmented_top, 0.01)
+        out["enrol_tta"] = {
+            "threshold": t_tta,
+            "clean": table(ts, sex, t_tta, args.n_boot),
+            "degraded_40": table(run_searches(gi_, gt, mi_, dm, ni_, dn), sex, t_tta, args.n_boot),
+        }
+        show("enrolment TTA, clean", out["enrol_tta"]["clean"])
+        show("enrolment TTA, 40 px", out["enrol_tta"]["degraded_40"])
     out["samples_needed_fpir_1pct"] = samples_needed(0.01)
     args.out.write_text(json.dumps(out, indent=1, default=float), "utf-8")
     print(f"\nwrote {args.out}")

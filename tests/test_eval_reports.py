@@ -20,6 +20,7 @@ from retroface.eval.metrics import (
     by_group,
     evaluate_identification,
     evaluate_verification,
+    format_percent,
     kfold_accuracy,
 )
 from retroface.eval.report import (
@@ -64,6 +65,7 @@ def demographics() -> DemographicResult:
         rng.choice(["women", "men", "small<group>"], 600, p=[0.5, 0.45, 0.05]),
         0.4,
         n_boot=100,
+        det_points=100,
     )
 
 
@@ -119,6 +121,71 @@ def test_plots_leave_pyplot_alone(tmp_path: Path) -> None:
 def test_group_bars_from_dict(tmp_path: Path, demographics: DemographicResult) -> None:
     stored = json.loads(json.dumps(demographics.to_dict()))
     assert _is_png(plots.plot_group_bars(stored, tmp_path / "g.png"))
+
+
+def test_group_det_curves_pass_through_each_group_s_operating_point(
+    demographics: DemographicResult, tmp_path: Path
+) -> None:
+    """Each group's DET curve holds the rates the table reports at the threshold, and the dot
+    drawn on it is exactly that point; unlabelled identities are never drawn as a group."""
+    d = json.loads(json.dumps(demographics.to_dict()))
+    assert set(d["det"]) == set(d["groups"])
+    for name, c in d["det"].items():
+        g = d["groups"][name]
+        th = np.asarray(c["threshold"])
+        assert np.all(np.diff(th) > 0)
+        # the (thinned) curve brackets the operating point: a lower threshold returns at least
+        # as many candidates, a higher one misses at least as many mates
+        below, above = th < d["threshold"], th >= d["threshold"]
+        assert below.any() and above.any()
+        lo, hi = int(np.flatnonzero(below)[-1]), int(np.flatnonzero(above)[0])
+        assert c["fpir"][lo] >= g["fpir"] >= c["fpir"][hi]
+        assert c["fnir"][lo] <= g["fnir"] <= c["fnir"][hi]
+    d["groups"]["unlabelled"] = dict(d["groups"]["men"], group="unlabelled")
+    d["det"]["unlabelled"] = d["det"]["men"]
+    fig = plots.group_det_figure(d)
+    ax = fig.axes[0]
+    dots = {ln.get_gid(): ln for ln in ax.lines if (ln.get_gid() or "").startswith("operating")}
+    drawn = {name for name, g in d["groups"].items() if g["fpir"] > 0 and g["fnir"] > 0}
+    assert set(dots) == {f"operating-point:{n}" for n in drawn - {"unlabelled"}}
+    for name in drawn - {"unlabelled"}:
+        x, y = dots[f"operating-point:{name}"].get_data()
+        assert (float(x[0]), float(y[0])) == (d["groups"][name]["fpir"], d["groups"][name]["fnir"])
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert not any("unlabelled" in t.get_text() for t in ax.get_legend().get_texts())
+    assert _is_png(plots.plot_group_det(d, tmp_path / "gdet.png"))
+
+
+def test_group_det_only_when_asked_for() -> None:
+    """Stored evaluations (threshold records) stay small: no curves unless asked for; asked
+    for without thinning, the curve holds the operating point itself."""
+    rng = np.random.default_rng(5)
+    groups = rng.choice(["a", "b"], 200)
+    r = by_group(
+        np.ones(200, dtype=int),
+        rng.normal(0.6, 0.15, 200),
+        groups,
+        rng.normal(0.2, 0.1, 400),
+        rng.choice(["a", "b"], 400),
+        0.4,
+        n_boot=10,
+    )
+    assert r.det == {} and "det" not in r.to_dict()
+    full = by_group(
+        np.ones(200, dtype=int),
+        rng.normal(0.6, 0.15, 200),
+        groups,
+        rng.normal(0.2, 0.1, 400),
+        rng.choice(["a", "b"], 400),
+        0.4,
+        n_boot=10,
+        det_points=10_000,
+    )
+    for name, c in full.det.items():
+        i = int(np.searchsorted(np.asarray(c["threshold"]), 0.4))
+        assert (c["fpir"][i], c["fnir"][i]) == pytest.approx(
+            (full.groups[name].fpir, full.groups[name].fnir)
+        )
 
 
 # ---------------------------------------------------------------------------- HTML
@@ -181,8 +248,9 @@ def test_html_report(
     assert parser.title == "Accuracy of test-model on toy-set"
     assert {"table", "figure", "section"} <= set(parser.tags)
     # self-contained: every image is an embedded PNG
-    # CMC, DET, mated/non-mated scores, ROC, genuine/impostor scores, groups, robustness
-    assert len(parser.images) == 7
+    # CMC, DET, mated/non-mated scores, ROC, genuine/impostor scores, groups, group DET,
+    # robustness
+    assert len(parser.images) == 8
     for src in parser.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == PNG_MAGIC
@@ -198,6 +266,12 @@ def test_html_report(
     assert f"{100 * v['eer']:.1f}%" in text
     assert "toy-set" in text and "abc123" in text
     assert "innocent candidate" in text  # plain-language demographic summary
+    # the per-group DET, its caption giving each group's operating point as the table does
+    caption = next(t for t in parser.text if t.startswith("Per-group DET curves"))
+    for g in demographics.groups.values():
+        assert f"{g.group}: FPIR {format_percent(g.fpir)}, FNIR {format_percent(g.fnir)}" in (
+            caption.replace("&lt;", "<").replace("&gt;", ">")
+        )
     # user-supplied strings are escaped, never injected as markup
     assert "<script>" not in html
     assert "&lt;script&gt;" in html

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from collections.abc import Callable, Iterator
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from retroface.context import AppContext
 from retroface.eval.dataset import build_protocol, load_pairs, load_protocol, resolve_protocol
 from retroface.eval.degrade import DegradeSpec, degrade_image, parse_widths
 from retroface.eval.embeddings_cache import EmbeddingSet
+from retroface.eval.metrics import format_percent
 from retroface.eval.runner import evaluate_searches, run_searches
 from retroface.media.images import load_image
 from retroface.storage.tables import AuditRecord, ThresholdRecord
@@ -275,6 +278,19 @@ def test_identify_json(cli: Run, small_lfw: Path, tmp_path: Path) -> None:
     demo = d["demographics"]["letter_split"]
     assert demo["summary"] and set(demo["insufficient_groups"]) == {"first half", "second half"}
     assert html.stat().st_size > 10_000
+    # per-group DET curves in the report, clean and degraded, with the run's per-group numbers
+    degraded = d["degrade"]["points"][0]["demographics"]["letter_split"]["result"]
+    assert degraded["threshold"] == demo["result"]["threshold"]  # the deployed threshold
+    captions = re.findall(r"<figcaption>(Per-group DET curves[^<]*)</figcaption>", html.read_text())
+    assert len(captions) == 2
+    for caption, result in zip(captions, (demo["result"], degraded), strict=True):
+        assert set(result["det"]) == set(result["groups"])
+        for g in result["groups"].values():
+            assert (
+                f"{g['group']}: FPIR {format_percent(g['fpir'])}, "
+                f"FNIR {format_percent(g['fnir'])}" in unescape(caption)
+            )
+    assert "Demographic differentials: probes degraded to 24 px" in html.read_text()
 
 
 def test_verify_pairs_and_folder(cli: Run, small_lfw: Path) -> None:

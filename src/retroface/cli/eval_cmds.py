@@ -258,6 +258,14 @@ def _report_content(report: Any, data: dict[str, Any]) -> Any:
         title=f"1:N accuracy of {data['model']['backend']} on {Path(data['dataset']['path']).name}",
         identification=identification,
         demographics=first["result"] if first else None,
+        # the first attribute's groups on each degraded probe set, at the same threshold
+        demographics_more={
+            f"probes degraded to {p['face_width_px']} px": next(iter(p["demographics"].values()))[
+                "result"
+            ]
+            for p in (data.get("degrade") or {}).get("points", [])
+            if p.get("demographics")
+        },
         robustness=report.robustness(),
         dataset=dataset,
         model={k: v for k, v in data["model"].items() if k != "weights"},

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -862,9 +862,13 @@ class DemographicResult:
     fnir_highest: str | None
     fnir_lowest: str | None
     confidence: float = 0.95
+    #: Per-group DET curves ``{group: {"fpir", "fnir", "threshold"}}`` (rank ``max_rank``),
+    #: when asked for (``by_group(det_points=...)``): the report draws them with each group's
+    #: operating point at ``threshold``. Empty otherwise, and then left out of ``to_dict``.
+    det: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "threshold": _clean(self.threshold),
             "max_rank": self.max_rank,
             "min_searches": self.min_searches,
@@ -877,6 +881,11 @@ class DemographicResult:
             "fnir_highest": self.fnir_highest,
             "fnir_lowest": self.fnir_lowest,
         }
+        if self.det:
+            out["det"] = {
+                g: {k: [_clean(x) for x in v] for k, v in c.items()} for g, c in self.det.items()
+            }
+        return out
 
 
 #: The group of identities with no label for an attribute: counted and shown, never compared
@@ -914,6 +923,7 @@ def by_group(
     n_boot: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    det_points: int | None = None,
 ) -> DemographicResult:
     """FNIR and FPIR per demographic group at one *global* threshold.
 
@@ -923,6 +933,10 @@ def by_group(
     groups are left out of the ratios. Labels are compared as strings. The group
     :data:`UNLABELLED` (identities with no label) is reported but never compared: a missing
     label is not a demographic, so it is left out of the ratios and the summary's comparisons.
+
+    ``det_points`` also computes each group's DET curve (FNIR at rank ``max_rank`` against
+    FPIR as the threshold varies), thinned to about that many points: it shows whether another
+    single threshold would narrow a differential, which one operating point cannot.
     """
     _check_max_rank(max_rank)
     r, s = _mated(mate_ranks, mate_scores)
@@ -963,6 +977,14 @@ def by_group(
             fnir_insufficient=mated.shape[0] < min_searches,
             fpir_insufficient=nonmated.size < min_searches,
         )
+    det: dict[str, dict[str, list[float]]] = {}
+    if det_points is not None:
+        for name, g in groups.items():
+            if g.n_mated and g.n_nonmated:
+                fp, fn, th = det_curve(
+                    r[g_m == name], s[g_m == name], nm[g_nm == name], max_rank, det_points
+                )
+                det[name] = {"fpir": fp.tolist(), "fnir": fn.tolist(), "threshold": th.tolist()}
     compared = {k: v for k, v in groups.items() if k != UNLABELLED}
     fpir_ratio, fpir_hi, fpir_lo = _ratio(
         {k: v.fpir for k, v in compared.items() if not v.fpir_insufficient}
@@ -982,6 +1004,7 @@ def by_group(
         fnir_highest=fnir_hi,
         fnir_lowest=fnir_lo,
         confidence=confidence,
+        det=det,
     )
 
 

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
 
-from retroface.eval.metrics import DemographicResult, FloatArray, format_percent
+from retroface.eval.metrics import UNLABELLED, DemographicResult, FloatArray, format_percent
 
 PathLike: TypeAlias = str | os.PathLike[str]
 #: One curve, or several keyed by label (e.g. one per backend).
@@ -335,6 +335,84 @@ def group_bars_figure(
     return fig
 
 
+def group_det_figure(
+    demographics: DemographicResult | Mapping[str, Any],
+    *,
+    title: str | None = None,
+) -> Figure:
+    """Each group's DET curve (FNIR against FPIR, log-log) with its operating point: the
+    rates at the one shared threshold, as the per-group table gives them.
+
+    Identities with no label are not a group and are not drawn; groups with too few searches
+    are drawn dashed. A curve to the lower left of another is better at *every* threshold; the
+    vertical distance between the curves at the operating FPIR is the FNIR gap a single
+    threshold cannot close.
+    """
+    d = demographics.to_dict() if isinstance(demographics, DemographicResult) else demographics
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    curves = d.get("det") or {}
+    xs: list[float] = []
+    ys: list[float] = []
+    for name, c in curves.items():
+        if name == UNLABELLED:
+            continue
+        g = d["groups"][name]
+        x, y = _log_positive(_floats(c["fpir"]), _floats(c["fnir"]))
+        order = np.lexsort((-y, x))
+        (line,) = ax.plot(
+            x[order],
+            y[order],
+            drawstyle="steps-post",
+            linestyle="--" if g["insufficient_samples"] else "-",
+            label=f"{name} (n={g['n_mated']:,} mated, {g['n_nonmated']:,} non-mated)",
+        )
+        xs.extend(x.tolist())
+        ys.extend(y.tolist())
+        fp, fn = g["fpir"], g["fnir"]
+        if fp is not None and fn is not None and fp > 0 and fn > 0:
+            ax.plot(
+                [fp],
+                [fn],
+                marker="o",
+                markersize=8,
+                color=line.get_color(),
+                markeredgecolor="black",
+                linestyle="none",
+                gid=f"operating-point:{name}",
+            )
+            xs.append(fp)
+            ys.append(fn)
+    if not xs:
+        ax.text(
+            0.5,
+            0.5,
+            "No group with both error rates above zero",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+        )
+    else:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(min(xs) / 2, 1.0)
+        ax.set_ylim(min(ys) / 2, 1.05)
+    ax.set_xlabel("FPIR (share of non-mated searches returning a candidate)")
+    ax.set_ylabel(f"FNIR (rank {d.get('max_rank', 1)}: mate missed)")
+    threshold = d.get("threshold")
+    _finish(
+        ax,
+        title
+        or (
+            f"Per-group DET; dots: operating threshold {threshold:.4g}"
+            if threshold is not None
+            else "Per-group DET"
+        ),
+        legend=bool(xs),
+    )
+    return fig
+
+
 def robustness_figure(
     face_widths: ArrayLike,
     rank1: ArrayLike,
@@ -425,6 +503,17 @@ def plot_group_bars(
     return save_figure(group_bars_figure(demographics, title=title), path, formats=formats)
 
 
+def plot_group_det(
+    demographics: DemographicResult | Mapping[str, Any],
+    path: PathLike,
+    *,
+    title: str | None = None,
+    formats: Sequence[str] = (),
+) -> Path:
+    """Write the per-group DET curves (see :func:`group_det_figure`)."""
+    return save_figure(group_det_figure(demographics, title=title), path, formats=formats)
+
+
 def plot_robustness(
     face_widths: ArrayLike,
     rank1: ArrayLike,
@@ -444,9 +533,11 @@ __all__ = [
     "det_figure",
     "figure_png",
     "group_bars_figure",
+    "group_det_figure",
     "plot_cmc",
     "plot_det",
     "plot_group_bars",
+    "plot_group_det",
     "plot_robustness",
     "plot_roc",
     "plot_score_histograms",

@@ -150,6 +150,8 @@ class ReportContent:
     identification: IdentificationResult | Result | None = None
     verification: VerificationResult | Result | None = None
     demographics: DemographicResult | Result | None = None
+    #: the same groups on other probes, e.g. ``{"probes degraded to 40 px": result}``
+    demographics_more: Mapping[str, DemographicResult | Result] = field(default_factory=dict)
     robustness: Result | None = None
     dataset: Result | None = None
     model: Result | None = None
@@ -340,7 +342,22 @@ def _verification_section(d: Result) -> Section:
     return section
 
 
-def _demographics_section(d: Result) -> Section:
+def _group_det_caption(d: Result) -> str:
+    """The DET figure's caption: each group's operating point in words, so the dots can be
+    checked against the table (and a reader without the image still gets the numbers)."""
+    points = "; ".join(
+        f"{g['group']}: FPIR {format_percent(g['fpir'])}, FNIR {format_percent(g['fnir'])}"
+        for g in d["groups"].values()
+        if g["group"] != UNLABELLED and g["group"] in d.get("det", {})
+    )
+    return (
+        f"Per-group DET curves (rank-{d.get('max_rank', 1)} FNIR vs FPIR, log axes); dots "
+        f"mark each group's operating point at the threshold {_threshold(d.get('threshold'))}"
+        f" — {points}"
+    )
+
+
+def _demographics_section(d: Result, probes: str = "") -> Section:
     level = f"{100 * float(d.get('confidence', 0.95)):g}%"
     rows, warn = [], set()
     for i, g in enumerate(d["groups"].values()):
@@ -389,12 +406,18 @@ def _demographics_section(d: Result) -> Section:
         numeric_columns={1, 2, 3, 4, 5, 6},
         warn_rows=warn,
     )
+    figures: list[tuple[str, Callable[[], Figure]]] = [
+        ("Per-group FPIR and FNIR", lambda: plots.group_bars_figure(d))
+    ]
+    if d.get("det"):
+        figures.append((_group_det_caption(d), lambda: plots.group_det_figure(d)))
+    slug = "".join(c if c.isalnum() else "-" for c in probes.lower()).strip("-")
     return Section(
-        "demographics",
-        "Demographic differentials",
+        f"demographics-{slug}" if slug else "demographics",
+        f"Demographic differentials: {probes}" if probes else "Demographic differentials",
         paragraphs=[plain_language_summary(d)],
         tables=[table],
-        figures=[("Per-group FPIR and FNIR", lambda: plots.group_bars_figure(d))],
+        figures=figures,
         highlight=True,
     )
 
@@ -433,6 +456,8 @@ def build_sections(content: ReportContent) -> list[Section]:
         sections.append(_verification_section(_as_dict(content.verification)))
     if demo is not None:
         sections.append(_demographics_section(demo))
+    for probes, more in content.demographics_more.items():
+        sections.append(_demographics_section(_as_dict(more), probes))
     if content.robustness is not None:
         sections.append(_robustness_section(content.robustness))
     sections.append(Section("conventions", "Definitions and conventions", list(CONVENTIONS)))

@@ -63,6 +63,9 @@ from retroface.vision.types import FaceEngine, ModelIdentity
 
 OPERATING_FPIR = 0.01
 VERIFY_FARS = (1e-2, 1e-3, 1e-4)
+#: Points per group DET curve in a report (log-spaced in FPIR): enough for a smooth curve, few
+#: enough that the JSON stays small.
+DET_POINTS = 200
 NONMATED_SET = "protocol non-mated + leave-one-identity-out"
 #: Probe blocks for the score matrix: bounds memory on large protocols.
 _BLOCK = 2048
@@ -393,11 +396,14 @@ class DegradePoint:
     searches: Searches
     failure_to_detect_mated: int
     failure_to_detect_nonmated: int
+    #: per attribute, the groups' rates on these probes at the *clean* run's operating
+    #: threshold (the one deployed), as :func:`demographics` gives them; empty without labels
+    demographics: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         r = self.result.to_dict()
         op = r["fnir_at_fpir"].get(rate_key(OPERATING_FPIR), {})
-        return {
+        out: dict[str, Any] = {
             "face_width_px": self.face_width,
             "rank1": r["rank1"],
             "rank1_ci": r["intervals"].get("rank1"),
@@ -412,6 +418,9 @@ class DegradePoint:
             },
             "quality_vs_miss": quality_vs_miss(self.searches, op.get("threshold")),
         }
+        if self.demographics:
+            out["demographics"] = self.demographics
+        return out
 
 
 @dataclass
@@ -633,14 +642,23 @@ def identify(
             )
         )
     if attributes is not None:
-        report.demographics = demographics(
-            searches,
-            attributes,
-            report.operating_threshold,
-            min_searches=min_group_searches,
-            n_boot=n_boot,
-            seed=seed,
-        )
+        labels = attributes
+
+        def groups(s: Searches) -> dict[str, dict[str, Any]]:
+            # degraded probes are read against the clean run's threshold: the deployed one
+            return demographics(
+                s,
+                labels,
+                report.operating_threshold,
+                min_searches=min_group_searches,
+                n_boot=n_boot,
+                seed=seed,
+                det_points=DET_POINTS,
+            )
+
+        report.demographics = groups(searches)
+        for point in report.degrade:
+            point.demographics = groups(point.searches)
     report.timing = {
         "embedding_clean": round(t_embed, 1),
         "total": round(time.perf_counter() - t0, 1),
@@ -690,11 +708,13 @@ def demographics(
     min_searches: int = 100,
     n_boot: int = 1000,
     seed: int = 0,
+    det_points: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per attribute column: FNIR/FPIR per group at the one operating threshold (FPIR 1%),
-    with the plain-language summary. Identities with no label in the CSV form the group
-    ``unlabelled``, counted and shown but never compared (issue #17); groups with fewer than
-    ``min_searches`` searches of a kind are flagged."""
+    with the plain-language summary (and each group's DET curve with ``det_points``).
+    Identities with no label in the CSV form the group ``unlabelled``, counted and shown but
+    never compared (issue #17); groups with fewer than ``min_searches`` searches of a kind are
+    flagged."""
     if threshold is None:
         raise InvalidInputError("no operating threshold (FPIR 1%) to compare groups at")
     out: dict[str, dict[str, Any]] = {}
@@ -711,6 +731,7 @@ def demographics(
             min_searches=min_searches,
             n_boot=n_boot,
             seed=seed,
+            det_points=det_points,
         )
         out[column] = {
             "result": result.to_dict(),
