@@ -37,8 +37,9 @@ class Settings(BaseSettings):
     providers: str = ""
     #: Test-time flip augmentation (embedding of the crop plus its mirror).
     flip: bool = False
-    #: Vector index: ``flat`` (exact, default) or ``hnsw`` (approximate + exact re-rank).
-    index_kind: str = "flat"
+    #: Vector index: ``auto`` (default: exact ``flat`` up to 200k templates, ``lean`` above),
+    #: ``flat``, ``lean`` (PQ codes + exact re-rank), ``ivf`` or ``hnsw``; docs/gallery.md.
+    index_kind: str = "auto"
     #: Largest accepted upload (API), bytes.
     max_upload_bytes: int = 25_000_000
     #: Folder the API's batch enrolment may read from (unset: batch import over the API is off).
