@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from retroface.search.index import FlatIndex, LeanIndex, RowFileRows, index_from_bytes
+from retroface.search.index import FlatIndex, LeanIndex, LeanPlan, RowFileRows, index_from_bytes
 from retroface.storage.crypto import Cipher
 
 DIM = 512
@@ -248,7 +248,7 @@ def peak_rss_mb() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def serve(work: Path, kind: str, max_queries: int) -> dict[str, Any]:
+def serve(work: Path, kind: str, max_queries: int, shortlist: int = 0) -> dict[str, Any]:
     """In a fresh process: load what a server holds, search every probe once, measure."""
     import faiss
 
@@ -272,11 +272,13 @@ def serve(work: Path, kind: str, max_queries: int) -> dict[str, Any]:
     load_s = time.perf_counter() - t
     faiss.omp_set_num_threads(1)
     plan = index.plan() if kind == "lean" else None
+    if plan is not None and shortlist:
+        plan = LeanPlan(shortlist=shortlist)
     got = np.full((len(probes), K), -1, dtype=np.int64)
     times, cpu = [], []
     for i, q in enumerate(probes):
         t, c = time.perf_counter(), time.thread_time()
-        _, ids = index.search(q[None], K)
+        _, ids = index.search(q[None], K, plan) if plan else index.search(q[None], K)
         times.append(time.perf_counter() - t)
         cpu.append(time.thread_time() - c)
         got[i, : ids.shape[1]] = ids[0]
@@ -320,6 +322,7 @@ def main() -> int:
     ap.add_argument("--kinds", default="lean,flat", help="lean and/or flat (exact baseline)")
     ap.add_argument("--flat-queries", type=int, default=300, help="queries timed for flat")
     ap.add_argument("--chunk-rows", type=int, default=1, help="rows per encrypted chunk")
+    ap.add_argument("--shortlist", type=int, default=0, help="override LeanIndex.plan_for")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/scale"))
     ap.add_argument("--keep", action="store_true", help="keep the gallery files")
@@ -329,7 +332,7 @@ def main() -> int:
     ap.add_argument("--serve-max", type=int, default=10**9, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve is not None:
-        print(json.dumps(serve(args.serve, args.serve_kind, args.serve_max)))
+        print(json.dumps(serve(args.serve, args.serve_kind, args.serve_max, args.shortlist)))
         return 0
     load_before = os.getloadavg()
     report: dict[str, Any] = {
@@ -345,6 +348,7 @@ def main() -> int:
     report["serve"] = []
     for kind in args.kinds.split(","):
         cmd = [sys.executable, __file__, "--serve", str(work), "--serve-kind", kind]
+        cmd += ["--shortlist", str(args.shortlist)]
         if kind == "flat":
             cmd += ["--serve-max", str(args.flat_queries)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
