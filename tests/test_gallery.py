@@ -265,7 +265,7 @@ def test_index_rebuilt_when_missing_stale_or_corrupt(
     assert d.gallery.check(ADMIN, key).index_matches_database
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "lean"])
 def test_approximate_index_matches_flat(
     make_app: Callable[..., AppContext], data_dir: Path, kind: str
 ) -> None:
@@ -368,7 +368,7 @@ def test_kill_9_during_enrolment_then_rerun(app: AppContext, data_dir: Path) -> 
     fresh.close()
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "lean", "auto"])
 def test_index_kinds_round_trip(kind: str) -> None:
     """Every index kind finds the same exact neighbours, removes, and survives serialisation."""
     import gc

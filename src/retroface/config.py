@@ -37,8 +37,9 @@ class Settings(BaseSettings):
     providers: str = ""
     #: Test-time flip augmentation (embedding of the crop plus its mirror).
     flip: bool = False
-    #: Vector index: ``flat`` (exact, default) or ``hnsw`` (approximate + exact re-rank).
-    index_kind: str = "flat"
+    #: Vector index: ``auto`` (default: exact ``flat`` up to 200k templates, ``lean`` above),
+    #: ``flat``, ``lean`` (PQ codes + exact re-rank), ``ivf`` or ``hnsw``; docs/gallery.md.
+    index_kind: str = "auto"
     #: Split the gallery index over this many Ray actors (docs/scale.md), each holding an index
     #: of ``index_kind`` for its share of the templates; 0 keeps one index in this process.
     index_shards: int = Field(default=0, ge=0)
