@@ -205,8 +205,19 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A head and a second node (one CPU each) on loopback; always stopped afterwards."""
+    # This process's client must not swap 127.0.0.1 for the host's routable address (Ray does
+    # unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 when it is imported), while `ray start` refuses
+    # to join a second node with that switch set: set it here, keep it from the nodes.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if not _importable("ray"):
         _need("ray", "not installed (pip install 'retroface[ray]')")
+    # Ray 2.60 turns token authentication on for a cluster that ray.init starts (as the sharded
+    # index tests do; it writes ~/.ray/auth_token), and `ray start --head` turns it on when that
+    # file exists, while `ray start --address` and a client follow their own setting: nodes and
+    # this process's client must agree, so the nodes are started in the mode the client has.
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    auth = "token" if get_authentication_mode() == AuthenticationMode.TOKEN else "disabled"
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
     port = _free_port()
     common = [
@@ -215,7 +226,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--object-store-memory=100000000",
         "--disable-usage-stats",
     ]
-    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    # (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is set above, before Ray is first imported.)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    env |= {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_AUTH_MODE": auth}
     try:
         subprocess.run(
             [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
