@@ -33,6 +33,7 @@ def test_round_trip_random_access_and_blocks(tmp_path: Path) -> None:
         with pytest.raises(IndexError):
             rf.take(np.array([1003]))
     assert not list(tmp_path.glob("*.part"))
+    assert path.stat().st_mode & 0o077 == 0  # private, like the other biometric files
 
 
 def test_rows_are_not_stored_in_the_clear(tmp_path: Path) -> None:

@@ -77,7 +77,9 @@ def write_rows(
     index = 0
     pending = np.zeros((0, dim), dtype=dt)
     try:
-        with open(part, "wb") as fh:
+        # private like every other file holding biometric data (0600), whatever the umask
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
             fh.write(header_stub)
 
             def emit(block: NDArray[np.generic]) -> None:
