@@ -296,6 +296,11 @@ class Enroller:
             out.error = f"failed: {type(exc).__name__}: {exc}"
         return out
 
+    @property
+    def window(self) -> int:
+        """Images taken up by the workers and not yet used, at most (see the module docstring)."""
+        return WINDOW_PER_WORKER * self.workers + self.batch_size
+
     def run(
         self,
         principal: Principal,
@@ -324,7 +329,7 @@ class Enroller:
         # Results are taken in submission order, so the first of two identical images in a run is
         # the one enrolled (as before); a duplicate within a run is analysed and then dropped,
         # which costs one analysis but keeps that choice independent of thread timing.
-        window = WINDOW_PER_WORKER * self.workers + self.batch_size
+        window = self.window
         with ThreadPoolExecutor(self.workers) as pool:
             in_flight: deque[Future[_Analysed]] = deque()
             queue = iter(todo)
