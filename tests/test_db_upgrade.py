@@ -141,7 +141,7 @@ def test_new_sqlite_connections_opening_a_fresh_file_together_all_succeed(
         engines = [make_engine(url) for _ in range(4)]
         gate = threading.Barrier(len(engines))
 
-        def connect(engine: Any) -> None:
+        def connect(engine: Any, gate: threading.Barrier) -> None:
             gate.wait()
             try:
                 with engine.connect() as conn:
@@ -149,7 +149,7 @@ def test_new_sqlite_connections_opening_a_fresh_file_together_all_succeed(
             except BaseException as exc:  # reported below
                 failures.append(exc)
 
-        threads = [threading.Thread(target=connect, args=(e,)) for e in engines]
+        threads = [threading.Thread(target=connect, args=(e, gate)) for e in engines]
         for t in threads:
             t.start()
         for t in threads:
