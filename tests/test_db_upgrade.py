@@ -123,7 +123,6 @@ def test_concurrent_openers_migrate_once(database_url: str) -> None:
     assert {c.after for c in changes} == {head}
 
 
-
 def test_new_sqlite_connections_opening_a_fresh_file_together_all_succeed(
     tmp_path: Path,
 ) -> None:
