@@ -141,3 +141,41 @@ def test_cli_enrol_flags_by_default_and_refuses_with_strict_quality(
     default = enrol()  # the refused images are tried again, and enrolled flagged
     assert default["enrolled"] == 2 and default["rejected"] == []
     assert len(default["low_quality"]) == 2  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_api_enrolment_job_flags_by_default_and_refuses_with_strict_quality(
+    app: AppContext, data_dir: Path
+) -> None:
+    """The API translates ``strict_quality`` only; the job runs the service's rule. Both of
+    Patrick_Stewart's images break a minimum (turned away; the second also shows a bystander
+    that the main-face rule sets aside)."""
+    from fastapi.testclient import TestClient
+    from tests.test_api import token_for
+
+    from retroface.api.app import create_app
+
+    app.settings.import_dir = data_dir / "lfw"
+    with TestClient(create_app(app)) as client:
+        admin = token_for(app, "admin2", "admin")
+
+        def job(**options: bool) -> dict[str, object]:
+            body = {"paths": ["Patrick_Stewart"], "inclusion_reason": "custody image", **options}
+            r = client.post("/api/v1/gallery/enrolments", headers=admin, json=body)
+            assert r.status_code == 202, r.text
+            app.jobs.wait_idle(120)
+            done = client.get(f"/api/v1/jobs/{r.json()['id']}", headers=admin).json()
+            assert done["status"] == "succeeded", done
+            return dict(done["result"])
+
+        strict = job(strict_quality=True)
+        assert strict["enrolled"] == 0 and strict["low_quality"] == []
+        assert [r["reason"].split(":")[0] for r in strict["rejected"]] == [  # type: ignore[attr-defined]
+            "below quality minimums"
+        ] * 2
+        flagged = job()
+        assert flagged["enrolled"] == 2 and flagged["rejected"] == []
+        assert {Path(q["path"]).name for q in flagged["low_quality"]} == {  # type: ignore[attr-defined]
+            "Patrick_Stewart_0001.jpg",
+            "Patrick_Stewart_0002.jpg",
+        }
