@@ -294,3 +294,63 @@ def test_main_face_searches_a_clear_main_face_and_still_refuses_a_group(
         assert face is not None and face.face_index == 0  # the centred face, box x 82..176
     assert group["error"]["code"] == "several_faces" and group["probe_id"]
     assert _count(app, "search.run") == 1
+
+
+def test_main_face_one_and_a_half_times_as_prominent_is_searched_a_couple_is_not(
+    app: AppContext, data_dir: Path
+) -> None:
+    """The main-face rule (``MAIN_FACE_RATIO`` 1.5, was 2): two LFW stills whose bystander at
+    the edge makes the labelled face only 1.6-1.9 times as prominent as the next (refused under
+    the old rule) are searched with the labelled face and find that person; a posed couple
+    (1.45) is still refused, as a group is; enrolment applies the same rule."""
+    from retroface.gallery.enrol import EnrolItem
+    from retroface.vision.engines import MAIN_FACE_RATIO, analyse_probe, box_prominence
+
+    lfw = data_dir / "lfw"
+    stills = {
+        "ethan_hawke": lfw / "Ethan_Hawke/Ethan_Hawke_0003.jpg",
+        "alejandro_avila": lfw / "Alejandro_Avila/Alejandro_Avila_0003.jpg",
+    }
+    couple = data_dir / "people/_multi_face_scenes/kit_with_rose.jpg"
+
+    def ratio(path: Path) -> float:
+        image = load_image(path)
+        p = sorted(box_prominence(f.box, image.shape) for f in analyse_probe(app.engine, image))
+        return p[-1] / p[-2]
+
+    assert MAIN_FACE_RATIO == 1.5
+    assert all(1.5 <= ratio(p) < 2.0 for p in stills.values())  # the test's premise
+    assert 1.0 <= ratio(couple) < 1.5
+
+    team = add_team(app, {"admin": "admin", "olive": "operator", "arthur": "authoriser"}, PASSWORD)
+    enrol_people(app, data_dir)
+    refs = [
+        EnrolItem(path=lfw / "Ethan_Hawke/Ethan_Hawke_0001.jpg", subject="ethan_hawke"),
+        EnrolItem(path=lfw / "Alejandro_Avila/Alejandro_Avila_0001.jpg", subject="alejandro_avila"),
+    ]
+    assert app.enroller().run(team["admin"], refs).enrolled == 2
+    app.cases.open(
+        team["olive"], "C1", CASE["offence_category"], CASE["purpose"], CASE["justification"]
+    )
+    app.cases.authorise(team["arthur"], "C1", True, "proportionate")
+    files = [ProbeFile(str(p), p.read_bytes) for p in (*stills.values(), couple)]
+    provenance = ProbeProvenance("CCTV", "exhibit AB/1")
+
+    without = search_batch(app.searches, team["olive"], "C1", files, provenance)
+    assert all(isinstance(e, BatchSearchFailure) for e in without)  # no choice made for them
+
+    entries = search_batch(app.searches, team["olive"], "C1", files, provenance, main_face=True)
+    *found, refused = entries
+    for entry, who in zip(found, stills, strict=True):
+        assert isinstance(entry, BatchSearchResult)
+        assert entry.candidates[0].subject == who and entry.candidates[0].above_threshold
+    assert isinstance(refused, BatchSearchFailure) and refused.error.code == "several_faces"
+
+    # enrolment's default (``multi_face="reject"``) takes the same main faces, refuses the couple
+    still_items = [EnrolItem(path=p, subject=f"{who}_still") for who, p in stills.items()]
+    summary = app.enroller().run(
+        team["admin"], [*still_items, EnrolItem(path=couple, subject="couple")]
+    )
+    assert summary.enrolled == 2
+    assert [Path(r.path).name for r in summary.rejected] == ["kit_with_rose.jpg"]
+    assert "none clearly the main one" in summary.rejected[0].reason

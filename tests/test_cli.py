@@ -177,7 +177,9 @@ def test_workflow_through_the_cli(run: Run, data_dir: Path, database_url: str) -
         "similarity",
         "image_id",
         "above_threshold",
+        "reference_warnings",  # the matched reference's broken quality minimums (issue #16)
     }
+    assert result["candidates"][0]["reference_warnings"] == []
     # only candidates at or above the shipped operating threshold are listed (#13): the others
     # enrolled are different people, below it
     assert [c["subject"] for c in result["candidates"]] == ["barack_obama"]

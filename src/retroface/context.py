@@ -132,7 +132,7 @@ class AppContext:
     def matcher(self) -> Matcher:
         return Matcher(self.index)
 
-    def enroller(self, require_quality: bool = True, multi_face: str = "reject") -> Enroller:
+    def enroller(self, require_quality: bool = False, multi_face: str = "reject") -> Enroller:
         return Enroller(
             self.db,
             self.blobs,

@@ -110,7 +110,14 @@ class EnrolmentRequest(BaseModel):
     inclusion_reason: str | None = Field(default=None, max_length=200)
     source: str | None = Field(default=None, max_length=200)
     multi_face: Literal["reject", "main"] = "reject"
-    allow_low_quality: bool = False
+    strict_quality: bool = Field(
+        default=False,
+        description="Refuse faces below the quality minimums instead of enrolling them "
+        "flagged (the default).",
+    )
+    allow_low_quality: bool = Field(
+        default=False, description="No effect: enrolling such faces flagged is the default."
+    )
 
 
 class EnhanceRequest(BaseModel):

@@ -284,8 +284,9 @@ def search(
     main_face: bool = typer.Option(
         False,
         "--main-face",
-        help="Images with several faces: search the main one when it clearly is (twice as "
-        "prominent as the next, as enrolment's rule); without it, such an image is an error.",
+        help="Images with several faces: search the main one when it clearly is (1.5 times as "
+        "prominent as the next, by size and closeness to the centre, as enrolment's rule); "
+        "without it, such an image is an error.",
     ),
     top: int = typer.Option(20, "--top", min=1, max=200, help="Candidate list length."),
     threshold: float | None = typer.Option(None, help="Only candidates at or above this."),
@@ -599,6 +600,12 @@ def review_show(search_id: int, json_out: bool = typer.Option(False, "--json")) 
     for c in data.candidates:
         mark = {True: "above", False: "BELOW threshold", None: ""}[c.above_threshold]
         console.print(f"  {c.rank:>3}  {c.subject:<30} {c.similarity:.3f}  {mark}")
+        if c.reference_warnings:  # the matched reference was enrolled flagged
+            console.print(
+                "       [yellow]reference below quality minimums:[/] "
+                + "; ".join(c.reference_warnings),
+                highlight=False,
+            )
     if data.hidden:
         console.print(f"({data.hidden} other decision(s) hidden until both are in)")
     for r in data.reviews:

@@ -106,6 +106,13 @@ def print_search_result(data: SearchResult) -> None:
         mark = {True: "above", False: "below", None: ""}[c.above_threshold]
         table.add_row(str(c.rank), c.subject, f"{c.similarity:.3f}", mark, str(c.image_id))
     console.print(table)
+    for c in data.candidates:  # references enrolled below a quality minimum (flagged)
+        if c.reference_warnings:
+            console.print(
+                f"[yellow]rank {c.rank}: reference image below quality minimums:[/] "
+                + "; ".join(c.reference_warnings),
+                highlight=False,
+            )
     console.print(f"gallery version {data.gallery_version}, model {data.model}")
 
 

@@ -34,7 +34,15 @@ def enrol(
     multi_face: str = typer.Option(
         "reject", help="With several faces: 'reject' unless one is clearly the main, or 'main'."
     ),
-    allow_low_quality: bool = typer.Option(False, help="Enrol faces below quality minimums."),
+    strict_quality: bool = typer.Option(
+        False,
+        "--strict-quality",
+        help="Refuse faces below the quality minimums (blurred, turned away, ...) instead of "
+        "enrolling them flagged (the default).",
+    ),
+    allow_low_quality: bool = typer.Option(
+        False, "--allow-low-quality", hidden=True, help="The default now: no effect."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Enrol reference images; re-running skips what is done (by content hash)."""
@@ -58,7 +66,9 @@ def enrol(
                 )
                 for i in items
             ]
-        enroller = ctx.enroller(require_quality=not allow_low_quality, multi_face=multi_face)
+        if strict_quality and allow_low_quality:
+            raise typer.BadParameter("--strict-quality and --allow-low-quality contradict")
+        enroller = ctx.enroller(require_quality=strict_quality, multi_face=multi_face)
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -83,6 +93,15 @@ def enrol(
         console.print(f"  [yellow]rejected[/] {r.path}: {r.reason}")
     if len(summary.rejected) > 50:
         console.print(f"  … and {len(summary.rejected) - 50} more (use --json for all)")
+    if summary.low_quality:
+        console.print(
+            f"{len(summary.low_quality)} of them below a quality minimum, enrolled flagged "
+            "(candidate lists matched on them show why; --strict-quality refuses them):"
+        )
+    for q in summary.low_quality[:50]:
+        console.print(f"  [yellow]flagged[/] {q.path}: {'; '.join(q.reasons)}", highlight=False)
+    if len(summary.low_quality) > 50:
+        console.print(f"  … and {len(summary.low_quality) - 50} more (use --json for all)")
 
 
 @app.command("list")

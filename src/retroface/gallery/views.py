@@ -99,12 +99,23 @@ class Rejection(BaseModel):
     reason: str
 
 
+class LowQualityReference(BaseModel):
+    """An image enrolled although its face breaks a quality minimum (flagged, not refused):
+    the minimums it breaks, as its template records them."""
+
+    path: str
+    image_id: int
+    reasons: list[str]
+
+
 class EnrolSummary(BaseModel):
     """What an enrolment run did; filled in by :meth:`Enroller.run` as it goes."""
 
     enrolled: int = 0
     skipped: int = 0
     rejected: list[Rejection] = Field(default_factory=list)
+    #: enrolled, but below a quality minimum (refused instead with ``require_quality``)
+    low_quality: list[LowQualityReference] = Field(default_factory=list)
     subjects: int = 0
     new_subjects: int = 0
     seconds: float = 0.0

@@ -50,6 +50,7 @@ from retroface.governance.views import (
     ReviewSheet,
     ReviewStage,
 )
+from retroface.search.reference_quality import reference_warnings
 from retroface.storage.db import Database
 from retroface.storage.tables import AuditRecord, Case, Review, SearchRecord
 
@@ -148,6 +149,7 @@ class ReviewService:
                 details={"decisions_shown": others_shown} if others_shown else None,
                 ts=self.clock(),
             )
+            ref_warnings = reference_warnings(s, rec)
             return ReviewSheet(
                 search_id=rec.id,
                 label=rec.label,
@@ -161,6 +163,7 @@ class ReviewService:
                         above_threshold=None
                         if rec.operating_threshold is None
                         else c.similarity >= rec.operating_threshold,
+                        reference_warnings=ref_warnings.get(c.image_id, []) if c.image_id else [],
                     )
                     for c in rec.candidates
                 ],

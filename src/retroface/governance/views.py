@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from retroface.core.status import CaseStatus, ReviewStatus
 
@@ -70,6 +70,8 @@ class ReviewCandidate(View):
     subject: str
     similarity: float
     above_threshold: bool | None = None  # at or above the operating threshold (None: none)
+    #: the quality minimums the matched reference image breaks (enrolled flagged)
+    reference_warnings: list[str] = Field(default_factory=list)
 
 
 class ReviewEntry(View):

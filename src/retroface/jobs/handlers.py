@@ -80,7 +80,8 @@ def enrol_handler(services: JobServices) -> Handler:
         ]
         principal = services.principal_for(str(payload["actor"]))
         enroller = services.enroller(
-            require_quality=not payload.get("allow_low_quality", False),
+            # faces below a quality minimum are enrolled flagged unless strict (see Enroller)
+            require_quality=bool(payload.get("strict_quality", False)),
             multi_face=str(payload.get("multi_face", "reject")),
         )
         summary = enroller.run(principal, items, progress=progress)

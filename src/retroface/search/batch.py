@@ -35,7 +35,7 @@ from retroface.search.views import (
     ProbeError,
     SearchResult,
 )
-from retroface.vision.engines import box_prominence
+from retroface.vision.engines import MAIN_FACE_RATIO, box_prominence
 
 #: One entry per input image, in input order.
 BatchEntry = BatchSearchResult | BatchSearchFailure
@@ -46,11 +46,10 @@ BatchProgress = Callable[[int, int, BatchEntry], None]
 #: concern one image only (the API's per-file upload limit).
 PROBE_ERROR_CODES = frozenset({"upload_too_large"})
 
-#: With ``main_face``, a face is searched in a several-face image only if it is this many times as
-#: prominent (area discounted by distance from the centre) as the next: enrolment's rule
-#: (``gallery.enrol.DOMINANT_RATIO``), so a still's bystander at the edge does not stop a batch,
-#: and a group photo still asks which face to search.
-MAIN_FACE_RATIO = 2.0
+# With ``main_face``, a face is searched in a several-face image only if it is MAIN_FACE_RATIO
+# times as prominent (area discounted by distance from the centre) as the next: enrolment's
+# rule, so a still's bystander at the edge does not stop a batch, and a group photo or a
+# couple still asks which face to search (see ``vision.engines.MAIN_FACE_RATIO``).
 
 
 @dataclass(frozen=True)

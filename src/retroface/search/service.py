@@ -16,7 +16,7 @@ they had lowered the bar, and lowering it is exactly what the authoriser's flag 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,6 +42,7 @@ from retroface.governance.thresholds import OperatingThreshold, operating_thresh
 from retroface.media.images import decode_image
 from retroface.search.lineage import lineage_from_json, lineage_json
 from retroface.search.matcher import Aggregate, Matcher
+from retroface.search.reference_quality import reference_warnings
 from retroface.search.views import (
     CandidateView,
     DisclosedDecision,
@@ -534,7 +535,7 @@ class SearchService:
                 },
                 ts=record.ended_at,
             )
-            return search_result(record, case_ref)
+            return search_result(record, case_ref, reference_warnings(s, record))
 
     def get_search(self, actor: Principal, search_id: int) -> SearchResult:
         """A stored candidate list, for its case's team, an auditor or a reviewer reviewing it;
@@ -565,7 +566,7 @@ class SearchService:
                 object_id=str(search_id),
                 ts=self.clock(),
             )
-            return search_result(record, case_ref)
+            return search_result(record, case_ref, reference_warnings(s, record))
 
     def export(self, actor: Principal, search_id: int) -> SearchExport:
         """A disclosure package: the search, its case, candidates and settled review; audited.
@@ -614,7 +615,7 @@ class SearchService:
                 ts=self.clock(),
             )
             return SearchExport(
-                disclosure=search_result(record, case_ref),
+                disclosure=search_result(record, case_ref, reference_warnings(s, record)),
                 review=DisclosedReview(
                     status=ReviewStatus(record.review_status),
                     outcome=record.review_outcome,
@@ -675,8 +676,13 @@ def probe_face_rows(
     ]
 
 
-def search_result(record: SearchRecord, case_ref: str | None) -> SearchResult:
-    """The stored search as its callers see it: the probe's quality reasons become warnings."""
+def search_result(
+    record: SearchRecord, case_ref: str | None, ref_warnings: Mapping[int, list[str]] | None = None
+) -> SearchResult:
+    """The stored search as its callers see it: the probe's quality reasons become warnings,
+    and each candidate carries its matched reference's (``ref_warnings``, from
+    :func:`reference_warnings`)."""
+    ref_warnings = ref_warnings or {}
     quality = record.probe_quality or {}
     nothing = none_above(record)
     return SearchResult(
@@ -698,6 +704,7 @@ def search_result(record: SearchRecord, case_ref: str | None) -> SearchResult:
                 similarity=round(c.similarity, 4),
                 image_id=c.image_id,
                 above_threshold=_above(c.similarity, record.operating_threshold),
+                reference_warnings=ref_warnings.get(c.image_id, []) if c.image_id else [],
             )
             for c in record.candidates
         ],

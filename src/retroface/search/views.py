@@ -11,7 +11,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from retroface.core.labels import LEAD_LABEL
 from retroface.core.status import ReviewStatus
@@ -130,6 +136,9 @@ class CandidateView(View):
     #: At or above the operating threshold in force (None: the model had none). Below it only
     #: in investigation mode, where the top-k are listed whatever their score.
     above_threshold: bool | None = None
+    #: The quality minimums the matched reference image breaks (enrolled flagged, not refused):
+    #: a match on a blurred or turned-away reference deserves a closer look.
+    reference_warnings: list[str] = Field(default_factory=list)
 
 
 class SearchResult(View):

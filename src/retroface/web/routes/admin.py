@@ -90,7 +90,7 @@ def enrol(
     inclusion_reason: Annotated[str, Form(max_length=200)] = "",
     source: Annotated[str, Form(max_length=200)] = "",
     multi_face: Annotated[Literal["reject", "main"], Form()] = "reject",
-    allow_low_quality: Annotated[bool, Form()] = False,
+    strict_quality: Annotated[bool, Form()] = False,
 ) -> Response:
     try:
         if not paths:
@@ -100,7 +100,7 @@ def enrol(
             inclusion_reason=inclusion_reason.strip() or None,
             source=source.strip() or None,
             multi_face=multi_face,
-            allow_low_quality=allow_low_quality,
+            strict_quality=strict_quality,
         )
         job = submit_enrolment(ctx, caller, body)
     except RetrofaceError as exc:
