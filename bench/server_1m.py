@@ -64,6 +64,13 @@ def cpu_children() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _python_pass(env: dict[str, str]) -> dict[str, float]:
+    cpu = cpu_children()
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
+    return {"wall_s": round(time.perf_counter() - t, 3), "cpu_s": round(cpu_children() - cpu, 3)}
+
+
 def run_cli(argv: list[str], env: dict[str, str], expect: str | None = None) -> dict[str, Any]:
     """One CLI process: wall from spawn to exit, its CPU time, its output."""
     cpu = cpu_children()
@@ -110,7 +117,8 @@ def prepare(home: Path, db_url: str) -> dict[str, str]:
             ctx.users.add(admin, "olive", "operator", PASSWORD)
             ctx.users.add(admin, "alice", "authoriser", PASSWORD)
             olive, alice = ctx.users.principal_for("olive"), ctx.users.principal_for("alice")
-            ctx.cases.open(olive, "C1", "robbery", "benchmark a search", "issue #16 at 1M, measured here")
+            why = "issue #16 at 1M, measured here"
+            ctx.cases.open(olive, "C1", "robbery", "benchmark a search", why)
             ctx.cases.authorise(alice, "C1", True, "benchmark")
         day = timedelta(days=1)
         return {
@@ -222,7 +230,8 @@ def main() -> None:
     (home / f"server_1m-run-{runs_done}").touch()
     # singles: people with two images or more (1,680 in LFW); the folders: people with one
     # (4,069), so that no image of a folder was enrolled as a single
-    singles = people(200 + runs_done * args.enrols, args.enrols, images=2)
+    singles = people(200 + runs_done * 2 * args.enrols, 2 * args.enrols, images=2)
+    singles, api_singles = singles[: args.enrols], singles[args.enrols :]
     probe, mate = singles[0][1], singles[0][0].parent.name
     rounds = args.pickups + 1
     folders = [people(100 * (runs_done * rounds + i), 100, most=1) for i in range(rounds)]
@@ -285,6 +294,45 @@ def main() -> None:
                 run.pop("out")
                 searches.append(run)
             result["search_via_server"] = searches
+
+            # where the time goes: a new process's floor, the CLI's start-up without a server,
+            # and the server's part alone (the same requests from this process's warm client)
+            result["floor"] = {
+                "python -c pass": [_python_pass(env) for _ in range(3)],
+                "retroface version": [
+                    {k: v for k, v in run_cli(["version"], env).items() if k != "out"}
+                    for _ in range(3)
+                ],
+            }
+            olive = {"Authorization": f"Bearer {tokens['olive']}"}
+            form = {"source": "benchmark", "how_obtained": "LFW image, bench/server_1m.py"}
+            api_searches = []
+            for _ in range(args.searches):
+                t = time.perf_counter()
+                answer = client.post(
+                    "/cases/C1/searches",
+                    headers=olive,
+                    files=[("files", (probe.name, probe.read_bytes(), "image/jpeg"))],
+                    data=form | {"top_k": "5"},
+                )
+                api_searches.append({"wall_s": round(time.perf_counter() - t, 3), "cpu_s": 0.0})
+                answer.raise_for_status()
+                assert answer.json()[0]["candidates"][0]["subject"] == mate, answer.text[:500]
+            result["search_api_request"] = api_searches
+            api_enrols = []
+            for files in api_singles:
+                labels = [{"path": files[0].name, "subject": files[0].parent.name}]
+                t = time.perf_counter()
+                answer = client.post(
+                    "/gallery/images",
+                    headers=admin,
+                    files=[("files", (files[0].name, files[0].read_bytes(), "image/jpeg"))],
+                    data={"items": json.dumps(labels), "allow_low_quality": "true"},
+                )
+                api_enrols.append({"wall_s": round(time.perf_counter() - t, 3), "cpu_s": 0.0})
+                answer.raise_for_status()
+                assert answer.json()["enrolled"] == 1, answer.text[:500]
+            result["enrol_api_request"] = api_enrols
 
             # (c) another process enrols 100; the server's catch-up, then the next search
             local = env | {"RETROFACE_TOKEN": tokens["admin"]}
@@ -349,7 +397,9 @@ def report(r: dict[str, Any]) -> None:
         )
 
     row("(a) search from a new CLI process, via server", r["search_via_server"])
+    row("    the same search, API request alone", r["search_api_request"])
     row("(b) enrol one image, CLI via server", r["enrol_one_via_server"])
+    row("    one image, API request alone", r["enrol_api_request"])
     ups = [p for p in r["pickups"] if "seconds" in p["index"]]
     catch = [{"wall_s": p["index"]["seconds"], "cpu_s": 0.0} for p in ups]
     req = [{"wall_s": p["index"]["request_s"], "cpu_s": 0.0} for p in ups]
@@ -359,6 +409,8 @@ def report(r: dict[str, Any]) -> None:
         row("    next search from a new CLI process", [p["next_search"] for p in ups])
     row("    search with the pick-up inside it", [r["pickups"][-1]["next_search"]])
     row("other process: local CLI enrol of 100", [p["other_process"] for p in r["pickups"]])
+    for name, rows in r["floor"].items():
+        row(f"floor: {name}", rows)
     Console().print(table)
     print(
         f"warm-up: index loaded in {r['warm_index']['seconds']:.1f} s "
