@@ -234,7 +234,7 @@ class GalleryService:
         started = time.perf_counter()
         with self.index.reading(model_key) as loaded:
             version, count = loaded.version, loaded.index.count()
-            kind = str(getattr(loaded.index, "chosen", None) or loaded.index.kind)
+            kind = str(getattr(loaded.index, "chosen", None) or getattr(loaded.index, "kind", "?"))
         seconds = time.perf_counter() - started
         with self.db.session() as s:
             current = gallery_version(s)
