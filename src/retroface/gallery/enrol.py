@@ -221,7 +221,7 @@ class Enroller:
         summary = EnrolSummary()
         todo = list(items)  # the items only (paths and labels), for the progress total
         total = len(todo)
-        self.blobs.remove_partials()
+        self.blobs.sweep_partials()
         model_key = self.engine.identity.key
         # No index is loaded here: each batch's change goes to an in-memory state only where one
         # is cached (the server), and the store gets this run's delta at the end (``persist``).
