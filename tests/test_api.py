@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import zipfile
 from collections.abc import Iterator
@@ -340,3 +341,53 @@ def test_health_answers_while_a_probe_upload_is_in_progress(
     finally:
         locker.dispose()
     assert upload["status"] == 201
+
+
+def test_several_images_in_one_enrolment(
+    app: AppContext, client: TestClient, data_dir: Path
+) -> None:
+    """``POST /gallery/images``: one enrolment run over the uploads, with per-image labels;
+    a bad image is a rejection in the summary, malformed requests are refused whole;
+    ``GET /gallery/index`` then holds every template."""
+    admin = token_for(app, "admin2", "admin")
+    aud = token_for(app, "aud", "auditor")
+    lfw = data_dir / "lfw" / "Abel_Pacheco"
+    images = sorted(lfw.glob("*.jpg"))[:2]
+    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in images]
+    files.append(("files", ("junk.jpg", b"not an image", "image/jpeg")))
+    items = [
+        {"path": f"custody/{images[0].name}", "subject": "abel", "display_name": "Abel P."},
+        {"path": f"custody/{images[1].name}", "subject": "abel", "capture_date": "2024-05-01"},
+        {"path": "custody/junk.jpg", "subject": "someone"},
+    ]
+    r = client.post(
+        "/api/v1/gallery/images",
+        headers=admin,
+        files=files,
+        data={"items": json.dumps(items)},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["enrolled"], body["subjects"], body["new_subjects"]) == (2, 1, 1)
+    assert body["subject_references"] == ["abel"]
+    assert [x["path"] for x in body["rejected"]] == ["custody/junk.jpg"]
+    detail = client.get("/api/v1/gallery/subjects/abel", headers=aud).json()
+    assert detail["display_name"] == "Abel P."
+    assert [i["provenance"] for i in detail["reference_images"]] == [i["path"] for i in items[:2]]
+    # the same images again: skipped, not an error
+    two = {"items": json.dumps(items[:2])}
+    again = client.post("/api/v1/gallery/images", headers=admin, files=files[:2], data=two)
+    assert again.status_code == 200 and again.json()["skipped"] == 2
+    # labels and files must pair up; the labels must be valid JSON objects
+    for bad in (json.dumps(items[:1]), "not json", json.dumps([{"subject": "x"}] * 2)):
+        r = client.post(
+            "/api/v1/gallery/images", headers=admin, files=files[:2], data={"items": bad}
+        )
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input", r.text
+    # enrolment is the admin's: an auditor is refused at the gate
+    r = client.post("/api/v1/gallery/images", headers=aud, files=files[:2], data=two)
+    assert r.status_code == 403
+    # the index as the server searches it: every template, at the gallery's version
+    state = client.get("/api/v1/gallery/index", headers=aud).json()
+    assert (state["templates"], state["version"]) == (2, state["gallery_version"])
+    assert state["kind"] == "flat" and state["seconds"] >= 0

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
+
+import pytest
 
 from retroface.storage.blobstore import EncryptedBlobStore, content_hash
 from retroface.storage.crypto import Cipher
@@ -95,3 +98,30 @@ def test_cleanup_removes_what_a_dead_writer_left(tmp_path: Path) -> None:
     live.write_bytes(b"a live process's write")
     assert store.remove_partials() == 1
     assert live.exists() and not left.exists()
+
+
+def test_enrolment_sweeps_partials_once_per_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sweep_partials`` (what an enrolment run calls) sweeps the first time, then not again
+    within ``PARTIALS_SWEEP_INTERVAL`` (a server's every request would list 65,536 folders at
+    1M images), and again once the interval has passed."""
+    from retroface.storage import blobstore
+
+    store = _store(tmp_path)
+    folder = tmp_path / "ab" / "cd"
+    folder.mkdir(parents=True)
+    old = time.time() - 2 * 3600
+
+    def crash_leftover(name: str) -> Path:
+        left = folder / f".tmp-{name}.part"
+        left.write_bytes(b"left by a crash")
+        os.utime(left, (old, old))
+        return left
+
+    first = crash_leftover("a")
+    assert store.sweep_partials() == 1 and not first.exists()
+    second = crash_leftover("b")
+    assert store.sweep_partials() == 0 and second.exists()  # swept a moment ago
+    monkeypatch.setattr(blobstore, "PARTIALS_SWEEP_INTERVAL", 0.0)
+    assert store.sweep_partials() == 1 and not second.exists()

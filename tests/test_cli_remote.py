@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from argon2 import PasswordHasher
@@ -39,7 +40,7 @@ from retroface.cli.main import app as cli_app
 from retroface.cli.session import state
 from retroface.config import Settings, get_settings
 from retroface.context import AppContext
-from retroface.storage.tables import AuditRecord
+from retroface.storage.tables import AuditRecord, FaceTemplate, ReferenceImage, Subject
 from retroface.vision.types import FaceEngine
 
 PASSWORD = "a long test password"
@@ -561,3 +562,137 @@ def test_a_remote_search_loads_no_model_stack(served: World, stills: dict[str, P
     assert entry["candidates"][0]["subject"] == "joe_biden"
     modules = set(json.loads(done.stderr.strip().splitlines()[-1]))
     assert sorted(m for m in NOT_REMOTE if m in modules) == []
+
+    # an enrolment through the server: the images are read here, enrolled there
+    enrol = (
+        "import json, sys\n"
+        "from retroface.cli.main import app\n"
+        "try:\n"
+        f"    app(['gallery', 'enrol', {str(stills['biden'])!r}, '--json'],"
+        " prog_name='retroface')\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        "sys.stderr.write(json.dumps(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", enrol],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env | {"RETROFACE_TOKEN": served.tokens["admin"]},
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["enrolled"] == 1
+    modules = set(json.loads(done.stderr.strip().splitlines()[-1]))
+    assert sorted(m for m in NOT_REMOTE if m in modules) == []
+
+
+#: A remote enrolment's run time is its own (measured by the CLI over the requests).
+SECONDS = re.compile(r" in \d+(\.\d+)? s \(")
+
+
+def _enrol_both(local: World, served: World, *args: str) -> tuple[int, str]:
+    """``gallery enrol ARGS`` as the admin in both worlds: the same output but for the run time."""
+    code_l, out_l = local.run("admin", "gallery", "enrol", *args)
+    code_s, out_s = served.run("admin", "gallery", "enrol", *args)
+    if "--json" in args:
+        timeless = ("seconds", "images_per_second")
+        out_l, out_s = (
+            json.dumps({k: v for k, v in json.loads(o).items() if k not in timeless})
+            for o in (out_l, out_s)
+        )
+    else:
+        out_l, out_s = (SECONDS.sub(" in <t> s (", o) for o in (out_l, out_s))
+    assert (code_s, out_s) == (code_l, out_l), f"retroface gallery enrol {' '.join(args)}"
+    return code_l, out_l
+
+
+def _gallery_rows(world: World) -> list[tuple[Any, ...]]:
+    with world.ctx.db.session() as s:
+        rows = s.execute(
+            select(
+                Subject.reference,
+                Subject.display_name,
+                Subject.inclusion_reason,
+                Subject.source,
+                Subject.retention_until,
+                ReferenceImage.original_name,
+                ReferenceImage.provenance,
+                ReferenceImage.capture_date,
+                ReferenceImage.content_hash,
+                ReferenceImage.width,
+            )
+            .join(ReferenceImage, ReferenceImage.subject_id == Subject.id)
+            .order_by(ReferenceImage.id)
+        ).all()
+    return [tuple(r) for r in rows]
+
+
+@pytest.mark.slow
+def test_enrolment_through_the_server_equals_local(
+    worlds: tuple[World, World], stills: dict[str, Path], data_dir: Path, tmp_path: Path
+) -> None:
+    """``retroface gallery enrol`` sent to the server (groups of images over one connection)
+    enrols the same subjects and images with the same labels, prints the same summary, and
+    leaves the same audit records as a local run."""
+    local, served = worlds
+    folder = tmp_path / "enrol"
+    lfw = data_dir / "lfw"
+    for person, count in (("Abdullah_Gul", 3), ("Abel_Pacheco", 2)):
+        (folder / person).mkdir(parents=True)
+        for image in sorted((lfw / person).glob("*.jpg"))[:count]:
+            (folder / person / image.name).write_bytes(image.read_bytes())
+    (folder / "nobody").mkdir()
+    (folder / "nobody" / "blank.png").write_bytes(stills["blank"].read_bytes())
+    (folder / "nobody" / "junk.jpg").write_bytes(stills["junk"].read_bytes())
+    labels = ["--inclusion-reason", "custody image", "--source", "test", "--json"]
+
+    # a folder of sub-folders with bad images among them, and a file that is not there
+    code, out = _enrol_both(local, served, str(folder), str(stills["missing"]), *labels)
+    summary = json.loads(out)
+    assert code == 0 and (summary["enrolled"], summary["subjects"]) == (5, 2)
+    reasons = [r["reason"] for r in summary["rejected"]]
+    assert len(reasons) == 3 and reasons[-1].startswith("unreadable"), reasons
+    # again: everything is skipped (by content hash); the text summary
+    code, out = _enrol_both(local, served, str(folder))
+    assert code == 0 and "enrolled 0, skipped 5 (already enrolled), rejected 2" in out
+    # a manifest with per-image labels, the group photo's face chosen, a retention date
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "path,subject,face,display_name,capture_date,legal_basis\n"
+        f"{stills['group']},group_left,0,Left one,2024-05-01,s.64 PACE\n"
+        f"{lfw / 'Abel_Pacheco/Abel_Pacheco_0003.jpg'},Abel_Pacheco,,,,\n"
+    )
+    until = ["--retain-until", "2030-01-01"]
+    code, out = _enrol_both(local, served, "--manifest", str(manifest), *until)
+    assert code == 0 and "enrolled 2" in out and "subjects 2" in out
+    # more images than one request carries (32): several requests, one summary
+    many = tmp_path / "many"
+    people = sorted(p for p in lfw.iterdir() if p.is_dir())[40:80]
+    for person in people:
+        (many / person.name).mkdir(parents=True)
+        first = sorted(person.glob("*.jpg"))[0]
+        (many / person.name / first.name).write_bytes(first.read_bytes())
+    options = ["--multi-face", "main", "--json"]
+    code, out = _enrol_both(local, served, str(many), *options)
+    # none rejected: then a request of 32 is one commit on the server as 32 images are locally
+    assert code == 0 and json.loads(out)["subjects"] == 40 and not json.loads(out)["rejected"]
+
+    assert _gallery_rows(served) == _gallery_rows(local)
+    records_l, records_s = local.audit(), served.audit()
+    assert [r["action"] for r in records_s].count("gallery.enrol") >= 4
+    assert records_s == records_l
+
+    # who may enrol is the server's rule: an operator is refused there, and it is recorded
+    code, out = served.run("olive", "gallery", "enrol", str(folder))
+    assert code == 2 and "olive may not" in out
+    assert served.audit()[-1]["action"].endswith(".refused")
+    # the server's index holds every template the database does (it applied each run)
+    served.run("admin", "gallery", "enrol", str(stills["obama"]))
+    answer = httpx.get(
+        f"{served.url}/api/v1/gallery/index",
+        headers={"Authorization": f"Bearer {served.tokens['admin']}"},
+    ).json()
+    with served.ctx.db.session() as s:
+        templates = len(s.scalars(select(FaceTemplate.id)).all())
+    assert (answer["templates"], answer["version"]) == (templates, answer["gallery_version"])

@@ -73,6 +73,9 @@ MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     ("POST", f"{P}/gallery/subjects/{{ref}}/images"): frozenset({AD}),
     ("DELETE", f"{P}/gallery/subjects/{{ref}}"): frozenset({AD}),
     ("GET", f"{P}/gallery/stats"): frozenset({AD, AU}),
+    ("GET", f"{P}/gallery/index"): frozenset({AD, AU}),
+    # several uploaded images in one enrolment run (the CLI's remote `gallery enrol`)
+    ("POST", f"{P}/gallery/images"): frozenset({AD}),
     ("POST", f"{P}/gallery/enrolments"): frozenset({AD}),
     ("GET", f"{P}/jobs"): frozenset({AD}),
     ("GET", f"{P}/jobs/{{job_id}}"): frozenset({AD}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -118,6 +119,28 @@ class EnrolmentRequest(BaseModel):
     allow_low_quality: bool = Field(
         default=False, description="No effect: enrolling such faces flagged is the default."
     )
+
+
+class UploadedImageLabels(BaseModel):
+    """What a manifest row says about one uploaded image (``POST /gallery/images``, form field
+    ``items``: a JSON array, one object per file, in the files' order)."""
+
+    path: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="The image's name as the client knows it (its path there): recorded as the "
+        "image's name and provenance, and named in a rejection. Never opened by the server.",
+        examples=["custody/2026-11/ab123/front.jpg"],
+    )
+    subject: str = Field(min_length=1, max_length=200, examples=["ab123"])
+    face: int | None = Field(default=None, ge=0, le=1000)
+    inclusion_reason: str | None = Field(default=None, max_length=200)
+    legal_basis: str | None = Field(default=None, max_length=200)
+    source: str | None = Field(default=None, max_length=200)
+    provenance: str | None = Field(default=None, max_length=500)
+    capture_date: datetime | None = None
+    display_name: str | None = Field(default=None, max_length=200)
+    retention_until: datetime | None = None
 
 
 class EnhanceRequest(BaseModel):

@@ -36,13 +36,30 @@ def print_json(data: Any) -> None:
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into one clear line and exit status 2."""
     from retroface.core.errors import RetrofaceError
-    from retroface.media.images import ImageLoadError
-    from retroface.vision.weights import ModelUnavailableError
 
     try:
         yield
-    except (ImageLoadError, ModelUnavailableError, UserError, RetrofaceError) as exc:
+    except (UserError, RetrofaceError) as exc:
         fail(str(exc))
+    except Exception as exc:
+        # Image and model errors are recognised without importing their modules (NumPy, the
+        # models' code): an error of that kind can only come from a module already loaded, and
+        # a remote command, which loads neither, stays light (tests/test_cli_remote.py).
+        if isinstance(exc, _loaded_classes()):
+            fail(str(exc))
+        raise
+
+
+def _loaded_classes() -> tuple[type[BaseException], ...]:
+    found = []
+    for module, name in (
+        ("retroface.media.images", "ImageLoadError"),
+        ("retroface.vision.weights", "ModelUnavailableError"),
+    ):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            found.append(cls)
+    return tuple(found)
 
 
 @lru_cache(maxsize=1)

@@ -45,12 +45,16 @@ def enrol(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Enrol reference images; re-running skips what is done (by content hash)."""
-    from retroface.gallery.enrol import items_from_manifest, items_from_paths
+    """Enrol reference images; re-running skips what is done (by content hash).
 
+    With ``RETROFACE_URL`` (or ``--server``) the images are read here and enrolled by that server
+    (``POST /api/v1/gallery/images``, up to 32 images a request over one connection), where the
+    models and the index are already loaded; the output and the audit records are a local run's.
+    """
+    from retroface.gallery.items import items_from_manifest, items_from_paths
+
+    remote = state.remote()
     with user_errors():
-        actor = state.principal()
-        ctx = state.ctx
         items = list(items_from_manifest(manifest)) if manifest else []
         items += list(items_from_paths(paths or []))
         if not items:
@@ -68,7 +72,6 @@ def enrol(
             ]
         if strict_quality and allow_low_quality:
             raise typer.BadParameter("--strict-quality and --allow-low-quality contradict")
-        enroller = ctx.enroller(require_quality=strict_quality, multi_face=multi_face)
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -78,9 +81,18 @@ def enrol(
             disable=json_out,
         ) as bar:
             task = bar.add_task("Enrolling", total=len(items))
-            summary = enroller.run(
-                actor, items, progress=lambda d, t: bar.update(task, completed=d)
-            )
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done)
+
+            if remote is not None:
+                from retroface.cli.remote_enrol import enrol_remotely
+
+                summary = enrol_remotely(remote, items, multi_face, strict_quality, progress)
+            else:
+                actor = state.principal()
+                enroller = state.ctx.enroller(require_quality=strict_quality, multi_face=multi_face)
+                summary = enroller.run(actor, items, progress=progress)
     if json_out:
         print_json(summary.model_dump(mode="json"))
         return

@@ -23,13 +23,11 @@ refusal is audited as ``gallery.enrol.refused``.
 
 from __future__ import annotations
 
-import csv
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +39,12 @@ from retroface.core.clock import Clock, utcnow
 from retroface.core.errors import InvalidInputError
 from retroface.core.roles import Role
 from retroface.core.status import SubjectStatus
-from retroface.core.text import optional_text, subject_reference
+from retroface.gallery.items import EnrolItem as EnrolItem
+from retroface.gallery.items import check_item
+from retroface.gallery.items import items_from_manifest as items_from_manifest
+from retroface.gallery.items import items_from_paths as items_from_paths
 from retroface.gallery.views import EnrolSummary, LowQualityReference, Rejection
-from retroface.media.images import ImageLoadError, decode_image, is_image_path
+from retroface.media.images import ImageLoadError, decode_image
 from retroface.search.index_manager import IndexManager
 from retroface.storage.blobstore import EncryptedBlobStore, content_hash
 from retroface.storage.crypto import Cipher, template_aad
@@ -67,44 +68,6 @@ DOMINANT_RATIO = MAIN_FACE_RATIO
 WINDOW_PER_WORKER = 4
 
 
-@dataclass(frozen=True)
-class EnrolItem:
-    """One image to enrol, with what the manifest says about it.
-
-    ``path`` is read when the run gets to the item, unless ``data`` holds the image already (an
-    API upload, enrolled from memory so that no plaintext copy ever touches the disk); ``path``
-    is then only the image's name, for the record and any rejection.
-    """
-
-    path: Path
-    subject: str
-    face: int | None = None
-    inclusion_reason: str | None = None
-    legal_basis: str | None = None
-    source: str | None = None
-    provenance: str | None = None
-    capture_date: datetime | None = None
-    display_name: str | None = None
-    retention_until: datetime | None = None
-    data: bytes | None = field(default=None, repr=False, compare=False)
-    #: The folder ``path`` must really lie in (``RETROFACE_IMPORT_DIR`` for jobs): checked after
-    #: following links, before and after opening, so a link to a file outside is refused unread.
-    confine: Path | None = None
-
-
-def check_item(item: EnrolItem) -> None:
-    """Refuse labels the stores cannot hold (control characters, over-long), before any work."""
-    subject_reference(item.subject)
-    for name, value, limit in (
-        ("inclusion reason", item.inclusion_reason, 200),
-        ("legal basis", item.legal_basis, 200),
-        ("source", item.source, 200),
-        ("provenance", item.provenance, 500),
-        ("display name", item.display_name, 200),
-    ):
-        optional_text(value, name, limit)
-
-
 @dataclass
 class _Analysed:
     item: EnrolItem
@@ -114,70 +77,7 @@ class _Analysed:
     height: int = 0
     face: Face | None = None
     error: str | None = None
-    known: bool = False  # already enrolled before this run: skipped, not analysed
-
-
-def items_from_paths(paths: Iterable[Path], confine: Path | None = None) -> Iterator[EnrolItem]:
-    """Images given directly, or found in folders: the subject is the image's parent folder name.
-
-    Linked sub-folders are not descended into (``Path.rglob`` does not follow them); with
-    ``confine`` they are listed as items all the same, so that the run reports them as refused
-    instead of passing over them in silence.
-    """
-    for p in paths:
-        if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                image = f.is_file() and is_image_path(f)
-                linked_dir = confine is not None and f.is_symlink() and f.is_dir()
-                if (image or linked_dir) and not f.name.startswith("."):
-                    yield EnrolItem(path=f, subject=f.parent.name, confine=confine)
-        else:
-            yield EnrolItem(path=p, subject=p.parent.name or p.stem, confine=confine)
-
-
-def items_from_manifest(manifest: Path) -> Iterator[EnrolItem]:
-    """CSV with at least ``path,subject``; optional ``face, inclusion_reason, legal_basis, source,
-    provenance, capture_date, display_name, retention_until`` (ISO dates, UTC). Relative paths are
-    relative to the CSV."""
-    try:
-        fh = manifest.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise InvalidInputError(f"{manifest}: cannot read manifest ({exc.strerror})") from None
-    with fh:
-        reader = csv.DictReader(fh)
-        missing = {"path", "subject"} - set(reader.fieldnames or [])
-        if missing:
-            raise InvalidInputError(
-                f"{manifest}: manifest needs columns path,subject (missing {', '.join(missing)})"
-            )
-        for line, row in enumerate(reader, start=2):
-            if not (row.get("path") or "").strip() or not (row.get("subject") or "").strip():
-                raise InvalidInputError(f"{manifest}:{line}: empty path or subject")
-            path = Path(row["path"].strip())
-            if not path.is_absolute():
-                path = manifest.parent / path
-            face = row.get("face") or None
-            date = row.get("capture_date") or None
-            until = row.get("retention_until") or None
-            try:
-                yield EnrolItem(
-                    path=path,
-                    subject=row["subject"].strip(),
-                    face=int(face) if face is not None else None,
-                    inclusion_reason=row.get("inclusion_reason") or None,
-                    legal_basis=row.get("legal_basis") or None,
-                    source=row.get("source") or None,
-                    provenance=row.get("provenance") or None,
-                    capture_date=_utc(datetime.fromisoformat(date)) if date else None,
-                    display_name=row.get("display_name") or None,
-                    retention_until=_utc(datetime.fromisoformat(until)) if until else None,
-                )
-            except ValueError as exc:
-                raise InvalidInputError(f"{manifest}:{line}: {exc}") from None
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    known: bool = False  # enrolled already (before this run or earlier in it): not analysed
 
 
 def choose_face(
@@ -261,7 +161,21 @@ class Enroller:
         self.audit = audit  # written in the same transaction as the images it records
         self.guard = Guard(db, audit, clock)
 
-    def _load(self, item: EnrolItem, known: set[str]) -> _Analysed:
+    def _known(self, digest: str) -> bool:
+        """Whether an image with this content is enrolled already (one indexed lookup).
+
+        Asked per image, in the worker, rather than reading every content hash of the gallery
+        when a run starts: at 1M images (SQLite) that read took 1.9-2.2 s of CPU (6-10 s wall at
+        load 30) on every run, one image through a warm server included, against 1-5 ms for
+        this lookup (bench/server_1m.py, docs/performance.md).
+        """
+        with self.db.session() as s:
+            found = s.scalar(
+                select(ReferenceImage.id).where(ReferenceImage.content_hash == digest).limit(1)
+            )
+        return found is not None
+
+    def _load(self, item: EnrolItem) -> _Analysed:
         """Read and hash one image; analyse it unless an earlier run enrolled it already."""
         try:
             check_item(item)
@@ -283,7 +197,7 @@ class Enroller:
             except OSError as exc:
                 return _Analysed(item, b"", "", error=f"unreadable: {exc.strerror or exc}")
         digest = content_hash(data)
-        if digest in known:  # ``known`` is only read while workers run
+        if self._known(digest):
             return _Analysed(item, b"", digest, known=True)
         return self._analyse(item, data, digest)
 
@@ -327,9 +241,7 @@ class Enroller:
         summary = EnrolSummary()
         todo = list(items)  # the items only (paths and labels), for the progress total
         total = len(todo)
-        self.blobs.remove_partials()
-        with self.db.session() as s:
-            known = set(s.scalars(select(ReferenceImage.content_hash)))
+        self.blobs.sweep_partials()
         model_key = self.engine.identity.key
         # No index is loaded here: each batch's change goes to an in-memory state only where one
         # is cached (the server), and the store gets this run's delta at the end (``persist``).
@@ -348,14 +260,14 @@ class Enroller:
             in_flight: deque[Future[_Analysed]] = deque()
             queue = iter(todo)
             for item in queue:
-                in_flight.append(pool.submit(self._load, item, known))
+                in_flight.append(pool.submit(self._load, item))
                 if len(in_flight) >= window:
                     break
             while in_flight:
                 res = in_flight.popleft().result()
                 nxt = next(queue, None)
                 if nxt is not None:
-                    in_flight.append(pool.submit(self._load, nxt, known))
+                    in_flight.append(pool.submit(self._load, nxt))
                 done += 1
                 if res.known or (res.digest and res.digest in seen):
                     summary.skipped += 1
@@ -376,7 +288,7 @@ class Enroller:
             self._commit(principal, pending, summary, model_key)
         # only what changed since the stored version: a delta, not the whole gallery (issue #16)
         self.index.persist(model_key)
-        summary.subjects = len(touched_subjects)
+        summary.touch(touched_subjects)
         summary.seconds = time.perf_counter() - started
         return summary
 

@@ -7,6 +7,7 @@ audited as ``<action>.refused``; an erasure is audited in the transaction that e
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -23,6 +24,7 @@ from retroface.gallery.views import (
     ErasureResult,
     GalleryCheck,
     GalleryStats,
+    IndexStatus,
     ReferenceImageView,
     SubjectDetail,
     SubjectSummary,
@@ -219,6 +221,31 @@ class GalleryService:
     def stats(self, principal: Principal) -> GalleryStats:
         self.guard.require(principal, *READERS, action="gallery.stats")
         return gallery_stats(self.db)
+
+    def index_status(self, principal: Principal, model_key: str) -> IndexStatus:
+        """The index this process searches, brought up to the database's gallery version first.
+
+        In a server that is the catch-up after another process enrolled or erased (the change
+        log read, the new templates decrypted and added in place): ``seconds`` says how long it
+        took, so the pick-up can be measured apart from a search (bench/server_1m.py). In a new
+        process it is the whole load. Counts only, like :meth:`stats`; not audited.
+        """
+        self.guard.require(principal, *READERS, action="gallery.index")
+        started = time.perf_counter()
+        with self.index.reading(model_key) as loaded:
+            version, count = loaded.version, loaded.index.count()
+            kind = str(getattr(loaded.index, "chosen", None) or getattr(loaded.index, "kind", "?"))
+        seconds = time.perf_counter() - started
+        with self.db.session() as s:
+            current = gallery_version(s)
+        return IndexStatus(
+            model=model_key,
+            kind=kind,
+            version=version,
+            templates=count,
+            gallery_version=current,
+            seconds=seconds,
+        )
 
     def check(self, principal: Principal, model_key: str, repair: bool = False) -> GalleryCheck:
         """Compare files, rows and the index; with ``repair`` (admin) delete orphan files.

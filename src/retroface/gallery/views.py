@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, computed_field, field_serializer
 
 from retroface.core.status import SubjectStatus
 
@@ -82,6 +82,24 @@ class GalleryCheck(BaseModel):
     repaired: bool
 
 
+class IndexStatus(BaseModel):
+    """The vector index a process searches, after bringing it up to the gallery's version."""
+
+    model: str
+    kind: str = Field(description="The index serving: flat, lean, ivf, hnsw or a sharded kind")
+    version: int = Field(description="The gallery version the index holds")
+    templates: int
+    gallery_version: int = Field(description="The database's version, read after the index")
+    seconds: float = Field(
+        description="Time to bring the index current: in a warm server, the catch-up through the "
+        "change log since its last use; in a new process, the whole load"
+    )
+
+    @field_serializer("seconds")
+    def _round_seconds(self, value: float) -> float:
+        return round(value, 4)
+
+
 class ErasureResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -120,6 +138,17 @@ class EnrolSummary(BaseModel):
     new_subjects: int = 0
     seconds: float = 0.0
     gallery_version: int = 0
+    #: The subjects that received images (``subjects`` counts them): not in the summary's dump,
+    #: which would grow with the run; the API's multi-image upload returns them
+    #: (:class:`EnrolUploadSummary`) so that a client adding up several runs counts each once.
+    _touched: set[str] = PrivateAttr(default_factory=set)
+
+    def touch(self, subjects: set[str]) -> None:
+        self._touched = set(subjects)
+        self.subjects = len(self._touched)
+
+    def touched_subjects(self) -> list[str]:
+        return sorted(self._touched)
 
     @field_serializer("seconds")
     def _round_seconds(self, value: float) -> float:
@@ -131,3 +160,11 @@ class EnrolSummary(BaseModel):
         if not self.seconds:
             return None
         return round((self.enrolled + len(self.rejected)) / self.seconds, 2)
+
+
+class EnrolUploadSummary(EnrolSummary):
+    """The summary of an enrolment of uploaded images (``POST /gallery/images``), with the
+    references of the subjects it enrolled images for: the CLI's remote ``gallery enrol`` sends a
+    long run as several such requests and adds them up into one :class:`EnrolSummary`."""
+
+    subject_references: list[str] = Field(default_factory=list)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi import Path as PathParam
+from pydantic import TypeAdapter, ValidationError
 
 from retroface.api.deps import Caller, Ctx
-from retroface.api.schemas import EnrolmentRequest
+from retroface.api.schemas import EnrolmentRequest, UploadedImageLabels
 from retroface.api.uploads import read_upload
 from retroface.context import AppContext
 from retroface.core.access import Principal
@@ -18,8 +21,10 @@ from retroface.core.text import MAX_ID, MAX_OFFSET, clean_text, optional_text, s
 from retroface.gallery.enrol import EnrolItem
 from retroface.gallery.views import (
     EnrolSummary,
+    EnrolUploadSummary,
     ErasureResult,
     GalleryStats,
+    IndexStatus,
     SubjectDetail,
     SubjectPage,
 )
@@ -27,6 +32,7 @@ from retroface.jobs.views import JobView
 from retroface.storage.files import is_within
 
 router = APIRouter(prefix="/api/v1", tags=["gallery"])
+log = logging.getLogger(__name__)
 
 #: Ids within what both stores hold (PostgreSQL integer): larger ones are a 422, not a 500.
 JobId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
@@ -86,6 +92,80 @@ def enrol_image(
     return summary
 
 
+#: Images in one ``POST /gallery/images``: what the enroller commits at once (its batch), so a
+#: run sent in such groups leaves the enrolment records a local run leaves.
+MAX_UPLOAD_IMAGES = 32
+
+
+@router.post(
+    "/gallery/images",
+    response_model=EnrolUploadSummary,
+    summary="Enrol several uploaded reference images in one run (the CLI's remote enrolment)",
+)
+def enrol_images(
+    ctx: Ctx,
+    caller: Caller,
+    files: Annotated[list[UploadFile], File(description="The images, one enrolment each")],
+    items: Annotated[
+        str,
+        Form(
+            max_length=60_000,
+            description="JSON array of UploadedImageLabels, one per file in the same order",
+        ),
+    ],
+    multi_face: Annotated[Literal["reject", "main"], Form()] = "reject",
+    strict_quality: Annotated[bool, Form()] = False,
+) -> EnrolUploadSummary:
+    """One enrolment run over the uploaded images, as ``retroface gallery enrol`` runs over
+    files: an image that cannot be enrolled is a rejection in the summary (status 200), not an
+    error; re-sent images are skipped (by content hash). The body limit is the upload limit,
+    for all the files together."""
+    if not 1 <= len(files) <= MAX_UPLOAD_IMAGES:
+        raise InvalidInputError(f"send 1 to {MAX_UPLOAD_IMAGES} images per request")
+    try:
+        labels = _LABELS.validate_json(items)
+    except ValidationError as exc:
+        raise InvalidInputError(f"items: {exc.errors()[0]['msg']}") from None
+    if len(labels) != len(files):
+        raise InvalidInputError(f"items: {len(labels)} entries for {len(files)} files")
+    total = 0
+    batch = []
+    for file, label in zip(files, labels, strict=True):
+        data = read_upload(file, ctx.settings.max_upload_bytes - total)
+        total += len(data)
+        clean_text(label.path, "path", 1024)
+        # From memory, like the single upload: the plaintext never touches the server's disk.
+        # ``path`` is only a name here (the client's), recorded as a local run records it.
+        batch.append(
+            EnrolItem(
+                Path(label.path),
+                label.subject,
+                face=label.face,
+                inclusion_reason=label.inclusion_reason,
+                legal_basis=label.legal_basis,
+                source=label.source,
+                provenance=label.provenance,
+                capture_date=_utc(label.capture_date),
+                display_name=label.display_name,
+                retention_until=_utc(label.retention_until),
+                data=data,
+            )
+        )
+    enroller = ctx.enroller(require_quality=strict_quality, multi_face=multi_face)
+    summary = enroller.run(caller, batch)
+    return EnrolUploadSummary(
+        **summary.model_dump(exclude={"images_per_second"}),
+        subject_references=summary.touched_subjects(),
+    )
+
+
+_LABELS = TypeAdapter(list[UploadedImageLabels])
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 @router.delete(
     "/gallery/subjects/{ref:path}",
     response_model=ErasureResult,
@@ -104,6 +184,25 @@ def erase_subject(
 )
 def gallery_stats(ctx: Ctx, caller: Caller) -> GalleryStats:
     return ctx.gallery.stats(caller)
+
+
+@router.get(
+    "/gallery/index",
+    response_model=IndexStatus,
+    summary="The server's vector index, brought up to the gallery's version",
+)
+def index_status(ctx: Ctx, caller: Caller) -> IndexStatus:
+    """Brings the server's index up to date with the database (after another process enrolled
+    or erased: the catch-up through the change log, which a search would otherwise do first) and
+    says what it holds and how long that took. Also warms a server that has not searched yet."""
+    status = ctx.gallery.index_status(caller, ctx.engine.identity.key)
+    log.info(
+        "index at gallery version %d (%d templates), current in %.1f ms",
+        status.version,
+        status.templates,
+        status.seconds * 1000,
+    )
+    return status
 
 
 @router.post(
