@@ -32,7 +32,7 @@ from retroface.cli.common import fail
 from retroface.cli.remote import Remote, RemoteError
 from retroface.core.errors import InvalidInputError
 from retroface.gallery.items import EnrolItem, check_item
-from retroface.gallery.views import EnrolSummary, Rejection
+from retroface.gallery.views import EnrolSummary, LowQualityReference, Rejection
 
 #: Images per request: the enroller's commit batch (``Enroller.batch_size``), so that a group is
 #: one commit and one record on the server, as 32 images are locally.
@@ -118,6 +118,10 @@ def enrol_remotely(
             indices = at.get(rejection.path) or [group[-1][0]]
             rejected.append((indices.pop(0) if len(indices) > 1 else indices[0], rejection))
         summary.enrolled += int(answer["enrolled"])
+        # enrolled below a quality minimum (flagged): in sending order, as a local run lists them
+        summary.low_quality += [
+            LowQualityReference.model_validate(raw) for raw in answer.get("low_quality", [])
+        ]
         summary.skipped += int(answer["skipped"])
         summary.new_subjects += int(answer["new_subjects"])
         summary.gallery_version = int(answer["gallery_version"])
