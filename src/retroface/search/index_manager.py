@@ -25,7 +25,10 @@ stored segments follow the same way (``persist``): under the store's writer lock
 across processes) the writer reads what changed since the manifest's version and writes only that.
 A process that changes the gallery persists its change; it never loads the whole index to do so.
 Compaction (merging deltas) changes no row, so it never touches the in-memory state; in the
-server it runs in a background thread while searches go on.
+server it runs in a background thread while searches go on. A lean state reads its full-precision
+rows from the store's segment files (``search/segment_rows.py``): after a persist or a compaction,
+and when a search finds the manifest changed, it switches to the current segments under the
+exclusive lock and closes the replaced files (an open file would keep an erased vector on disk).
 
 Invariants: the cached ``LoadedIndex`` for a model is always a whole state of the gallery at its
 ``version`` (index, maps and version change together, under the exclusive lock), and is only
@@ -198,6 +201,12 @@ class IndexManager:
         # looked at per model, so a search pays one stat when nothing changed.
         self._rows_lock = threading.Lock()
         self._rows_seen: dict[str, tuple[int, ...]] = {}
+        #: In the server (``compact_in_background``), how often a thread looks for a manifest
+        #: that another process changed, so a replaced segment is closed even with no search
+        #: coming (a stat per model; a switch only when the manifest meets the state's version).
+        self.follow_rows_s = 2.0
+        self._follower: threading.Thread | None = None
+        self._closing = threading.Event()
 
     def folder_for(self, model_key: str) -> Path:
         """The folder of a model's stored index (manifest, segments, lock)."""
@@ -428,6 +437,21 @@ class IndexManager:
                     _close_rows(cached.index)
             else:
                 _close_rows(loaded.index)
+        if self.compact_in_background and self._follower is None:
+            self._follower = threading.Thread(
+                target=self._follow_rows, name="index-rows", daemon=True
+            )
+            self._follower.start()
+
+    def _follow_rows(self) -> None:
+        """The server's watcher: switch cached lean states to a manifest changed by another
+        process (after an erasure there, its replaced segment must not stay open here)."""
+        while not self._closing.wait(self.follow_rows_s):
+            for model_key in list(self._loaded):
+                try:
+                    self.sync_rows(model_key)
+                except Exception:  # the next search or tick tries again
+                    log.exception("index rows: switch to the current segments failed")
 
     def _load_file(self, model_key: str, version: int) -> LoadedIndex | None:
         """The stored state, streamed from its segments; None when missing or unusable."""
@@ -788,6 +812,9 @@ class IndexManager:
 
     def close(self) -> None:
         """Release the cached states and their open files (the process is done searching)."""
+        self._closing.set()
+        if self._follower is not None:
+            self._follower.join(30)
         self.wait_for_compaction()
         self.invalidate()
 
