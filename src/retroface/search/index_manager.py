@@ -487,6 +487,15 @@ class IndexManager:
         on_disk = self._rows_on_disk(index, manifest.rows)
         if on_disk:
             index = self._lean_from_store(index, store, manifest)
+        try:
+            return self._read_segments(store, manifest, index, on_disk)
+        except BaseException:
+            _close_rows(index)  # e.g. a piece replaced meanwhile: the caller reads again
+            raise
+
+    def _read_segments(
+        self, store: SegmentStore, manifest: Manifest, index: VectorIndex, on_disk: bool
+    ) -> LoadedIndex:
         streaming = self.kind == "flat"
         held: list[np.ndarray] = []
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
