@@ -62,6 +62,9 @@ def test_served_from_segments_equals_in_memory(tmp_path: Path) -> None:
     manifest = store.manifest()
     assert manifest is not None and len(manifest.segments) == 4
     rows = SegmentRows.open(store, manifest)
+    first = rows.view.segments[0].rows
+    assert first.chunk_rows == 1  # one row per AES-GCM chunk: a re-rank decrypts only its rows
+    np.testing.assert_array_equal(first.range(3, 10), v[3:10])
     lean = LeanIndex(DIM, rows)
     sample = rows.sample(LeanIndex.TRAIN_ROWS)
     assert len(sample) == 3500  # small gallery: the sample is all of it, read chunk by chunk

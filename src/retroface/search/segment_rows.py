@@ -236,20 +236,25 @@ class SegmentRows:
 
     # ---- streaming (training, retraining, a move back to an exact index)
     def sample(self, n: int) -> FloatArray:
-        """About ``n`` live rows spread over every segment, read as whole chunks (cheap)."""
+        """About ``n`` live rows spread over every segment, read as 16 contiguous runs per
+        segment: sequential reads (65,536 scattered one-row reads took minutes on a cold disk)."""
         total = self.view.rows
+        dead = np.fromiter(self._dead, dtype=np.int64) if self._dead else None
         parts: list[FloatArray] = []
         for o in self.view.segments:
-            want = min(len(o.ids), -(-n * len(o.ids) // max(total, 1)))
+            size = len(o.ids)
+            want = min(size, -(-n * size // max(total, 1)))
             if want == 0:
                 continue
-            cr = o.rows.chunk_rows
-            chunks = np.unique(np.linspace(0, o.rows.chunks - 1, -(-want // cr)).astype(np.int64))
-            pos = (chunks[:, None] * cr + np.arange(cr)[None, :]).reshape(-1)
-            pos = pos[pos < len(o.ids)][:want]
-            if self._dead:
-                pos = pos[~np.isin(o.ids[pos], np.fromiter(self._dead, dtype=np.int64))]
-            parts.append(np.asarray(o.rows.take(pos), dtype=np.float32))
+            runs = min(16, want)
+            length = -(-want // runs)
+            if runs * length >= size:  # (nearly) all of it: one run, no row twice
+                runs, length = 1, want
+            for start in np.linspace(0, size - length, runs).astype(np.int64).tolist():
+                block = np.asarray(o.rows.range(start, start + length), dtype=np.float32)
+                if dead is not None:
+                    block = block[~np.isin(o.ids[start : start + length], dead)]
+                parts.append(block)
         if self._tail.count():
             parts.append(self._tail.all()[1][:n])
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
