@@ -18,15 +18,19 @@ What is where:
   row still in an open segment is only marked, until the switch below, since its file is shared
   with every other process until the writer replaces it.
 
-Switching (``prepare`` outside the manager's lock, ``commit`` under its exclusive lock): when the
-store's manifest is at the same gallery version as the in-memory state, the manifest names
-exactly the rows of that state (both reflect the database at that version), so the source moves
-to the manifest's segments, empties its tail and closes the files of segments the manifest no
-longer names. Closing matters for erasure: a deleted file stays on disk while any process holds
-it open, so a server that kept the erased segment open would keep the erased vector's bytes on
-disk. The manager switches after its own persist and compaction and when a search finds the
-manifest changed (one ``stat``); the switch runs under the exclusive lock, so no search is in
-flight on the files it closes, and no search sees half of a switch.
+Switching (the new ``SegmentView`` opened outside the manager's lock, ``commit`` under its
+exclusive lock): when the store's manifest is at the same gallery version as the in-memory state,
+the manifest names exactly the rows of that state (both reflect the database at that version),
+so the source moves to the manifest's segments, empties its tail and closes the files of segments
+the manifest no longer names. Closing matters for erasure: a deleted file stays on disk while any
+process holds it open, so a server that kept the erased segment open would keep the erased
+vector's bytes on disk. The manager switches after its own persist and compaction, when a search
+finds the manifest changed (one ``stat``), and in the server every ``follow_rows_s``; the switch
+runs under the exclusive lock, so no search is in flight on the files it closes, and no search
+sees half of a switch.
+
+Decrypted rows a search reads are transient arrays, freed (not overwritten) after the re-rank,
+as with every other read of a template.
 """
 
 from __future__ import annotations
@@ -282,10 +286,6 @@ class SegmentRows:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     # ---- switching to a newer manifest
-    def prepare(self, store: SegmentStore, manifest: Manifest) -> SegmentView:
-        """Open a manifest's segments (sharing the files still named): outside any lock."""
-        return SegmentView.open(store, manifest, reuse=self.view)
-
     def commit(self, view: SegmentView) -> bool:
         """Move to ``view`` if it holds exactly this source's live rows; under the exclusive lock.
 
