@@ -328,5 +328,7 @@ class AppContext:
     def close(self) -> None:
         if "jobs" in self.__dict__:
             self.jobs.stop()
+        if "index" in self.__dict__:
+            self.index.close()  # closes the segment files a lean state reads its rows from
         if "db" in self.__dict__:
             self.db.dispose()

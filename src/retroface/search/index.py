@@ -351,6 +351,14 @@ class MemoryRows:
     def vectors(self, ids: IdArray) -> FloatArray:
         return self._vectors[self._map.positions(ids)]
 
+    def present(self, ids: IdArray) -> NDArray[np.bool_]:
+        """Which of ``ids`` have a row here."""
+        return self._map.present(ids)
+
+    def ids(self) -> IdArray:
+        """The ids of the rows, in row order (a copy)."""
+        return self._map.ids.copy()
+
     def count(self) -> int:
         return self._n
 
@@ -749,12 +757,24 @@ class AutoIndex:
             ids = faiss.vector_to_array(idmap.id_map).astype(np.int64)
             vectors = faiss.downcast_index(idmap.index).reconstruct_n(0, n)
             return ids, np.asarray(vectors, dtype=np.float32)
-        rows = self.inner.rows
-        assert isinstance(rows, MemoryRows)
-        return rows.all()
+        # in RAM, or the segment store's row files (search/segment_rows.py): both list them all
+        everything: Callable[[], tuple[IdArray, FloatArray]] | None = getattr(
+            self.inner.rows, "all", None
+        )
+        assert everything is not None, "this row source cannot list its rows"
+        return everything()
+
+    def _release(self) -> None:
+        """Close the files of a lean index's row source that is being replaced (an open file
+        keeps a deleted segment, and any erased vector in it, on disk)."""
+        inner = self.inner
+        close = getattr(inner.rows, "close", None) if isinstance(inner, LeanIndex) else None
+        if close is not None:
+            close()
 
     def _to_lean(self) -> None:
         ids, vectors = self._all()
+        self._release()
         self.inner = FlatIndex(self.dim)  # free the flat copy before the lean one is built
         lean = LeanIndex(self.dim)
         lean.train(vectors)
@@ -767,6 +787,7 @@ class AutoIndex:
         ids, vectors = self._all()
         flat = FlatIndex(self.dim)
         flat.add(ids, vectors)
+        self._release()
         self.inner = flat
 
     def add(self, ids: IdArray, vectors: FloatArray) -> None:

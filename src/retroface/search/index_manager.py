@@ -25,7 +25,10 @@ stored segments follow the same way (``persist``): under the store's writer lock
 across processes) the writer reads what changed since the manifest's version and writes only that.
 A process that changes the gallery persists its change; it never loads the whole index to do so.
 Compaction (merging deltas) changes no row, so it never touches the in-memory state; in the
-server it runs in a background thread while searches go on.
+server it runs in a background thread while searches go on. A lean state reads its full-precision
+rows from the store's segment files (``search/segment_rows.py``): after a persist or a compaction,
+and when a search finds the manifest changed, it switches to the current segments under the
+exclusive lock and closes the replaced files (an open file would keep an erased vector on disk).
 
 Invariants: the cached ``LoadedIndex`` for a model is always a whole state of the gallery at its
 ``version`` (index, maps and version change together, under the exclusive lock), and is only
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -50,10 +54,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Select, select
 
-from retroface.search.index import VectorIndex, new_index
+from retroface.search.index import AutoIndex, LeanIndex, MemoryRows, VectorIndex, new_index
+from retroface.search.segment_rows import SegmentRows, SegmentView, adopt
 from retroface.search.segments import (
     Added,
     CompactionPolicy,
+    Manifest,
     SegmentStore,
     StaleManifest,
     StoreError,
@@ -190,6 +196,17 @@ class IndexManager:
         #: How states came to be: "rebuild" (every template decrypted), "file" (stored segments
         #: read), "catch_up" (followed the change log). Tests and benches read it.
         self.stats: Counter[str] = Counter()
+        # A lean index re-ranks from the store's own row files (``SegmentRows``); these follow
+        # the manifest (``sync_rows``): one switch at a time, and the manifest and state last
+        # looked at per model, so a search pays one stat when nothing changed.
+        self._rows_lock = threading.Lock()
+        self._rows_seen: dict[str, tuple[int, ...]] = {}
+        #: In the server (``compact_in_background``), how often a thread looks for a manifest
+        #: that another process changed, so a replaced segment is closed even with no search
+        #: coming (a stat per model; a switch only when the manifest meets the state's version).
+        self.follow_rows_s = 2.0
+        self._follower: threading.Thread | None = None
+        self._closing = threading.Event()
 
     def folder_for(self, model_key: str) -> Path:
         """The folder of a model's stored index (manifest, segments, lock)."""
@@ -229,6 +246,7 @@ class IndexManager:
         version = self._db_version()  # outside the lock: no database round trip under it
         waited = False
         while True:
+            self.sync_rows(model_key)  # one stat unless the manifest or the state changed
             with self._lock.read():
                 loaded = self._current(model_key, version)
                 if loaded is not None:
@@ -401,6 +419,7 @@ class IndexManager:
                     self._apply_to(cached, *changes)
                 except BaseException:
                     del self._loaded[cached.model_key]  # never leave a half-applied state
+                    _close_rows(cached.index)
                     raise
         finally:
             with self._applied:
@@ -414,6 +433,25 @@ class IndexManager:
             cached = self._loaded.get(loaded.model_key)
             if cached is None or cached.version < loaded.version:
                 self._loaded[loaded.model_key] = loaded
+                if cached is not None:
+                    _close_rows(cached.index)
+            else:
+                _close_rows(loaded.index)
+        if self.compact_in_background and self._follower is None:
+            self._follower = threading.Thread(
+                target=self._follow_rows, name="index-rows", daemon=True
+            )
+            self._follower.start()
+
+    def _follow_rows(self) -> None:
+        """The server's watcher: switch cached lean states to a manifest changed by another
+        process (after an erasure there, its replaced segment must not stay open here)."""
+        while not self._closing.wait(self.follow_rows_s):
+            for model_key in list(self._loaded):
+                try:
+                    self.sync_rows(model_key)
+                except Exception:  # the next search or tick tries again
+                    log.exception("index rows: switch to the current segments failed")
 
     def _load_file(self, model_key: str, version: int) -> LoadedIndex | None:
         """The stored state, streamed from its segments; None when missing or unusable."""
@@ -441,14 +479,31 @@ class IndexManager:
             )
             return None
         index = new_index(self.kind, self.dim)
+        # A lean index (``lean``, or ``auto`` at its switch size) over the store's own row
+        # files: codes built block by block, the vectors never held (search/segment_rows.py).
         # A flat index takes the vectors block by block (memory: the index plus one block);
         # other kinds get them in one call, as a rebuild gives them, since IVF trains its
         # quantiser on the first batch it is given.
+        on_disk = self._rows_on_disk(index, manifest.rows)
+        if on_disk:
+            index = self._lean_from_store(index, store, manifest)
+        try:
+            return self._read_segments(store, manifest, index, on_disk)
+        except BaseException:
+            _close_rows(index)  # e.g. a piece replaced meanwhile: the caller reads again
+            raise
+
+    def _read_segments(
+        self, store: SegmentStore, manifest: Manifest, index: VectorIndex, on_disk: bool
+    ) -> LoadedIndex:
         streaming = self.kind == "flat"
         held: list[np.ndarray] = []
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for seg in manifest.segments:
             ids, sids, iids = store.read_ids(seg)
+            parts.append((ids, sids, iids))
+            if on_disk:
+                continue
             with store.open_rows(seg) as rows:
                 at = 0
                 for block in rows.blocks():
@@ -457,7 +512,6 @@ class IndexManager:
                     else:
                         held.append(np.array(block, dtype=np.float32))
                     at += len(block)
-            parts.append((ids, sids, iids))
         ids, sids, iids = (
             np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64)
             for i in range(3)
@@ -474,6 +528,99 @@ class IndexManager:
             dict(zip(id_list, sids.tolist(), strict=True)),
             dict(zip(id_list, iids.tolist(), strict=True)),
         )
+
+    @staticmethod
+    def _rows_on_disk(index: VectorIndex, rows: int) -> bool:
+        """Whether a state of ``rows`` templates re-ranks from the store's row files: a lean
+        index that can train its codes, or an auto index at its switch size."""
+        if isinstance(index, AutoIndex):
+            return rows >= max(index.switch_at, LeanIndex.TRAIN_MIN)
+        return isinstance(index, LeanIndex) and rows >= LeanIndex.TRAIN_MIN
+
+    def _lean_from_store(
+        self, index: VectorIndex, store: SegmentStore, manifest: Manifest
+    ) -> VectorIndex:
+        """A lean index whose rows stay in the store's files: the quantiser trained on a sample
+        read as whole chunks from every segment, then the codes added one segment at a time."""
+        rows = SegmentRows.open(store, manifest)
+        try:
+            lean = LeanIndex(self.dim, rows)
+            lean.train(rows.sample(LeanIndex.TRAIN_ROWS))
+            for ids, block in rows.blocks():
+                lean.add_codes_only(ids, block)
+            lean.trained_on = rows.count()  # the gallery it stands for, not the sample
+        except BaseException:
+            rows.close()
+            raise
+        if isinstance(index, AutoIndex):
+            index.inner = lean
+            return index
+        return lean
+
+    def sync_rows(self, model_key: str) -> bool:
+        """Move a cached lean state's rows to the store's current segments; True if it did.
+
+        Only when the manifest is at the state's own gallery version: then it names exactly the
+        state's rows (both reflect the database at that version). Rows held in RAM (added since
+        the last switch, or a lean index built in RAM by a rebuild or by the auto kind's switch)
+        are dropped for the segments' copies, and the files of segments the manifest no longer
+        names are closed, so a replaced segment (an erasure rewrite, a compaction) leaves the
+        disk. Opening the new segments happens outside the lock; the switch itself under the
+        exclusive lock, so no search is in flight on a file it closes. Called before every
+        search (a stat when nothing changed) and after this process's persist and compaction.
+        """
+        cached = self._loaded.get(model_key)  # a hint: checked again under the lock
+        lean = _lean_of(cached.index) if cached is not None else None
+        if cached is None or lean is None or not isinstance(lean.rows, SegmentRows | MemoryRows):
+            return False
+        rows = lean.rows
+        path = self.path_for(model_key)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return False
+        seen = (st.st_ino, st.st_mtime_ns, st.st_size, id(cached), cached.version, id(rows))
+        if self._rows_seen.get(model_key) == seen:
+            return False
+        with self._rows_lock:
+            if self._rows_seen.get(model_key) == seen:
+                return False
+            store = self.store(model_key)
+            try:
+                manifest = store.manifest()
+            except StoreError:
+                manifest = None
+            if manifest is None or manifest.version != cached.version or manifest.dim != self.dim:
+                self._rows_seen[model_key] = seen  # look again when either changes
+                return False
+            old_view = rows.view if isinstance(rows, SegmentRows) else None
+            try:
+                view = SegmentView.open(store, manifest, reuse=old_view)
+            except StaleManifest:
+                return False  # a writer replaced a piece meanwhile: the next search looks again
+            except StoreError as exc:
+                log.warning("index %s: rows stay where they are (%s)", store.folder.name, exc)
+                self._rows_seen[model_key] = seen
+                return False
+            with self._lock.write():
+                still = (
+                    self._loaded.get(model_key) is cached
+                    and cached.version == manifest.version
+                    and _lean_of(cached.index) is lean
+                    and lean.rows is rows
+                )
+                done = False
+                if still and isinstance(rows, SegmentRows):
+                    done = rows.commit(view)  # closes what it does not keep
+                elif still and isinstance(rows, MemoryRows):
+                    moved = adopt(view, rows)
+                    if moved is not None:
+                        lean.rows = moved
+                        done = True
+                if not done and not (still and isinstance(rows, SegmentRows)):
+                    view.close_except(old_view)
+            self._rows_seen[model_key] = seen
+            return done
 
     def _read_all(self, model_key: str) -> tuple[int, Added]:
         """Every template of this model in the database, decrypted, and the version it is at.
@@ -564,6 +711,7 @@ class IndexManager:
                     w.replace_all(*whole)
                     self.writes["full"] += 1
                 due = w.manifest is not None and self.policy.due(w.manifest)
+        self.sync_rows(model_key)  # a cached lean state lets go of the segments replaced
         if due:
             self._schedule_compaction(model_key)
 
@@ -573,6 +721,7 @@ class IndexManager:
             done = w.compact(force)
         if done:
             self.writes["compaction"] += 1
+            self.sync_rows(model_key)  # the merged segments' files are closed here
         return done
 
     def _schedule_compaction(self, model_key: str) -> None:
@@ -658,13 +807,25 @@ class IndexManager:
                     cached.image_of.pop(tid, None)
         except BaseException:
             del self._loaded[model_key]  # never leave a half-applied state to search
+            _close_rows(cached.index)
             raise
         cached.version = new_version
         return True
 
     def invalidate(self) -> None:
+        """Drop every cached state (the next search loads again); their row files are closed."""
         with self._lock.write():
+            for loaded in self._loaded.values():
+                _close_rows(loaded.index)
             self._loaded.clear()
+
+    def close(self) -> None:
+        """Release the cached states and their open files (the process is done searching)."""
+        self._closing.set()
+        if self._follower is not None:
+            self._follower.join(30)
+        self.wait_for_compaction()
+        self.invalidate()
 
     def save(self, loaded: LoadedIndex | None = None, model_key: str | None = None) -> None:
         """Write the store forward to the database (``persist``; kept for callers of the
@@ -673,3 +834,16 @@ class IndexManager:
         key = loaded.model_key if loaded is not None else model_key
         if key is not None:
             self.persist(key)
+
+
+def _lean_of(index: VectorIndex) -> LeanIndex | None:
+    """The lean index serving ``index`` (itself, or an auto index's choice), once it has codes."""
+    inner = index.inner if isinstance(index, AutoIndex) else index
+    return inner if isinstance(inner, LeanIndex) and inner.codes is not None else None
+
+
+def _close_rows(index: VectorIndex) -> None:
+    """Close a dropped state's row files (under the exclusive lock: no search is using them)."""
+    inner = index.inner if isinstance(index, AutoIndex) else index
+    if isinstance(inner, LeanIndex) and isinstance(inner.rows, SegmentRows):
+        inner.rows.close()

@@ -10,7 +10,7 @@ On disk, in one folder per model (``<index folder>/<sha256(model key)[:16]>/``):
     LOCK               writers take an exclusive flock on it (across processes and threads)
     MANIFEST           encrypted JSON: the gallery version the store reflects, the model key,
                        the dimension, the writer's index kind and the list of segments
-    <name>.rows        a segment's vectors: ``storage.rowfile`` (encrypted 8-row chunks; the
+    <name>.rows        a segment's vectors: ``storage.rowfile`` (encrypted one-row chunks; the
                        context binds the model key and the segment name)
     <name>.ids         the segment's template, subject and image ids: three little-endian int64
                        rows, encrypted as one blob bound to the model key and the segment name
@@ -61,6 +61,13 @@ from retroface.storage.rowfile import RowFile, write_rows
 #: 9 s (2 cores at load 20, bench/incremental.py); 64k rows cut that by three, and 1M faces are
 #: still only 16 segments (32 files) to open on load.
 SEGMENT_ROWS = 65_536
+#: Rows per AES-GCM chunk of a segment's ``.rows`` file. One: the lean index re-ranks its shortlist
+#: from these files (``search/segment_rows.py``), and a 2,000-row shortlist touches ~2,000 chunks,
+#: so 8-row chunks decrypted 32 MB per query for 4 MB of rows: 44 ms CPU p50 (134 ms p99) per
+#: 1M-face search against 9 ms with the rows in RAM (bench/segment_rows.py, docs/performance.md).
+#: Costs 32 bytes a row (1.5%) on disk. The header records it: files with 8-row chunks, written
+#: before, are read as they are until compaction or an erasure rewrites them.
+CHUNK_ROWS = 1
 FORMAT = 1
 MANIFEST = "MANIFEST"
 LOCK = "LOCK"
@@ -357,7 +364,12 @@ class SegmentWriter:
         name = self._new_name(version)
         rows_path = store._rows_path(name)
         n = write_rows(
-            rows_path, store.cipher, blocks, dim=store.dim, context=store._rows_context(name)
+            rows_path,
+            store.cipher,
+            blocks,
+            dim=store.dim,
+            context=store._rows_context(name),
+            chunk_rows=CHUNK_ROWS,
         )
         if n != len(ids):
             rows_path.unlink(missing_ok=True)

@@ -171,11 +171,33 @@ class RowFile:
         """The rows of chunk ``index``, decrypted and authenticated."""
         if not 0 <= index < self.chunks:
             raise IndexError(index)
-        start = _HEADER.size + index * self._chunk_bytes
-        n = min(self.chunk_rows, self.rows - index * self.chunk_rows)
-        sealed = self._map[start : start + n * self._row_bytes + _SEALED_OVERHEAD]
-        plain = self._cipher.decrypt(sealed, aad=_chunk_aad(self._context, self._header, index))
-        return np.frombuffer(plain, dtype=self.dtype).reshape(n, self.dim)
+        return self._chunks(index, 1)
+
+    def _chunks(self, first: int, count: int) -> NDArray[np.generic]:
+        """Chunks ``first`` .. ``first + count - 1`` in one pread (they are contiguous).
+
+        pread, not the map: mapped pages a process has read count in its resident memory until
+        it unmaps them, so streaming a 2 GB segment store through the map (a load) showed as
+        2 GB more RSS in a server that keeps its row files open.
+        """
+        last = min(self.chunks, first + count)
+        start = _HEADER.size + first * self._chunk_bytes
+        end_rows = min(self.rows, last * self.chunk_rows)
+        n_rows = end_rows - first * self.chunk_rows
+        sealed = os.pread(
+            self._fd, n_rows * self._row_bytes + (last - first) * _SEALED_OVERHEAD, start
+        )
+        view = memoryview(sealed)
+        parts = []
+        for i in range(first, last):
+            at = (i - first) * self._chunk_bytes
+            n = min(self.chunk_rows, self.rows - i * self.chunk_rows)
+            parts.append(
+                self._cipher.decrypt(
+                    bytes(view[at : at + n * self._row_bytes + _SEALED_OVERHEAD]), aad=self._aad(i)
+                )
+            )
+        return np.frombuffer(b"".join(parts), dtype=self.dtype).reshape(n_rows, self.dim)
 
     def _aad(self, index: int) -> bytes:
         return self._aad_prefix + index.to_bytes(8, "little")
@@ -208,12 +230,23 @@ class RowFile:
         rows = np.frombuffer(plain, dtype=self.dtype).reshape(-1, self.dim)
         return rows[inverse.reshape(-1) * cr + pos % cr]
 
+    def range(self, start: int, stop: int) -> NDArray[np.generic]:
+        """Rows ``start`` .. ``stop - 1``, read in one pread (a sequential read, cheap on a cold
+        disk where scattered reads of one row each are not)."""
+        if not 0 <= start <= stop <= self.rows:
+            raise IndexError("row range out of range")
+        if start == stop:
+            return np.empty((0, self.dim), dtype=self.dtype)
+        first, last = start // self.chunk_rows, (stop - 1) // self.chunk_rows
+        rows = self._chunks(first, last - first + 1)
+        at = first * self.chunk_rows
+        return rows[start - at : stop - at]
+
     def blocks(self, block_rows: int = 65536) -> Iterator[NDArray[np.generic]]:
         """Every row in order, in blocks of about ``block_rows`` (memory bounded by one block)."""
         per = max(1, block_rows // self.chunk_rows)
         for first in range(0, self.chunks, per):
-            parts = [self.chunk(i) for i in range(first, min(self.chunks, first + per))]
-            yield np.concatenate(parts) if len(parts) > 1 else parts[0]
+            yield self._chunks(first, per)
 
     def read_all(self) -> NDArray[np.generic]:
         out = np.empty((self.rows, self.dim), dtype=self.dtype)
