@@ -20,13 +20,22 @@ from retroface.vision.arcface import ArcFaceRecogniser
 from retroface.vision.probe_quality import model_for
 from retroface.vision.quality import QualityPolicy, measure_quality
 from retroface.vision.scrfd import Detections, ScrfdDetector
-from retroface.vision.types import Face, FaceEngine, ImageArray, ModelIdentity, l2_normalise
+from retroface.vision.types import (
+    Face,
+    FaceEngine,
+    FloatArray,
+    ImageArray,
+    ModelIdentity,
+    l2_normalise,
+)
 from retroface.vision.weights import OnnxModelSet, default_model_set, folder_model_set
 
 if TYPE_CHECKING:
     from retroface.config import Settings
 
-BACKENDS = ("arcface", "dlib")
+#: ``fused``: the default's detection and ArcFace plus EdgeFace-S on the same crop, one
+#: 1024-d template (:mod:`retroface.vision.fused`); opt-in, its weights are an optional extra.
+BACKENDS = ("arcface", "dlib", "fused")
 
 #: Bumped whenever detection or alignment changes what embeddings come out, so that templates
 #: (and cached evaluation embeddings) from an older pipeline are never mixed with new ones.
@@ -176,9 +185,7 @@ class ArcFaceEngine:
         """Align, embed (one batch) and assess the faces ``indices`` of ``dets``."""
         chosen = list(indices)
         crops = [align_face(image, dets.landmarks[i], self.recogniser.crop_size) for i in chosen]
-        raw, mirrored = self.recogniser.embed_raw(crops, flip=self.flip or probe)
-        embeddings = l2_normalise(raw if mirrored is None else raw + mirrored)
-        norms = np.linalg.norm(raw, axis=1)
+        embeddings, norms = self._embed(crops, flip=self.flip or probe)
         faces = []
         for k, (i, crop) in enumerate(zip(chosen, crops, strict=True)):
             score = float(dets.scores[i])
@@ -202,6 +209,13 @@ class ArcFaceEngine:
                 )
             )
         return faces
+
+    def _embed(self, crops: list[ImageArray], flip: bool) -> tuple[FloatArray, FloatArray]:
+        """Unit embeddings of aligned crops (with ``flip``, of crop plus mirror) and the length
+        of each crop's raw recogniser output (a quality model input)."""
+        raw, mirrored = self.recogniser.embed_raw(crops, flip=flip)
+        embeddings = l2_normalise(raw if mirrored is None else raw + mirrored)
+        return embeddings, np.linalg.norm(raw, axis=1).astype(np.float32)
 
 
 def _box(row: np.ndarray) -> Box:
@@ -310,6 +324,17 @@ def build_engine(
         models = folder_model_set(Path(opts.models_dir)) if opts.models_dir else None
         return ArcFaceEngine(
             models,
+            det_size=opts.det_size,
+            det_threshold=opts.det_threshold,
+            threads=threads,
+            flip=opts.flip,
+            quality_policy=quality_policy,
+            providers=providers,
+        )
+    if opts.backend == "fused":
+        from retroface.vision.fused import FusedEngine
+
+        return FusedEngine(
             det_size=opts.det_size,
             det_threshold=opts.det_threshold,
             threads=threads,
