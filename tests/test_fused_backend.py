@@ -23,6 +23,7 @@ from retroface.media.images import load_image
 from retroface.vision.engines import (
     BACKENDS,
     ArcFaceEngine,
+    FusedEngine,
     analyse_probe,
     build_engine,
     primary_face,
@@ -35,7 +36,6 @@ try:
 except ModelUnavailableError as exc:  # the `fused` extra of scripts/setup.sh is not installed
     pytest.skip(str(exc), allow_module_level=True)
 
-from retroface.vision.fused import FusedEngine
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("RETROFACE_TEST_DATA", REPO.parent / "shared" / "data"))
@@ -142,6 +142,9 @@ def test_probe_flip_applies_to_both_models(
     np.testing.assert_allclose(half, _edge(edge_session, probe.crop, flip=True), atol=1e-4)
     arc_flip = fused.recogniser.embed([probe.crop], flip=True)[0]
     np.testing.assert_allclose(probe.embedding[:512] * np.sqrt(2.0), arc_flip, atol=1e-5)
+    # the quality verdict works for it: the fused model's own shipped quality model applies
+    assert probe.quality.hit_chance is not None and probe.quality.verdict in {"good", "fair"}
+    assert fused.hit_model is not None and fused.hit_model.backend == "fused"
     # the quality measures are the arcface engine's (same crop, ArcFace's raw length)
     assert probe.quality.embedding_norm == pytest.approx(
         float(np.linalg.norm(fused.recogniser.embed_raw([probe.crop])[0][0])), rel=1e-5
@@ -170,7 +173,11 @@ def test_backend_is_selected_by_setting_and_enrols_and_searches(
         assert summary.enrolled >= 6
         olive, arthur = home.sign_in("olive", PASSWORD), home.sign_in("arthur", PASSWORD)
         home.open_case(
-            olive, "FU/1", offence="robbery", purpose="identify", justification="only lead"
+            olive,
+            "FU/1",
+            offence="robbery",
+            purpose="identify the suspect",
+            justification="serious offence; the still is the only lead",
         )
         home.authorise(arthur, "FU/1", note="necessary and proportionate")
         result = home.search(

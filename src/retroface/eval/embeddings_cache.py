@@ -123,7 +123,8 @@ PIPELINE_MODULES: dict[str, tuple[str, ...]] = {
     ),
     "dlib": ("retroface.vision.dlib_backend",),
 }
-PIPELINE_MODULES["fused"] = (*PIPELINE_MODULES["arcface"], "retroface.vision.fused")
+#: ``fused`` is the arcface pipeline plus a second recogniser (its class is in ``engines``).
+PIPELINE_MODULES["fused"] = PIPELINE_MODULES["arcface"]
 COMMON_MODULES = ("retroface.vision.engines", "retroface.vision.quality", "retroface.media.images")
 
 

@@ -169,10 +169,15 @@ def model_file(backend: str) -> str:
     return MODEL_FILE if backend == "arcface" else f"probe_quality_{backend}.json"
 
 
-@functools.cache
 def shipped_model(backend: str = "arcface") -> HitChanceModel | None:
     """The model shipped with the package for ``backend``, or None when its file is absent."""
-    path = resources.files("retroface.vision").joinpath(model_file(backend))
+    return _load_shipped(model_file(backend))
+
+
+@functools.cache
+def _load_shipped(name: str) -> HitChanceModel | None:
+    """One file read once (cached by file name, so every call gets the same object)."""
+    path = resources.files("retroface.vision").joinpath(name)
     if not path.is_file():
         return None
     return HitChanceModel.from_dict(json.loads(path.read_text(encoding="utf-8")))
