@@ -11,7 +11,9 @@ calibration. ``--write`` replaces the shipped coefficients
 Run: ``python bench/fit_probe_quality.py --write`` (minutes with a warm cache; the first run
 embeds about 19,000 images). ``--sample 700,250`` keeps the whole gallery but searches with a
 seeded sample of 700 mated and 250 non-mated probes (numpy ``default_rng(0)``), for a quick
-fit on a shared machine; the sample is recorded with the coefficients.
+fit on a shared machine; the sample is recorded with the coefficients. ``--backend fused``
+fits the fused backend's own model (``probe_quality_fused.json``; report
+``bench/results/probe_quality_fused.json``): each backend's chance of a hit is its own.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from retroface.eval.degrade import parse_widths
 from retroface.eval.embeddings_cache import CACHE_DIRNAME, EngineSpec
 from retroface.eval.quality_fit import fit_model
 from retroface.eval.runner import Evaluator, identify, quality_samples
-from retroface.vision.probe_quality import MODEL_FILE
+from retroface.vision.probe_quality import model_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("RETROFACE_TEST_DATA", REPO.parent / "shared" / "data"))
-SHIPPED = REPO / "src" / "retroface" / "vision" / MODEL_FILE
-REPORT = REPO / "bench" / "results" / "probe_quality.json"
+VISION = REPO / "src" / "retroface" / "vision"
+RESULTS = REPO / "bench" / "results"
 
 
 def sample_protocol(protocol: Protocol, mated: int, nonmated: int) -> Protocol:
@@ -61,6 +63,7 @@ def main() -> None:
     ap.add_argument("--max-clean-hits-flagged", type=float, default=0.04)
     ap.add_argument("--sample", default="", help="MATED,NONMATED probes to sample (seed 0)")
     ap.add_argument("--write", action="store_true", help="replace the shipped coefficients")
+    ap.add_argument("--backend", default="arcface", help="arcface (default) or fused")
     args = ap.parse_args()
     cache = Path(
         os.environ.get("RETROFACE_EVAL_CACHE")
@@ -70,7 +73,9 @@ def main() -> None:
     protocol = resolve_protocol(args.data)
     if args.sample:
         protocol = sample_protocol(protocol, *(int(v) for v in args.sample.split(",")))
-    ev = Evaluator(EngineSpec(), cache, workers=args.workers)
+    shipped = VISION / model_file(args.backend)
+    report_path = RESULTS / model_file(args.backend)
+    ev = Evaluator(EngineSpec(backend=args.backend), cache, workers=args.workers)
     report = identify(ev, protocol, degrade_widths=parse_widths(args.widths), n_boot=10)
     samples = quality_samples(report)
     model, fit = fit_model(
@@ -105,9 +110,10 @@ def main() -> None:
             f"  chance {b['chance_from']:.2f}-{b['chance_to']:.2f}: {b['searches']:5,d} "
             f"searches, predicted {b['mean_chance']:.1%}, observed {b['observed']:.1%}"
         )
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
     out = {
         "command": "python bench/fit_probe_quality.py"
+        + (f" --backend {args.backend}" if args.backend != "arcface" else "")
         + (f" --sample {args.sample}" if args.sample else "")
         + (" --write" if args.write else ""),
         "identification": {
@@ -119,10 +125,10 @@ def main() -> None:
         "fit": fit,
         "shipped": model.to_dict(),
     }
-    REPORT.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    report_path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     if args.write:
-        SHIPPED.write_text(json.dumps(model.to_dict(), indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {SHIPPED}")
+        shipped.write_text(json.dumps(model.to_dict(), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {shipped}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ Embedding is timed per face from aligned crops at batch 1 (one face in a photo) 
 (enrolling a gallery), since batching amortises per-call overhead very differently per runtime.
 Every figure is the median of ``--runs`` timings after ``--warmup`` untimed ones.
 
-Run: ``python bench/speed.py`` (``--backend arcface --det-size 640,1280``). Results go to
+``fused`` (ArcFace + EdgeFace-S on the same crop) is timed like ``arcface``: its embedding per face
+runs both recognisers (EdgeFace-S's export takes one crop a run, so its batch 32 is 32 runs).
+
+Run: ``python bench/speed.py`` (``--backend arcface,fused --det-size 640,1280``). Results go to
 ``bench/results/speed.json``. Close other heavy programs first: medians resist noise, not
 contention.
 """
@@ -91,9 +94,14 @@ def to_batch(crops: list[ImageArray], n: int) -> list[ImageArray]:
 
 
 def bench_arcface(
-    images: dict[str, list[ImageArray]], det_size: int, threads: int | None, runs: int, warmup: int
+    images: dict[str, list[ImageArray]],
+    det_size: int,
+    threads: int | None,
+    runs: int,
+    warmup: int,
+    backend: str = "arcface",
 ) -> dict[str, Any]:
-    engine = create_engine("arcface", det_size=det_size, threads=threads)
+    engine = create_engine(backend, det_size=det_size, threads=threads)
     assert isinstance(engine, ArcFaceEngine)
     out: dict[str, Any] = {"model": engine.identity.key, "det_size": det_size, "detect": {}}
     crops: list[ImageArray] = []
@@ -111,7 +119,8 @@ def bench_arcface(
     for flip in (False, True):
         for n in BATCHES:
             batch = to_batch(crops, n)
-            ms = median_ms(partial(engine.recogniser.embed, batch, flip=flip), runs, warmup)
+            # the engine's embedding step: one recogniser (arcface) or both (fused)
+            ms = median_ms(partial(engine._embed, batch, flip=flip), runs, warmup)
             out["embed"][f"batch{n}" + ("_flip" if flip else "")] = {"ms_per_face": ms / n}
     return out
 
@@ -191,11 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = {f"{w}x{h}": [letterbox(im, w, h) for im in sources] for w, h in SIZES}
     results: dict[str, dict[str, Any]] = {}
     for backend in [b.strip() for b in args.backend.split(",") if b.strip()]:
-        if backend == "arcface":
+        if backend in ("arcface", "fused"):
             for det_size in [int(s) for s in args.det_size.split(",")]:
-                print(f"arcface, det_size {det_size} ...", file=sys.stderr, flush=True)
-                results[f"arcface@{det_size}"] = bench_arcface(
-                    images, det_size, args.threads, args.runs, args.warmup
+                print(f"{backend}, det_size {det_size} ...", file=sys.stderr, flush=True)
+                results[f"{backend}@{det_size}"] = bench_arcface(
+                    images, det_size, args.threads, args.runs, args.warmup, backend
                 )
         elif backend == "dlib":
             print("dlib ...", file=sys.stderr, flush=True)

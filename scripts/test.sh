@@ -4,7 +4,7 @@
 # and use PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev,dlib
+bash scripts/setup.sh dev,dlib,fused
 bash scripts/setup-browser.sh
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench

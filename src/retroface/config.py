@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home)
     #: SQLAlchemy URL; defaults to SQLite under ``home``. PostgreSQL in production.
     database_url: str | None = None
-    #: Face backend: ``arcface`` (default) or ``dlib``.
+    #: Face backend: ``arcface`` (default), ``dlib`` or ``fused`` (ArcFace + EdgeFace-S).
     backend: str = "arcface"
     #: Folder with SCRFD/ArcFace-compatible ONNX files replacing the bundled weights.
     models_dir: Path | None = None

