@@ -41,16 +41,25 @@ import hashlib
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import Select, select
 
-from retroface.search.index import VectorIndex, new_index
+from retroface.search.index import (
+    AutoIndex,
+    FlatIndex,
+    HnswIndex,
+    LeanIndex,
+    VectorIndex,
+    new_index,
+)
 from retroface.search.segments import (
     Added,
     CompactionPolicy,
@@ -63,6 +72,7 @@ from retroface.storage.crypto import Cipher, template_aad
 from retroface.storage.db import Database
 from retroface.storage.tables import FaceTemplate, ReferenceImage
 from retroface.storage.versions import changes_since, gallery_version
+from retroface.vision.types import FloatArray
 
 #: Added templates per query when catching up (bounded IN lists on both stores).
 _CHUNK = 1000
@@ -146,6 +156,45 @@ class LoadedIndex:
     rebuilt: bool
     subject_of: dict[int, int]  # template id -> subject id
     image_of: dict[int, int]  # template id -> reference image id
+    #: ``templates_of``'s reverse map, with the (version, size) of the state it was built from
+    _by_subject: tuple[tuple[int, int], NDArray[np.int64], NDArray[np.int64]] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    # -- Fused subject templates (search/matcher.py, aggregate "fused"): read-only accessors ----
+    # Call both inside ``IndexManager.reading``, in the same block as the search, so that the
+    # templates and vectors are those of the state searched.
+
+    def templates_of(self, subject_ids: Iterable[int]) -> dict[int, list[int]]:
+        """Every template id of each subject in this state (an unknown subject: none).
+
+        The reverse map is built from ``subject_of`` on first use at each state (numpy, sorted
+        by subject) rather than kept up to date by every path that changes the maps: a change
+        always moves ``version``, so a map built at the current (version, size) is current.
+        Cost: one sort of the id maps per gallery change that a fused search follows (about
+        ms per 100k templates, bench/fused_product.py); none on a state nobody searches.
+        """
+        stamp = (self.version, len(self.subject_of))
+        built = self._by_subject
+        if built is None or built[0] != stamp:
+            tids = np.fromiter(self.subject_of.keys(), dtype=np.int64, count=len(self.subject_of))
+            sids = np.fromiter(self.subject_of.values(), dtype=np.int64, count=len(self.subject_of))
+            order = np.argsort(sids, kind="stable")
+            # readers may build it at the same time: each assigns a whole tuple (atomic)
+            built = self._by_subject = (stamp, sids[order], tids[order])
+        _, sorted_sids, sorted_tids = built
+        wanted = np.fromiter(subject_ids, dtype=np.int64)
+        los = np.searchsorted(sorted_sids, wanted).tolist()
+        his = np.searchsorted(sorted_sids, wanted + 1).tolist()
+        return {
+            sid: sorted(sorted_tids[lo:hi].tolist())
+            for sid, lo, hi in zip(wanted.tolist(), los, his, strict=True)
+        }
+
+    def vectors(self, ids: Sequence[int]) -> FloatArray | None:
+        """The stored vectors of ``ids`` (each in this state), in that order; None when the
+        index kind cannot give them back (``ivf``, ``sharded*``)."""
+        return _stored_vectors(self.index, np.asarray(list(ids), dtype=np.int64))
 
 
 class IndexManager:
@@ -673,3 +722,28 @@ class IndexManager:
         key = loaded.model_key if loaded is not None else model_key
         if key is not None:
             self.persist(key)
+
+
+def _stored_vectors(index: VectorIndex, ids: NDArray[np.int64]) -> FloatArray | None:
+    """``LoadedIndex.vectors``: the full-precision rows an index keeps, by template id.
+
+    Flat (FAISS ``IndexIDMap2`` keeps id -> row), lean (its row source: RAM or the encrypted row
+    file), HNSW (its re-ranking copy) and auto (whichever it holds) can; IVF-Flat would need
+    FAISS's direct map (not kept) and a sharded index keeps its vectors in the shard actors:
+    None for those, and the matcher falls back to ``max`` and says so.
+    """
+    if isinstance(index, AutoIndex):
+        return _stored_vectors(index.inner, ids)
+    if len(ids) == 0:
+        return np.zeros((0, index.dim), dtype=np.float32)
+    if isinstance(index, FlatIndex):
+        if not isinstance(index.index, faiss.IndexIDMap2):
+            return None
+        return np.asarray(index.index.reconstruct_batch(ids), dtype=np.float32)
+    if isinstance(index, LeanIndex):
+        return np.asarray(index.rows.vectors(ids), dtype=np.float32)
+    if isinstance(index, HnswIndex):
+        live = np.flatnonzero(np.isin(index.ids, ids))
+        at = {int(index.ids[p]): int(p) for p in live if int(index.ids[p]) not in index.removed}
+        return index.vectors[[at[int(i)] for i in ids]]
+    return None
