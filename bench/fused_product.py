@@ -121,6 +121,32 @@ def timing(ctx: AppContext, key: str, probes: NDArray[np.float32], out: Path) ->
     out.write_text(json.dumps({"ms_per_search": res, "searches": len(probes), "load": load}))
 
 
+def reverse_map_timing() -> None:
+    """What a fused search after a gallery change pays: building the subject -> templates map
+    (synthetic maps, two templates per subject on average), and a lookup once built."""
+    from retroface.search.index import FlatIndex
+    from retroface.search.index_manager import LoadedIndex
+
+    for n in (100_000, 1_000_000):
+        rng = np.random.default_rng(0)
+        sub = {i: int(s) for i, s in enumerate(rng.integers(0, n // 2, n))}
+        state = LoadedIndex(FlatIndex(4), 1, "k", False, sub, dict(sub))
+        builds = []
+        for v in range(5):
+            state.version = 2 + v  # a new state: the map is built again
+            t0 = time.perf_counter()
+            state.templates_of(range(80))
+            builds.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(100):
+            state.templates_of(range(80))
+        lookup = (time.perf_counter() - t0) / 100
+        print(
+            f"{n:>9,} templates: build {1000 * np.median(builds):.1f} ms, lookup of 80 subjects "
+            f"{1000 * lookup:.3f} ms; load {os.getloadavg()[0]:.1f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -134,7 +160,15 @@ def main() -> None:
         default=0,
         help="only time N clean mated searches per aggregate (run under the bench lock)",
     )
+    ap.add_argument(
+        "--reverse-map",
+        action="store_true",
+        help="only time LoadedIndex.templates_of's map at 100k and 1M templates (bench lock)",
+    )
     args = ap.parse_args()
+    if args.reverse_map:
+        reverse_map_timing()
+        return
     refs = args.references
     cache = Path(
         os.environ.get("RETROFACE_EVAL_CACHE")
