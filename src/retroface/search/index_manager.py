@@ -734,8 +734,9 @@ def _stored_vectors(index: VectorIndex, ids: NDArray[np.int64]) -> FloatArray | 
     FAISS's direct map (not kept) and a sharded index keeps its vectors in the shard actors:
     None for those, and the matcher falls back to ``max`` and says so.
     """
-    if isinstance(index, AutoIndex):
-        return _stored_vectors(index.inner, ids)
+    inner = index.inner if isinstance(index, AutoIndex) else getattr(index, "inner", None)
+    if inner is not None:  # an index wrapping another (auto; a wrapper in the tests)
+        return _stored_vectors(inner, ids)
     if len(ids) == 0:
         return np.zeros((0, index.dim), dtype=np.float32)
     if isinstance(index, FlatIndex):
