@@ -255,3 +255,28 @@ def test_search_audits_the_aggregate_used(app: AppContext, data_dir: Path) -> No
         ).one()
     assert details["aggregate"] == "fused"
     assert details["candidates"][0][0] == person
+
+
+def test_a_closer_fused_template_ranks_first(app: AppContext, data_dir: Path) -> None:
+    """Real case from the LFW half (bench/fused_product.py): Carlos_Ruckauf_0001.jpg in fact
+    shows Eduardo Duhalde (a known LFW label error). Against Duhalde's two images, his probe
+    Eduardo_Duhalde_0003.jpg scores that one picture a little higher than either of his own,
+    so ``max`` lists "Carlos_Ruckauf" first; his fused template is closer than both, and
+    ``fused`` lists him first."""
+    enrol(app, data_dir, {"Eduardo_Duhalde": 2, "Carlos_Ruckauf": 1, "Al_Gore": 2})
+    key = app.engine.identity.key
+    names = refs(app)
+    img = load_image(images(data_dir, "Eduardo_Duhalde")[2])
+    face = primary_face(analyse_probe(app.engine, img), img.shape)
+    assert face is not None
+    probe = face.embedding
+    templates = {names[sid]: t for sid, t in stored(app).items()}
+    duhalde, ruckauf = templates["Eduardo_Duhalde"], templates["Carlos_Ruckauf"]
+    # the premise, computed here: best single image below, fused template above
+    assert best_score(probe, duhalde) < best_score(probe, ruckauf)
+    assert fused_score(probe, duhalde) > best_score(probe, ruckauf)
+    by_max = app.matcher.search(probe, key, top_k=3, aggregate="max").matches
+    by_fused = app.matcher.search(probe, key, top_k=3).matches  # the default
+    assert [names[m.subject_id] for m in by_max][:2] == ["Carlos_Ruckauf", "Eduardo_Duhalde"]
+    assert [names[m.subject_id] for m in by_fused][:2] == ["Eduardo_Duhalde", "Carlos_Ruckauf"]
+    assert by_fused[0].similarity == pytest.approx(fused_score(probe, duhalde), abs=1e-5)
