@@ -175,11 +175,15 @@ def read_state(app: AppContext) -> tuple[int, State]:
 
 
 def exact_ranking(state: State, probe: np.ndarray) -> list[tuple[int, float]]:
-    """Every subject with its best template's score, best first (numpy brute force)."""
-    scores = state.vectors @ probe
-    best: dict[int, float] = {}
-    for sid, score in zip(state.subject_ids.tolist(), scores.tolist(), strict=True):
-        best[sid] = max(score, best.get(sid, -np.inf))
+    """Every subject with the score searches give it by default (``fused``: the cosine to the
+    renormalised mean of its unit templates in this state), best first (numpy brute force).
+    Each person here has two templates and the shortlist covers all but one template of the
+    gallery, so every subject is a candidate of the matcher too."""
+    sums: dict[int, np.ndarray] = {}
+    for sid, v in zip(state.subject_ids.tolist(), state.vectors.astype(np.float64), strict=True):
+        sums[sid] = sums.get(sid, 0) + v / np.linalg.norm(v)
+    p = np.asarray(probe, np.float64)
+    best = {sid: float(p @ (v / np.linalg.norm(v))) for sid, v in sums.items()}
     return sorted(best.items(), key=lambda kv: -kv[1])
 
 

@@ -629,6 +629,12 @@ def _operating_section(runs: Sequence[BackendRun]) -> list[str]:
         "force's own data is recorded, or the case is authorised for investigation mode (see "
         "docs/governance.md). Impostor scores run higher on in-the-wild photographs (issue #13 "
         "measured the FPIR-1% threshold at 0.42 on such data): re-calibrate on your own images. "
+        "That protocol enrols one image per subject, where a subject's fused template (how "
+        "searches score a subject with several images, docs/fairness.md) is its one template; on "
+        "a gallery with two images per subject the FPIR-1% threshold measured 0.3594 scored by "
+        "fused template and 0.3576 by best image (0.3491 with one image): a deployer whose "
+        "subjects have several images calibrates on their own gallery (`retroface eval "
+        "calibrate`, which scores such identities as searches do). "
         "The FPIR 0.1% point is set by a handful of label errors (see above) and is not used.",
         "",
     ]

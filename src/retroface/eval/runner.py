@@ -162,17 +162,21 @@ class Searches:
 def _identity_scores(
     probes: NDArray[np.float32], gallery: NDArray[np.float32], column_of: NDArray[np.int64], k: int
 ) -> NDArray[np.float32]:
-    """Best template score per gallery identity: ``(n_probes, k)``, exact inner product."""
+    """Each probe's score per gallery identity, ``(n_probes, k)``, as a search scores it: the
+    inner product with the identity's template, and for an identity with several templates
+    with its fused template (the renormalised mean of its unit templates: the matcher's default
+    aggregate, search/matcher.py), so a calibration on a gallery of several images per
+    identity calibrates what searches compare with the threshold."""
+    if np.unique(column_of).size != column_of.size:
+        unit = gallery.astype(np.float64)
+        unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+        fused = np.zeros((k, gallery.shape[1]))
+        np.add.at(fused, column_of, unit)
+        fused /= np.linalg.norm(fused, axis=1, keepdims=True)
+        gallery, column_of = fused.astype(np.float32), np.arange(k, dtype=np.int64)
     out = np.full((probes.shape[0], k), -np.inf, dtype=np.float32)
-    one_each = np.unique(column_of).size == column_of.size
     for start in range(0, probes.shape[0], _BLOCK):
-        sims = probes[start : start + _BLOCK] @ gallery.T
-        if one_each:
-            out[start : start + _BLOCK][:, column_of] = sims
-        else:
-            block = out[start : start + _BLOCK]
-            for j in range(column_of.size):
-                np.maximum(block[:, column_of[j]], sims[:, j], out=block[:, column_of[j]])
+        out[start : start + _BLOCK][:, column_of] = probes[start : start + _BLOCK] @ gallery.T
     return out
 
 

@@ -45,16 +45,26 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import Select, select
 
-from retroface.search.index import AutoIndex, LeanIndex, MemoryRows, VectorIndex, new_index
+from retroface.search.index import (
+    AutoIndex,
+    FlatIndex,
+    HnswIndex,
+    LeanIndex,
+    MemoryRows,
+    VectorIndex,
+    new_index,
+)
 from retroface.search.segment_rows import SegmentRows, SegmentView, adopt
 from retroface.search.segments import (
     Added,
@@ -69,6 +79,7 @@ from retroface.storage.crypto import Cipher, template_aad
 from retroface.storage.db import Database
 from retroface.storage.tables import FaceTemplate, ReferenceImage
 from retroface.storage.versions import changes_since, gallery_version
+from retroface.vision.types import FloatArray
 
 #: Added templates per query when catching up (bounded IN lists on both stores).
 _CHUNK = 1000
@@ -139,6 +150,28 @@ class ReadWriteLock:
 
 
 @dataclass
+class _SubjectMap:
+    """Subject -> template ids of a state: sorted arrays from one pass, plus what was added
+    since (removals are filtered against ``subject_of`` when read)."""
+
+    sids: NDArray[np.int64]
+    tids: NDArray[np.int64]
+    added: dict[int, list[int]] = field(default_factory=dict)
+    n_added: int = 0
+
+    @classmethod
+    def build(cls, subject_of: dict[int, int]) -> _SubjectMap:
+        tids = np.fromiter(subject_of.keys(), dtype=np.int64, count=len(subject_of))
+        sids = np.fromiter(subject_of.values(), dtype=np.int64, count=len(subject_of))
+        order = np.argsort(sids, kind="stable")
+        return cls(sids[order], tids[order])
+
+    def stale(self, size: int) -> bool:
+        removed = len(self.tids) + self.n_added - size
+        return self.n_added + removed > max(1024, size // 20)
+
+
+@dataclass
 class LoadedIndex:
     """One whole state of a model's gallery: vectors, id maps and the version they are at.
 
@@ -152,6 +185,48 @@ class LoadedIndex:
     rebuilt: bool
     subject_of: dict[int, int]  # template id -> subject id
     image_of: dict[int, int]  # template id -> reference image id
+    #: ``templates_of``'s reverse map (see there)
+    _by_subject: _SubjectMap | None = field(default=None, repr=False, compare=False)
+
+    # -- Fused subject templates (search/matcher.py, aggregate "fused"): read-only accessors ----
+    # Call both inside ``IndexManager.reading``, in the same block as the search, so that the
+    # templates and vectors are those of the state searched.
+
+    def templates_of(self, subject_ids: Iterable[int]) -> dict[int, list[int]]:
+        """Every template id of each subject in this state (an unknown subject: none).
+
+        The reverse map is built once from ``subject_of`` (numpy, sorted by subject; 29 ms at
+        100k templates, 0.49 s at 1M on 2 shared cores) and then followed, not rebuilt, as the
+        state changes: templates added since are noted by the change paths (``note_added``,
+        under the exclusive lock), removed ones are dropped by checking each template against
+        ``subject_of``, and it is rebuilt only when the changes since reach a twentieth of the
+        gallery. Rebuilt at every gallery change instead, the first fused search after each
+        enrolment paid the whole pass (0.49 s at 1M, ~5 s at 10M).
+        """
+        built = self._by_subject
+        if built is None or built.stale(len(self.subject_of)):
+            # readers may build it at the same time (no change can run under the shared lock):
+            # each assigns a whole map, built from the same ``subject_of``
+            built = self._by_subject = _SubjectMap.build(self.subject_of)
+        wanted = np.fromiter(subject_ids, dtype=np.int64)
+        los = np.searchsorted(built.sids, wanted).tolist()
+        his = np.searchsorted(built.sids, wanted + 1).tolist()
+        out: dict[int, list[int]] = {}
+        for sid, lo, hi in zip(wanted.tolist(), los, his, strict=True):
+            tids = built.tids[lo:hi].tolist() + built.added.get(sid, [])
+            out[sid] = sorted({t for t in tids if self.subject_of.get(t) == sid})
+        return out
+
+    def note_added(self, tid: int, sid: int) -> None:
+        """Tell the reverse map (if built) of a template added to this state."""
+        if self._by_subject is not None:
+            self._by_subject.added.setdefault(sid, []).append(tid)
+            self._by_subject.n_added += 1
+
+    def vectors(self, ids: Sequence[int]) -> FloatArray | None:
+        """The stored vectors of ``ids`` (each in this state), in that order; None when the
+        index kind cannot give them back (``ivf``, ``sharded*``)."""
+        return _stored_vectors(self.index, np.asarray(list(ids), dtype=np.int64))
 
 
 class IndexManager:
@@ -392,6 +467,7 @@ class IndexManager:
             for tid, sid, iid, _ in new:
                 state.subject_of[tid] = sid
                 state.image_of[tid] = iid
+                state.note_added(tid, sid)
         state.version = version
 
     def _advance(self, loaded: LoadedIndex) -> bool | None:
@@ -800,6 +876,7 @@ class IndexManager:
                 for tid, sid, iid, _ in added:
                     cached.subject_of[tid] = sid
                     cached.image_of[tid] = iid
+                    cached.note_added(tid, sid)
             if removed:
                 cached.index.remove(np.array(removed, dtype=np.int64))
                 for tid in removed:
@@ -847,3 +924,29 @@ def _close_rows(index: VectorIndex) -> None:
     inner = index.inner if isinstance(index, AutoIndex) else index
     if isinstance(inner, LeanIndex) and isinstance(inner.rows, SegmentRows):
         inner.rows.close()
+
+
+def _stored_vectors(index: VectorIndex, ids: NDArray[np.int64]) -> FloatArray | None:
+    """``LoadedIndex.vectors``: the full-precision rows an index keeps, by template id.
+
+    Flat (FAISS ``IndexIDMap2`` keeps id -> row), lean (its row source: RAM or the encrypted row
+    file), HNSW (its re-ranking copy) and auto (whichever it holds) can; IVF-Flat would need
+    FAISS's direct map (not kept) and a sharded index keeps its vectors in the shard actors:
+    None for those, and the matcher falls back to ``max`` and says so.
+    """
+    inner = index.inner if isinstance(index, AutoIndex) else getattr(index, "inner", None)
+    if inner is not None:  # an index wrapping another (auto; a wrapper in the tests)
+        return _stored_vectors(inner, ids)
+    if len(ids) == 0:
+        return np.zeros((0, index.dim), dtype=np.float32)
+    if isinstance(index, FlatIndex):
+        if not isinstance(index.index, faiss.IndexIDMap2):
+            return None
+        return np.asarray(index.index.reconstruct_batch(ids), dtype=np.float32)
+    if isinstance(index, LeanIndex):
+        return np.asarray(index.rows.vectors(ids), dtype=np.float32)
+    if isinstance(index, HnswIndex):
+        live = np.flatnonzero(np.isin(index.ids, ids))
+        at = {int(index.ids[p]): int(p) for p in live if int(index.ids[p]) not in index.removed}
+        return index.vectors[[at[int(i)] for i in ids]]
+    return None

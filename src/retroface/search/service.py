@@ -41,7 +41,7 @@ from retroface.governance.cases import CaseNotSearchableError, CaseService
 from retroface.governance.thresholds import OperatingThreshold, operating_threshold
 from retroface.media.images import decode_image
 from retroface.search.lineage import lineage_from_json, lineage_json
-from retroface.search.matcher import Aggregate, Matcher
+from retroface.search.matcher import DEFAULT_AGGREGATE, Aggregate, Matcher
 from retroface.search.reference_quality import reference_warnings
 from retroface.search.views import (
     CandidateView,
@@ -377,7 +377,7 @@ class SearchService:
         face_index: int | None = None,
         top_k: int = 20,
         threshold: float | None = None,
-        aggregate: Aggregate = "max",
+        aggregate: Aggregate = DEFAULT_AGGREGATE,
     ) -> SearchResult:
         """Search one face of a probe; the candidate list is stored and returned.
 
@@ -450,7 +450,8 @@ class SearchService:
             model_key, probe_face_id, probe_quality = pf.model_key, pf.id, pf.quality
             investigation = case.status == CaseStatus.APPROVED and case.investigation_mode
             cut = _cut(threshold, investigation, operating_threshold(s, model_key), case_ref)
-        matches, version = self.matcher.match(vector, model_key, top_k, cut.threshold, aggregate)
+        found = self.matcher.search(vector, model_key, top_k, cut.threshold, aggregate)
+        matches, version = found.matches, found.version
         with self.db.session() as s:
             case = self.cases.require_searchable(s, case_ref)  # may have changed meanwhile
             probe = s.get(Probe, probe_id)
@@ -518,6 +519,8 @@ class SearchService:
                     "face": face_index,
                     "gallery_version": version,
                     "model": model_key,
+                    # how a subject with several images was scored (search/matcher.py)
+                    "aggregate": found.aggregate,
                     "mode": cut.mode,
                     "threshold": cut.threshold,
                     "threshold_source": cut.source,
