@@ -248,9 +248,48 @@ def peak_rss_mb() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def serve(work: Path, kind: str, max_queries: int, shortlist: int = 0) -> dict[str, Any]:
-    """In a fresh process: load what a server holds, search every probe once, measure."""
+def cached_share(path: Path) -> float | None:
+    """Share of ``path`` in the page cache (util-linux ``fincore``; None where it is missing)."""
+    if shutil.which("fincore") is None:
+        return None
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return round(int(out[0]) / max(1, path.stat().st_size), 3) if out else None
+
+
+def evict(path: Path) -> None:
+    """Drop ``path``'s pages from the page cache (clean pages: the file is written and synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def serve(
+    work: Path,
+    kind: str,
+    max_queries: int,
+    shortlist: int = 0,
+    cold: bool = False,
+    prefetch: bool = True,
+) -> dict[str, Any]:
+    """In a fresh process: load what a server holds, search every probe once, measure.
+
+    ``cold``: the row file is dropped from the page cache before every query (not timed), so
+    each re-rank reads its rows from the disk; otherwise the rows are wherever the page cache
+    left them (``row_file_cached_share`` at the start says how much of the file that was).
+    """
     import faiss
+
+    from retroface.storage.rowfile import RowFile
+
+    RowFile.prefetch = prefetch
+    load_before = os.getloadavg()
+    cached_at_start = cached_share(work / "rows.enc")
 
     probes = np.load(work / "probes.npy")[:max_queries]
     mates = np.load(work / "mates.npy")[:max_queries]
@@ -277,6 +316,8 @@ def serve(work: Path, kind: str, max_queries: int, shortlist: int = 0) -> dict[s
     got = np.full((len(probes), K), -1, dtype=np.int64)
     times, cpu = [], []
     for i, q in enumerate(probes):
+        if cold:
+            evict(work / "rows.enc")
         t, c = time.perf_counter(), time.thread_time()
         _, ids = index.search(q[None], K, plan) if plan else index.search(q[None], K)
         times.append(time.perf_counter() - t)
@@ -311,6 +352,11 @@ def serve(work: Path, kind: str, max_queries: int, shortlist: int = 0) -> dict[s
             2,
         ),
         "plan": None if plan is None else {"shortlist": plan.shortlist},
+        "row_file_cached_share": cached_at_start,
+        "cold": cold,
+        "prefetch": prefetch,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -330,9 +376,23 @@ def main() -> int:
     ap.add_argument("--serve", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--serve-kind", default="lean", help=argparse.SUPPRESS)
     ap.add_argument("--serve-max", type=int, default=10**9, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--serve-cold", action="store_true", help="drop the row file from the cache per query"
+    )
+    ap.add_argument(
+        "--no-prefetch", action="store_true", help="no read-ahead hint for the re-rank rows"
+    )
     args = ap.parse_args()
     if args.serve is not None:
-        print(json.dumps(serve(args.serve, args.serve_kind, args.serve_max, args.shortlist)))
+        result = serve(
+            args.serve,
+            args.serve_kind,
+            args.serve_max,
+            args.shortlist,
+            cold=args.serve_cold,
+            prefetch=not args.no_prefetch,
+        )
+        print(json.dumps(result))
         return 0
     load_before = os.getloadavg()
     report: dict[str, Any] = {
