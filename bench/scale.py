@@ -360,6 +360,45 @@ def serve(
     }
 
 
+def code_ranks(work: Path, longest: int = 8000) -> dict[str, Any]:
+    """Mates lost at each shortlist length, from the codes alone (no row is read, no timing).
+
+    A mate in the exact top-50 is returned by the lean index exactly when it is in the code
+    shortlist: the re-rank is exact, and among a subset of the gallery its exact rank can only
+    improve. So the loss at shortlist S is the share of exact-top-50 mates whose rank by code
+    score is above S; one scan per probe for the ``longest`` best gives every S at once.
+    """
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    arrays = np.load(work / "lean.idx")
+    owner = faiss.deserialize_index(arrays["codes"])
+    scan = faiss.IndexPQFastScan(faiss.downcast_index(owner))
+    ids = np.asarray(arrays["code_ids"])
+    probes, mates = np.load(work / "probes.npy"), np.load(work / "mates.npy")
+    in_truth = (np.load(work / "truth.npy") == mates[:, None]).any(1)
+    rank = np.full(len(probes), longest + 1)
+    for at in range(0, len(probes), 50):
+        _, cand = scan.search(probes[at : at + 50], longest)
+        for j, row in enumerate(ids[cand]):
+            hit = np.flatnonzero(row == mates[at + j])
+            if len(hit):
+                rank[at + j] = hit[0] + 1
+    r = rank[in_truth]
+    return {
+        "size": len(ids),
+        "mates_in_exact_top50": int(in_truth.sum()),
+        "mates_lost_at_shortlist": {
+            str(s): int((r > s).sum()) for s in (250, 500, 1000, 2000, 4000, longest)
+        },
+        "mate_code_rank_p50_p99_max": [
+            int(np.percentile(r, 50)),
+            int(np.percentile(r, 99)),
+            int(r.max()),
+        ],
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--size", type=int, default=1_000_000)
@@ -377,12 +416,18 @@ def main() -> int:
     ap.add_argument("--serve-kind", default="lean", help=argparse.SUPPRESS)
     ap.add_argument("--serve-max", type=int, default=10**9, help=argparse.SUPPRESS)
     ap.add_argument(
+        "--code-ranks", type=Path, default=None, help="a kept gallery: mates lost per shortlist"
+    )
+    ap.add_argument(
         "--serve-cold", action="store_true", help="drop the row file from the cache per query"
     )
     ap.add_argument(
         "--no-prefetch", action="store_true", help="no read-ahead hint for the re-rank rows"
     )
     args = ap.parse_args()
+    if args.code_ranks is not None:
+        print(json.dumps(code_ranks(args.code_ranks)))
+        return 0
     if args.serve is not None:
         result = serve(
             args.serve,
