@@ -248,9 +248,48 @@ def peak_rss_mb() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def serve(work: Path, kind: str, max_queries: int, shortlist: int = 0) -> dict[str, Any]:
-    """In a fresh process: load what a server holds, search every probe once, measure."""
+def cached_share(path: Path) -> float | None:
+    """Share of ``path`` in the page cache (util-linux ``fincore``; None where it is missing)."""
+    if shutil.which("fincore") is None:
+        return None
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return round(int(out[0]) / max(1, path.stat().st_size), 3) if out else None
+
+
+def evict(path: Path) -> None:
+    """Drop ``path``'s pages from the page cache (clean pages: the file is written and synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def serve(
+    work: Path,
+    kind: str,
+    max_queries: int,
+    shortlist: int = 0,
+    cold: bool = False,
+    prefetch: bool = True,
+) -> dict[str, Any]:
+    """In a fresh process: load what a server holds, search every probe once, measure.
+
+    ``cold``: the row file is dropped from the page cache before every query (not timed), so
+    each re-rank reads its rows from the disk; otherwise the rows are wherever the page cache
+    left them (``row_file_cached_share`` at the start says how much of the file that was).
+    """
     import faiss
+
+    from retroface.storage.rowfile import RowFile
+
+    RowFile.prefetch = prefetch
+    load_before = os.getloadavg()
+    cached_at_start = cached_share(work / "rows.enc")
 
     probes = np.load(work / "probes.npy")[:max_queries]
     mates = np.load(work / "mates.npy")[:max_queries]
@@ -277,6 +316,8 @@ def serve(work: Path, kind: str, max_queries: int, shortlist: int = 0) -> dict[s
     got = np.full((len(probes), K), -1, dtype=np.int64)
     times, cpu = [], []
     for i, q in enumerate(probes):
+        if cold:
+            evict(work / "rows.enc")
         t, c = time.perf_counter(), time.thread_time()
         _, ids = index.search(q[None], K, plan) if plan else index.search(q[None], K)
         times.append(time.perf_counter() - t)
@@ -311,6 +352,50 @@ def serve(work: Path, kind: str, max_queries: int, shortlist: int = 0) -> dict[s
             2,
         ),
         "plan": None if plan is None else {"shortlist": plan.shortlist},
+        "row_file_cached_share": cached_at_start,
+        "cold": cold,
+        "prefetch": prefetch,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def code_ranks(work: Path, longest: int = 8000) -> dict[str, Any]:
+    """Mates lost at each shortlist length, from the codes alone (no row is read, no timing).
+
+    A mate in the exact top-50 is returned by the lean index exactly when it is in the code
+    shortlist: the re-rank is exact, and among a subset of the gallery its exact rank can only
+    improve. So the loss at shortlist S is the share of exact-top-50 mates whose rank by code
+    score is above S; one scan per probe for the ``longest`` best gives every S at once.
+    """
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    arrays = np.load(work / "lean.idx")
+    owner = faiss.deserialize_index(arrays["codes"])
+    scan = faiss.IndexPQFastScan(faiss.downcast_index(owner))
+    ids = np.asarray(arrays["code_ids"])
+    probes, mates = np.load(work / "probes.npy"), np.load(work / "mates.npy")
+    in_truth = (np.load(work / "truth.npy") == mates[:, None]).any(1)
+    rank = np.full(len(probes), longest + 1)
+    for at in range(0, len(probes), 50):
+        _, cand = scan.search(probes[at : at + 50], longest)
+        for j, row in enumerate(ids[cand]):
+            hit = np.flatnonzero(row == mates[at + j])
+            if len(hit):
+                rank[at + j] = hit[0] + 1
+    r = rank[in_truth]
+    return {
+        "size": len(ids),
+        "mates_in_exact_top50": int(in_truth.sum()),
+        "mates_lost_at_shortlist": {
+            str(s): int((r > s).sum()) for s in (250, 500, 1000, 2000, 4000, longest)
+        },
+        "mate_code_rank_p50_p99_max": [
+            int(np.percentile(r, 50)),
+            int(np.percentile(r, 99)),
+            int(r.max()),
+        ],
     }
 
 
@@ -330,9 +415,29 @@ def main() -> int:
     ap.add_argument("--serve", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--serve-kind", default="lean", help=argparse.SUPPRESS)
     ap.add_argument("--serve-max", type=int, default=10**9, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--code-ranks", type=Path, default=None, help="a kept gallery: mates lost per shortlist"
+    )
+    ap.add_argument(
+        "--serve-cold", action="store_true", help="drop the row file from the cache per query"
+    )
+    ap.add_argument(
+        "--no-prefetch", action="store_true", help="no read-ahead hint for the re-rank rows"
+    )
     args = ap.parse_args()
+    if args.code_ranks is not None:
+        print(json.dumps(code_ranks(args.code_ranks)))
+        return 0
     if args.serve is not None:
-        print(json.dumps(serve(args.serve, args.serve_kind, args.serve_max, args.shortlist)))
+        result = serve(
+            args.serve,
+            args.serve_kind,
+            args.serve_max,
+            args.shortlist,
+            cold=args.serve_cold,
+            prefetch=not args.no_prefetch,
+        )
+        print(json.dumps(result))
         return 0
     load_before = os.getloadavg()
     report: dict[str, Any] = {

@@ -568,8 +568,10 @@ class LeanIndex:
         # Measured (docs/performance.md, "National scale"), LFW mates among 1M LFW-like
         # distractors: shortlist 1,000 lost 4 of 3,283 mates (0.12%), 2,000 lost 3 (0.09%) at
         # 24 ms CPU per query; synthetic 1M lost none at 1,000. The shortlist grows with the
-        # gallery (more impostors come near a weak mate once code error is added); 4,000 above
-        # 2M is not yet measured at 10M (bench/scale.py --size 10000000).
+        # gallery (more impostors come near a weak mate once code error is added). Synthetic
+        # 10M (bench/scale.py --code-ranks): 4,000 lost 1 of 1,000 mates (0.1%, the target's
+        # limit; that mate ranks beyond 8,000 by code), 2,000 lost 2, 1,000 lost 5; a 10M query
+        # costs 101 / 149 ms of CPU (p50 / p99), plus the disk reads of rows not in the cache.
         shortlist = 2000 if n <= 2_000_000 else 4000
         return LeanPlan(shortlist=min(shortlist, max(n, 1)))
 

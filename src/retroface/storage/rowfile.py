@@ -39,6 +39,8 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "i64\0": np.dtype("<i8"),
 }
 DEFAULT_CHUNK_ROWS = 8
+# read-ahead hint for a shortlist's chunks (Linux, BSD); absent on macOS and Windows
+_WILLNEED: int | None = getattr(os, "POSIX_FADV_WILLNEED", None)
 
 
 def _code(dtype: np.dtype[Any]) -> str:
@@ -123,6 +125,9 @@ def write_rows(
 
 class RowFile:
     """Read access to a file written by ``write_rows`` (memory-mapped; thread-safe reads)."""
+
+    #: hint the kernel to read a shortlist's chunks ahead (``take``); off only to measure it
+    prefetch = True
 
     def __init__(self, path: Path, cipher: Cipher, *, context: bytes = b"") -> None:
         self.path = path
@@ -221,6 +226,16 @@ class RowFile:
         last = self.chunks - 1
         tail = (self.rows - last * cr) * rb + ov
         pread = os.pread
+        if self.prefetch and _WILLNEED is not None:
+            # Ask the kernel for every chunk first, then read them in order: the reads of
+            # chunks not in the page cache are queued together instead of one at a time.
+            # Measured on this VM (4,000 random 2 KB chunks of a 1 GB file just dropped from
+            # the page cache): 520-1,080 ms reading one after the other, 115-220 ms with this
+            # hint first; a few ms more when the chunks are cached already. Which rows are
+            # read, and their scores, do not change.
+            advise = os.posix_fadvise
+            for c in chunks.tolist():
+                advise(fd, first + c * cb, full, _WILLNEED)
         # sorted chunks: only the file's last chunk can be short, and it comes last here, so
         # chunk j of this list starts at row j * cr of the joined plaintext
         plain = b"".join(
