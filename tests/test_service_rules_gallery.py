@@ -156,10 +156,10 @@ class _CountingEnroller(Enroller):
         self.lock = threading.Lock()
         self.started = 0
 
-    def _load(self, item: EnrolItem, known: set[str]) -> Any:
+    def _load(self, item: EnrolItem) -> Any:
         with self.lock:
             self.started += 1
-        return super()._load(item, known)
+        return super()._load(item)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
