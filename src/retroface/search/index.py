@@ -891,3 +891,34 @@ def index_from_bytes(kind: str, data: bytes, rows: RowSource | None = None) -> V
     if kind == "auto":
         return AutoIndex.from_bytes(data)
     raise ValueError(f"unknown index kind {kind!r}")
+
+
+def stored_vectors(index: VectorIndex, ids: NDArray[np.int64]) -> FloatArray | None:
+    """``LoadedIndex.vectors``: the full-precision rows an index keeps, by template id.
+
+    Flat (FAISS ``IndexIDMap2`` keeps id -> row), lean (its row source: RAM or the encrypted row
+    file), HNSW (its re-ranking copy) and auto (whichever it holds) can; IVF-Flat would need
+    FAISS's direct map (not kept): None, and the matcher falls back to ``max`` and says so. An
+    index that keeps its vectors elsewhere answers itself (``stored_vectors`` method: the
+    sharded index asks its shard actors).
+    """
+    own = getattr(index, "stored_vectors", None)
+    if callable(own):
+        result: FloatArray | None = own(ids)
+        return result
+    inner = index.inner if isinstance(index, AutoIndex) else getattr(index, "inner", None)
+    if inner is not None:  # an index wrapping another (auto; a wrapper in the tests)
+        return stored_vectors(inner, ids)
+    if len(ids) == 0:
+        return np.zeros((0, index.dim), dtype=np.float32)
+    if isinstance(index, FlatIndex):
+        if not isinstance(index.index, faiss.IndexIDMap2):
+            return None
+        return np.asarray(index.index.reconstruct_batch(ids), dtype=np.float32)
+    if isinstance(index, LeanIndex):
+        return np.asarray(index.rows.vectors(ids), dtype=np.float32)
+    if isinstance(index, HnswIndex):
+        live = np.flatnonzero(np.isin(index.ids, ids))
+        at = {int(index.ids[p]): int(p) for p in live if int(index.ids[p]) not in index.removed}
+        return index.vectors[[at[int(i)] for i in ids]]
+    return None

@@ -51,19 +51,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import Select, select
 
 from retroface.search.index import (
     AutoIndex,
-    FlatIndex,
-    HnswIndex,
     LeanIndex,
     MemoryRows,
     VectorIndex,
     new_index,
+    stored_vectors,
 )
 from retroface.search.segment_rows import SegmentRows, SegmentView, adopt
 from retroface.search.segments import (
@@ -226,7 +224,7 @@ class LoadedIndex:
     def vectors(self, ids: Sequence[int]) -> FloatArray | None:
         """The stored vectors of ``ids`` (each in this state), in that order; None when the
         index kind cannot give them back (``ivf``, ``sharded*``)."""
-        return _stored_vectors(self.index, np.asarray(list(ids), dtype=np.int64))
+        return stored_vectors(self.index, np.asarray(list(ids), dtype=np.int64))
 
 
 class IndexManager:
@@ -924,29 +922,3 @@ def _close_rows(index: VectorIndex) -> None:
     inner = index.inner if isinstance(index, AutoIndex) else index
     if isinstance(inner, LeanIndex) and isinstance(inner.rows, SegmentRows):
         inner.rows.close()
-
-
-def _stored_vectors(index: VectorIndex, ids: NDArray[np.int64]) -> FloatArray | None:
-    """``LoadedIndex.vectors``: the full-precision rows an index keeps, by template id.
-
-    Flat (FAISS ``IndexIDMap2`` keeps id -> row), lean (its row source: RAM or the encrypted row
-    file), HNSW (its re-ranking copy) and auto (whichever it holds) can; IVF-Flat would need
-    FAISS's direct map (not kept) and a sharded index keeps its vectors in the shard actors:
-    None for those, and the matcher falls back to ``max`` and says so.
-    """
-    inner = index.inner if isinstance(index, AutoIndex) else getattr(index, "inner", None)
-    if inner is not None:  # an index wrapping another (auto; a wrapper in the tests)
-        return _stored_vectors(inner, ids)
-    if len(ids) == 0:
-        return np.zeros((0, index.dim), dtype=np.float32)
-    if isinstance(index, FlatIndex):
-        if not isinstance(index.index, faiss.IndexIDMap2):
-            return None
-        return np.asarray(index.index.reconstruct_batch(ids), dtype=np.float32)
-    if isinstance(index, LeanIndex):
-        return np.asarray(index.rows.vectors(ids), dtype=np.float32)
-    if isinstance(index, HnswIndex):
-        live = np.flatnonzero(np.isin(index.ids, ids))
-        at = {int(index.ids[p]): int(p) for p in live if int(index.ids[p]) not in index.removed}
-        return index.vectors[[at[int(i)] for i in ids]]
-    return None

@@ -15,7 +15,7 @@ how such a subject is scored:
 Whatever the aggregate, the image reported for a candidate is its best-scoring image. The
 candidate subjects are those with a template in the shortlist (``max(4 top_k, top_k + 50)``
 templates); ``fused`` re-scores each of them. An index kind that cannot give its vectors back
-(``ivf``, ``sharded*``: ``LoadedIndex.vectors``) falls back to ``max``, and ``search`` reports the
+(``ivf``: ``LoadedIndex.vectors``) falls back to ``max``, and ``search`` reports the
 aggregate actually used, which the search record's audit event keeps.
 """
 

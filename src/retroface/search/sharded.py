@@ -34,7 +34,14 @@ import faiss
 import numpy as np
 
 from retroface.core.errors import RetrofaceError
-from retroface.search.index import IdArray, VectorIndex, index_from_bytes, new_index, register_kind
+from retroface.search.index import (
+    IdArray,
+    VectorIndex,
+    index_from_bytes,
+    new_index,
+    register_kind,
+    stored_vectors,
+)
 from retroface.vision.types import FloatArray
 
 if TYPE_CHECKING:
@@ -148,6 +155,10 @@ class Shard:
 
     def count(self) -> int:
         return self.index.count()
+
+    def vectors(self, ids: IdArray) -> FloatArray | None:
+        """The stored vectors of ``ids`` (all on this shard), for fused subject scoring."""
+        return stored_vectors(self.index, np.asarray(ids, dtype=np.int64))
 
     def to_bytes(self) -> bytes:
         return self.index.to_bytes() if self.index.count() else b""
@@ -340,6 +351,29 @@ class ShardedIndex:
 
     def count(self) -> int:
         return sum(self._counts)
+
+    def stored_vectors(self, ids: IdArray) -> FloatArray | None:
+        """The vectors of ``ids`` from the shards that hold them, in the order of ``ids``
+        (``search.index.stored_vectors``: the matcher's fused subject scores); None if a
+        shard's index kind keeps none."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        if len(ids) == 0:
+            return out
+        self._check()
+        where = self.shard_of(ids)
+        refs: list[Any] = []
+        rows: list[IdArray] = []
+        for s in range(self.shards):
+            mine = np.flatnonzero(where == s)
+            if len(mine):
+                refs.append(self._actors[s].vectors.remote(ids[mine]))
+                rows.append(mine)
+        for mine, part in zip(rows, self._get(refs, self.call_timeout_s, "read"), strict=True):
+            if part is None:
+                return None
+            out[mine] = part
+        return out
 
     def nodes(self) -> list[str]:
         """The Ray node id each shard runs on (tests and operators: where the shards are)."""
