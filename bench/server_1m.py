@@ -37,7 +37,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -129,19 +128,14 @@ def prepare(home: Path, db_url: str) -> dict[str, str]:
         ctx.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextmanager
 def server(env: dict[str, str], log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``retroface serve`` on a loopback port until it answers ready (its log in ``log``)."""
     import httpx
 
-    port = _free_port()
+    from api_load import free_port  # the benches' one loopback-port picker
+
+    port = free_port()
     argv = [sys.executable, "-c", ENTRY, "serve", "--port", str(port), "--log-level", "info"]
     with log.open("wb") as sink:
         proc = subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.STDOUT)
